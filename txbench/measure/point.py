@@ -1,0 +1,236 @@
+"""Measure one point: build, warm up, time adaptively, then memory, FLOPs and MFU.
+
+The order matters: timing comes first and runs alone; memory (a profiled step
+on CPU), the FlopCounterMode cross-check and the profiler pass run after it and
+never contribute to the timed samples.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import time
+
+import torch
+
+from txbench import testing
+from txbench.attention import check_attention
+from txbench.config import MeasureConfig, Point, validate_point
+from txbench.measure.calibrate import peak_tflops
+from txbench.measure.flops import step_flops
+from txbench.measure.memory import cpu_step_peak_bytes
+from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
+from txbench.measure.timing import make_timer
+from txbench.record import Record
+from txbench.step import TrainStep, autocast_dtype, precision_reason
+
+__all__ = ["measure_point", "measure_point_keep", "unsupported_reason", "build_step", "is_oom"]
+
+
+def unsupported_reason(point: Point) -> str | None:
+    """Why ``point`` cannot run on this machine (device, precision, attention), or None."""
+    dev = torch.device(point.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available on this machine (torch.cuda.is_available() is False)"
+    reason = precision_reason(point.precision, dev)
+    if reason:
+        return reason
+    m = point.model
+    dtype = autocast_dtype(point.precision)
+    causal_flags = {m.causal} if m.arch == "decoder" else {m.causal, False}
+    for causal in sorted(causal_flags):
+        reason = check_attention(point.attention, dev, dtype, causal, m.head_dim)
+        if reason:
+            kind = "causal" if causal else "non-causal"
+            return f"{point.attention} cannot train {kind} attention in {dtype} on {dev.type}: {reason}"
+    if point.attention == "flex" and m.dropout:
+        return "flex attention has no dropout; set dropout: 0"
+    return None
+
+
+def build_step(point: Point) -> TrainStep:
+    """Validate ``point`` and build its model, optimizer and batch (raises PointError)."""
+    validate_point(point)
+    if point.threads:
+        torch.set_num_threads(point.threads)
+    return TrainStep(point)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA OOM and for the CPU allocator failing to allocate."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _adaptive_loop(step, timer, cfg: MeasureConfig) -> tuple[list, list, list, list, str, float]:
+    fwd, bwd, opt, total = [], [], [], []
+    t0 = time.perf_counter()
+    reason = "max_steps"
+    while True:
+        f, b, o = timer(step)
+        fwd.append(f)
+        bwd.append(b)
+        opt.append(o)
+        total.append(f + b + o)
+        n, elapsed = len(total), time.perf_counter() - t0
+        if n >= cfg.max_steps:
+            reason = "max_steps"
+            break
+        if elapsed >= cfg.max_s:
+            reason = "max_s"
+            break
+        if n >= cfg.min_steps and ci_rel_halfwidth(total) <= cfg.target_ci:
+            reason = "ci"
+            break
+    return fwd, bwd, opt, total, reason, time.perf_counter() - t0
+
+
+def _warmup(step, timer, cfg: MeasureConfig) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = 0
+    while True:
+        timer(step)
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if n >= cfg.warmup_max_steps or (n >= cfg.warmup_min_steps and elapsed >= cfg.warmup_s):
+            return n, elapsed
+
+
+def _flop_counter(step) -> float | None:
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+    except ImportError:
+        return None
+    with FlopCounterMode(display=False) as fc:
+        loss = step.fwd()
+        step.bwd(loss)
+    step.opt()
+    return float(fc.get_total_flops())
+
+
+def _flops_note(point: Point, analytic: float, counted: float | None) -> str | None:
+    if not counted:
+        return "FlopCounterMode unavailable or counted nothing"
+    ratio = counted / analytic
+    note = f"FlopCounterMode / analytic = {ratio:.4f}"
+    if abs(ratio - 1) <= 0.01:
+        return note + " (agree within 1%)"
+    if point.device == "cpu" and point.attention in ("sdpa", "sdpa_flash"):
+        return note + " (FlopCounterMode does not count the CPU flash SDPA kernel)"
+    if point.attention == "flex":
+        return note + " (FlopCounterMode does not count FlexAttention's compiled kernel)"
+    return note + " (FlopCounterMode counts only the kernels it has formulas for; causal masking is never halved)"
+
+
+def measure_point(point: Point, measure: MeasureConfig | None = None) -> Record:
+    """Measure ``point`` and return its :class:`~txbench.record.Record`.
+
+    Raises :class:`~txbench.errors.PointError` for an impossible point (before
+    anything is built). Device/kernel limits give ``status="unsupported"``; an
+    out-of-memory gives ``status="oom"`` with the peak seen, after freeing
+    memory so the process stays usable. Other exceptions propagate (the runner
+    records them as ``error``).
+    """
+    record, step = measure_point_keep(point, measure)
+    del step
+    _free(torch.device(point.device))
+    return record
+
+
+def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tuple[Record, TrainStep | None]:
+    """As :func:`measure_point`, and also return the built step (None unless ``ok``).
+
+    The runner uses the step for the profiler pass in the same process.
+    """
+    cfg = measure or MeasureConfig()
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    validate_point(point)
+    if point.threads:
+        torch.set_num_threads(point.threads)
+    dev = torch.device(point.device)
+    base = {"started_at": started, "torch_threads": torch.get_num_threads()}
+    reason = unsupported_reason(point)
+    if reason:
+        return Record.for_point(point, "unsupported", reason, **base), None
+    fault = testing.fault_for(point)
+    fault.before_build()
+    step = None
+    try:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        step = build_step(point)
+        fault.install(step)
+        timer = make_timer(dev)
+        warm_n, warm_s = _warmup(step, timer, cfg)
+        fault.calibrate(step, timer)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        fwd, bwd, opt, total, stop, meas_s = _adaptive_loop(step, timer, cfg)
+        values = dict(base)
+        values.update(summarize(total, "step_ms"))
+        values.update(
+            step_ms_samples=total,
+            fwd_ms_samples=fwd,
+            bwd_ms_samples=bwd,
+            opt_ms_samples=opt,
+            fwd_ms_median=summarize(fwd, "x")["x_median"],
+            bwd_ms_median=summarize(bwd, "x")["x_median"],
+            opt_ms_median=summarize(opt, "x")["x_median"],
+            noisy=is_noisy(total),
+            n_steps=len(total),
+            ci_rel_halfwidth=ci_rel_halfwidth(total),
+            stop_reason=stop,
+            warmup_steps=warm_n,
+            warmup_s=warm_s,
+            measure_s=meas_s,
+            timer=timer.name,
+            optimizer_impl=step.optimizer_impl,
+            params=sum(p.numel() for p in step.model.parameters()),
+        )
+        med_s = values["step_ms_median"] / 1e3
+        values["tokens_per_s"] = point.tokens_per_step / med_s
+        values["samples_per_s"] = point.batch_size / med_s
+        # memory
+        values.update(step.static_bytes())
+        if dev.type == "cuda":
+            values["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(dev))
+            values["peak_mem_reserved_bytes"] = int(torch.cuda.max_memory_reserved(dev))
+            values["mem_method"] = "torch.cuda.max_memory_allocated over the measured steps"
+        elif cfg.memory:
+            values["peak_mem_bytes"] = int(cpu_step_peak_bytes(step))
+            values["mem_method"] = "live tensors at step start + peak net allocations of one profiled step"
+        if values.get("peak_mem_bytes") is not None:
+            static = values["param_bytes"] + values["grad_bytes"] + values["optimizer_state_bytes"]
+            values["activation_mem_bytes"] = max(values["peak_mem_bytes"] - static, 0)
+        # FLOPs, MFU
+        fl = step_flops(**point.to_dict())
+        values.update(fl)
+        counted = _flop_counter(step)
+        values["flops_counter_per_step"] = counted
+        values["flops_check_note"] = _flops_note(point, fl["flops_per_step"], counted)
+        values["tflops_per_s"] = fl["flops_per_step"] / med_s / 1e12
+        peak, source = peak_tflops(dev, point.precision, autocast_dtype(point.precision))
+        values["peak_tflops"], values["peak_source"] = peak, source
+        values["mfu"] = values["tflops_per_s"] / peak if peak else None
+        values["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+        values["wall_s"] = time.perf_counter() - t_start
+        return Record.for_point(point, "ok", None, **values), step
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None
+        msg = str(exc).strip().splitlines()[0][:500]
+        step = None
+        _free(dev)
+        return Record.for_point(point, "oom", msg, peak_mem_bytes=peak, wall_s=time.perf_counter() - t_start, **base), None
