@@ -99,9 +99,14 @@ class Record:
     # attention kernel verification (filled by the profiler pass)
     attention_kernel: str | None = None
     attention_verified: bool | None = None
-    # profiler pass
-    profile_s: float | None = None
-    trace_path: str | None = None
+    # profiler pass (a separate pass after timing; never used for throughput)
+    profile_s: float | None = None  # wall time of the profiler pass
+    profiled_step_ms: float | None = None  # mean step time under the profiler (inflated by it)
+    gpu_busy_ms_per_step: float | None = None  # union of kernel intervals per profiled step (CUDA)
+    gpu_idle_ms_per_step: float | None = None  # profiled step time with no kernel running (CUDA)
+    gpu_idle_share: float | None = None  # idle / profiled step time (CUDA)
+    kernel_launches_per_step: float | None = None  # CUDA kernel launches per step
+    trace_path: str | None = None  # Chrome/Perfetto trace, relative to the run directory
     # bookkeeping
     started_at: str | None = None
     wall_s: float | None = None  # the whole point, from worker start to record (incl. import and build)

@@ -1,0 +1,3 @@
+from txbench.cli import main
+
+main()

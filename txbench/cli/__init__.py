@@ -1,0 +1,14 @@
+"""``txbench`` command line. Commands live in one module each; this package wires them up."""
+
+from __future__ import annotations
+
+from txbench.cli.app import app
+from txbench.cli import run as _run  # noqa: F401  (registers run, validate)
+from txbench.cli import inspect as _inspect  # noqa: F401  (registers list, env, show)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,165 @@
+"""``txbench run`` and ``txbench validate``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors
+from txbench.cli.tables import fmt_bytes, fmt_num, points_table
+
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a suite field, e.g. [cyan]--set measure.max_s=5 --set sweep.seq_len=[128,256][/]."),
+]
+
+
+class _RichProgress:
+    """Sweep callbacks drawing a rich progress bar with the current point and the last result."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+        self.last = ""
+
+    def on_start(self, run_dir, total, done, todo):
+        if self.quiet:
+            return
+        console.print(f"[bold]run directory[/] {run_dir}  ({total} points, {done} already done, {todo} to run)")
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[last]}"),
+            console=console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("points", total=total, completed=done, last="")
+
+    def on_point_start(self, index, point):
+        if self.progress:
+            self.progress.update(self.task, description=point.label(), last=self.last)
+
+    def on_point_end(self, index, point, rec):
+        if rec.get("status") == "ok":
+            self.last = f"last: {rec['step_ms_median']:.4g} ms, {fmt_num(rec.get('tokens_per_s'))} tok/s, {fmt_bytes(rec.get('peak_mem_bytes'))}"
+        else:
+            self.last = f"last: [red]{rec.get('status')}[/]"
+        if self.progress:
+            self.progress.update(self.task, advance=1, last=self.last)
+
+    def close(self):
+        if self.progress:
+            self.progress.update(self.task, description="done")
+            self.progress.stop()
+
+
+@app.command()
+@handle_errors
+def run(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file, e.g. suites/seq_len.yaml.")],
+    set_: SetOpt = None,
+    results_dir: Annotated[Path, typer.Option("--results-dir", help="Where run directories go.")] = Path("results"),
+    resume: Annotated[
+        Optional[str],
+        typer.Option("--resume", help="Continue a run: a run directory, or 'latest' for this suite's newest run."),
+    ] = None,
+    profile: Annotated[bool, typer.Option("--profile/--no-profile", help="Run the torch.profiler pass after timing.")] = True,
+    trace: Annotated[bool, typer.Option("--trace", help="Keep a Chrome/Perfetto trace per point (large).")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the run directory.")] = True,
+    isolate: Annotated[bool, typer.Option("--isolate", help="A fresh worker process per point (slower: torch import each time).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only the run directory at the end.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary object on stdout, nothing else.")] = False,
+):
+    """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
+
+    Failures (OOM, unsupported, error, timeout) are recorded per point and the
+    sweep goes on. Ctrl-C stops cleanly; continue with [cyan]--resume[/].
+
+    Example: [cyan]txbench run suites/seq_len.yaml --set measure.max_s=5[/]
+    """
+    from txbench.runner.sweep import SweepInterrupted, run_suite
+    from txbench.suite import load_suite
+
+    s, resolved = load_suite(suite, set_)
+    resume_arg = True if resume in ("latest", "last") else (Path(resume) if resume else None)
+    cb = _RichProgress(quiet=quiet or as_json)
+    t0 = time.monotonic()
+    interrupted = False
+    try:
+        result = run_suite(
+            s, resolved, results_dir=results_dir, resume=resume_arg, profile=profile, trace=trace, isolate=isolate, callbacks=cb
+        )
+    except SweepInterrupted as e:
+        result, interrupted = e.result, True
+    finally:
+        cb.close()
+    report_path = None
+    if report and not interrupted:
+        report_path = _write_report(result.run_dir, quiet or as_json)
+    import pandas as pd
+
+    df = pd.DataFrame(result.records)
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    if as_json:
+        print(json.dumps({
+            "run_dir": str(result.run_dir),
+            "points": len(df),
+            "status_counts": counts,
+            "measured": result.measured,
+            "skipped": result.skipped,
+            "wall_s": round(time.monotonic() - t0, 3),
+            "interrupted": interrupted,
+            "report": str(report_path) if report_path else None,
+        }))
+    else:
+        if not quiet and len(df):
+            console.print(points_table(df, title=f"{s.name}: {len(df)} points"))
+        console.print(f"[bold]results[/]  {result.run_dir}")
+        if not quiet:
+            console.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+            if report_path:
+                console.print(f"[bold]report[/]   {report_path}")
+            console.print(f"re-render: [cyan]txbench report {result.run_dir}[/]   findings: [cyan]txbench analyze {result.run_dir}[/]")
+    if interrupted:
+        err_console.print(f"interrupted; resume with: txbench run {suite} --resume {result.run_dir}")
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _write_report(run_dir: Path, quiet: bool) -> Path | None:
+    try:
+        from txbench.report.html import write_report
+    except ImportError:
+        return None
+    out = run_dir / "report.html"
+    write_report([run_dir], out)
+    return out
+
+
+@app.command()
+@handle_errors
+def validate(
+    suite: Annotated[Path, typer.Argument(help="Suite YAML file to check.")],
+    set_: SetOpt = None,
+):
+    """Check a suite without running it: every problem at once, then the number of points.
+
+    Example: [cyan]txbench validate suites/seq_len.yaml --set sweep.batch_size=[4,8][/]
+    """
+    from txbench.suite import load_suite
+
+    s, _ = load_suite(suite, set_)
+    points = s.points("cpu" if s.device == "auto" else s.device)
+    axes = ", ".join(f"{k}={v}" for k, v in s.sweep.items())
+    console.print(f"[green]ok[/] {suite}: suite {s.name!r}, {len(points)} points ({axes})")

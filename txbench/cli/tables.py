@@ -1,0 +1,89 @@
+"""Terminal tables of a run's points (used by ``run`` and ``show``). No torch import."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+__all__ = ["points_table", "varying_axes", "fmt_bytes", "fmt_num"]
+
+_AXES = ["arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "precision", "attention", "device", "threads"]
+_STATUS_STYLE = {"ok": "green", "oom": "magenta", "unsupported": "yellow", "error": "red", "timeout": "red"}
+
+
+def varying_axes(df: pd.DataFrame) -> list[str]:
+    """Config columns that take more than one value in ``df`` (at least seq_len, attention)."""
+    cols = [c for c in _AXES if c in df.columns and df[c].astype(str).nunique() > 1]
+    return cols or [c for c in ("seq_len", "batch_size", "precision", "attention") if c in df.columns]
+
+
+def _ok(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def fmt_num(v, digits: int = 3) -> str:
+    if not _ok(v):
+        return "-"
+    v = float(v)
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:.{digits}g}M"
+    if abs(v) >= 1e3:
+        return f"{v / 1e3:.{digits}g}k"
+    return f"{v:.{digits}g}"
+
+
+def fmt_bytes(v) -> str:
+    if not _ok(v):
+        return "-"
+    v = float(v)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(v) < 1024 or unit == "TiB":
+            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+        v /= 1024
+    return "-"
+
+
+def points_table(df: pd.DataFrame, title: str | None = None) -> Table:
+    """One line per point: varying config, status, step time with CI, phases, throughput, memory, MFU."""
+    axes = varying_axes(df)
+    t = Table(title=title, show_lines=False, header_style="bold")
+    for a in axes:
+        t.add_column(a, justify="right" if a in ("seq_len", "batch_size", "d_model", "n_layers", "n_heads") else "left")
+    t.add_column("status")
+    t.add_column("step ms (95% CI)", justify="right")
+    t.add_column("fwd/bwd/opt ms", justify="right")
+    t.add_column("tokens/s", justify="right")
+    t.add_column("TFLOP/s", justify="right")
+    t.add_column("MFU", justify="right")
+    t.add_column("peak mem", justify="right")
+    t.add_column("note", overflow="fold")
+    for _, r in df.iterrows():
+        status = str(r.get("status"))
+        style = _STATUS_STYLE.get(status, "")
+        if status == "ok":
+            step = f"{r['step_ms_median']:.4g} ({r['step_ms_ci_low']:.4g}-{r['step_ms_ci_high']:.4g})"
+            phases = f"{r['fwd_ms_median']:.3g}/{r['bwd_ms_median']:.3g}/{r['opt_ms_median']:.3g}"
+            notes = []
+            if r.get("noisy"):
+                notes.append("noisy")
+            if r.get("attention_verified") is False:
+                notes.append(f"ran {r.get('attention_kernel')}")
+            note = ", ".join(notes)
+        else:
+            step = phases = "-"
+            note = str(r.get("error") or "")[:120]
+        mfu = r.get("mfu")
+        t.add_row(
+            *[str(r.get(a)) for a in axes],
+            f"[{style}]{status}[/]" if style else status,
+            step,
+            phases,
+            fmt_num(r.get("tokens_per_s")),
+            fmt_num(r.get("tflops_per_s")),
+            f"{100 * mfu:.1f}%" if _ok(mfu) else "-",
+            fmt_bytes(r.get("peak_mem_bytes")),
+            note,
+        )
+    return t

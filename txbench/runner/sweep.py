@@ -1,0 +1,192 @@
+"""Run a suite: expand points, skip finished ones, measure the rest, store after each.
+
+No torch import in this process: workers do the measuring. Progress is reported
+through :class:`SweepCallbacks`; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from txbench.config import Point
+from txbench.errors import StoreError
+from txbench.record import FINAL_STATUSES, Record
+from txbench.runner.launcher import Launcher, WorkerLauncher
+from txbench.store import (
+    OPS_FILE,
+    POINTS_FILE,
+    latest_run,
+    load_points,
+    new_run_dir,
+    read_meta,
+    write_points,
+    write_table,
+)
+from txbench.suite import Suite, slug
+
+__all__ = ["SweepCallbacks", "SweepResult", "run_suite", "SweepInterrupted"]
+
+
+class SweepInterrupted(Exception):
+    """Ctrl-C during a sweep; ``result`` holds what was stored before it."""
+
+    def __init__(self, result: "SweepResult"):
+        self.result = result
+        super().__init__("interrupted")
+
+
+class SweepCallbacks:
+    """Override what you need; the CLI draws progress from these."""
+
+    def on_start(self, run_dir: Path, total: int, done: int, todo: int) -> None: ...
+
+    def on_point_start(self, index: int, point: Point) -> None: ...
+
+    def on_point_end(self, index: int, point: Point, record: dict) -> None: ...
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    records: list[dict] = field(default_factory=list)
+    skipped: int = 0  # points already in the run (resume)
+    measured: int = 0
+    wall_s: float = 0.0
+    env: dict = field(default_factory=dict)
+
+
+def _new_run_id() -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{now}-{secrets.token_hex(2)}"
+
+
+def _failure_record(point: Point, status: str, message: str, wall_s: float) -> dict:
+    rec = Record.for_point(point, status, message, wall_s=wall_s)
+    return rec.to_dict()
+
+
+def _ops_table(rows: list[dict]):
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(rows)
+
+
+def run_suite(
+    suite: Suite,
+    resolved: dict,
+    *,
+    results_dir: str | Path = "results",
+    resume: str | Path | bool | None = None,
+    profile: bool = True,
+    trace: bool = False,
+    isolate: bool = False,
+    callbacks: SweepCallbacks | None = None,
+    launcher: Launcher | None = None,
+) -> SweepResult:
+    """Run every point of ``suite`` not already in the run; store after each point.
+
+    ``resume``: a run directory, or True for the latest run of this suite under
+    ``results_dir``. Raises :class:`SweepInterrupted` on Ctrl-C after storing
+    what finished.
+    """
+    cb = callbacks or SweepCallbacks()
+    t0 = time.monotonic()
+    name = slug(suite.name)
+    existing: list[dict] = []
+    ops_rows: list[dict] = []
+    if resume:
+        run_dir = latest_run(results_dir, name) if resume is True else Path(resume)
+        if run_dir is None:
+            raise StoreError(f"no earlier run of suite {suite.name!r} under {results_dir}/{name}/ to resume")
+        if not (run_dir / POINTS_FILE).exists():
+            raise StoreError(f"{run_dir}: not a txbench run directory (no {POINTS_FILE})")
+        existing = load_points(run_dir).to_dict("records")
+        ops_path = run_dir / OPS_FILE
+        if ops_path.exists():
+            import pyarrow.parquet as pq
+
+            ops_rows = pq.read_table(ops_path).to_pylist()
+    else:
+        run_dir = new_run_dir(results_dir, name, _new_run_id())
+        (run_dir / "suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    own = launcher is None
+    launcher = launcher or WorkerLauncher(log_path=run_dir / "worker.log", isolate=isolate)
+    result = SweepResult(run_dir=run_dir)
+    try:
+        # 1. environment, device and availability, decided before any point runs
+        env_out = launcher.run(
+            {"kind": "env", "device": suite.device, "points": [p.to_dict() for p in suite.points("cpu")]},
+            timeout_s=600,
+        )
+        if env_out.answer is None:
+            raise StoreError(f"could not start a worker: {env_out.message}")
+        device = env_out.answer["device"]
+        points = suite.points(device)
+        env, unsupported = env_out.answer["env"], env_out.answer["unsupported"]
+        result.env = env
+        meta = {"suite": suite.name, "run_id": run_dir.name, "device": device, "env": env}
+        if resume:
+            old = read_meta(run_dir)
+            meta["env_first"] = old.get("env")
+        (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
+
+        done = {r["point_id"] for r in existing if r.get("status") in FINAL_STATUSES}
+        records = [r for r in existing]
+        todo = [p for p in points if p.point_id not in done]
+        result.skipped = len(points) - len(todo)
+        cb.on_start(run_dir, len(points), result.skipped, len(todo))
+        mcfg = dataclasses.asdict(suite.measure_config())
+        profile_steps = mcfg.pop("profile_steps") if profile else 0
+        if not profile:
+            mcfg.pop("profile_steps")
+        trace_dir = run_dir / "traces"
+        for i, point in enumerate(todo):
+            cb.on_point_start(i, point)
+            if point.point_id in unsupported:
+                rec = Record.for_point(point, "unsupported", unsupported[point.point_id]).to_dict()
+                new_ops = []
+            else:
+                job = {
+                    "kind": "point",
+                    "point": point.to_dict(),
+                    "measure": {**mcfg, "profile_steps": profile_steps},
+                    "profile_steps": profile_steps,
+                    "trace_path": str(trace_dir / f"{point.point_id}.json.gz") if trace else None,
+                }
+                if trace:
+                    trace_dir.mkdir(exist_ok=True)
+                out = launcher.run(job, timeout_s=suite.measure.timeout_s)
+                if out.answer is not None:
+                    rec, new_ops = out.answer["record"], out.answer.get("ops", [])
+                else:
+                    status = {"timeout": "timeout", "killed": "oom"}.get(out.failure, "error")
+                    rec, new_ops = _failure_record(point, status, out.message, out.wall_s), []
+            records.append(rec)
+            ops_rows.extend(new_ops)
+            write_points(run_dir / POINTS_FILE, records, meta)
+            if new_ops:
+                write_table(run_dir / OPS_FILE, _ops_table(ops_rows), {"suite": suite.name})
+            result.measured += 1
+            cb.on_point_end(i, point, rec)
+        if not todo and not (run_dir / POINTS_FILE).exists():
+            write_points(run_dir / POINTS_FILE, records, meta)
+        result.records = records
+    except KeyboardInterrupt:
+        launcher.close()
+        result.records = load_points(run_dir).to_dict("records") if (run_dir / POINTS_FILE).exists() else []
+        result.wall_s = time.monotonic() - t0
+        raise SweepInterrupted(result) from None
+    finally:
+        if own:
+            launcher.close()
+    result.wall_s = time.monotonic() - t0
+    return result

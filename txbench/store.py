@@ -1,0 +1,161 @@
+"""Results on disk: run directories and their Parquet files. No torch import.
+
+Layout of a run (see docs/results.md)::
+
+    results/<suite>/<run_id>/
+        points.parquet   one row per point (columns: txbench.record.Record)
+        ops.parquet      one row per (point_id, op, phase) from the profiler pass
+        suite.yaml       the resolved suite that produced the run
+        env.json         the environment fingerprint
+        report.html      the report (unless --no-report)
+        traces/          Chrome/Perfetto traces (with --trace)
+
+Every write goes to a temporary file in the same directory and is then renamed
+over the old one (``os.replace`` is atomic on POSIX), so a run killed at any
+moment leaves the previous complete file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from txbench.errors import StoreError
+from txbench.record import Record
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "POINTS_FILE",
+    "OPS_FILE",
+    "points_schema",
+    "write_points",
+    "write_table",
+    "load_points",
+    "load_ops",
+    "read_meta",
+    "resolve_run",
+    "latest_run",
+    "new_run_dir",
+]
+
+SCHEMA_VERSION = 1
+POINTS_FILE = "points.parquet"
+OPS_FILE = "ops.parquet"
+META_KEY = b"txbench"
+
+
+def _arrow_type(tp) -> pa.DataType:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _arrow_type(args[0])
+    if origin is list:
+        return pa.list_(_arrow_type(typing.get_args(tp)[0]))
+    return {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}[tp]
+
+
+def points_schema() -> pa.Schema:
+    """The Arrow schema of ``points.parquet``, derived from :class:`Record`."""
+    hints = typing.get_type_hints(Record)
+    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(Record)])
+
+
+def _meta(extra: dict | None) -> dict[bytes, bytes]:
+    body = {"schema_version": SCHEMA_VERSION}
+    body.update(extra or {})
+    return {META_KEY: json.dumps(body, default=str).encode()}
+
+
+def write_table(path: Path, table: pa.Table, meta: dict | None = None) -> None:
+    """Write ``table`` to ``path`` atomically, with txbench metadata (schema version and ``meta``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **_meta(meta)})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_points(path: Path, records: list[dict], meta: dict | None = None) -> None:
+    """Write every record (dicts with :class:`Record` keys) to ``points.parquet`` atomically."""
+    schema = points_schema()
+    cols = {name: [r.get(name) for r in records] for name in schema.names}
+    write_table(Path(path), pa.table(cols, schema=schema), meta)
+
+
+def _parquet_path(path, default_name: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / default_name
+    if not p.exists():
+        raise StoreError(f"{p}: no such file; expected a run directory or a {default_name} file")
+    return p
+
+
+def read_meta(path) -> dict:
+    """The txbench metadata of a Parquet file or run directory (schema version, suite, env, ...)."""
+    p = _parquet_path(path, POINTS_FILE)
+    try:
+        md = pq.read_schema(p).metadata or {}
+    except (pa.ArrowInvalid, OSError) as e:
+        raise StoreError(f"{p}: not a readable Parquet file ({e})") from None
+    if META_KEY not in md:
+        raise StoreError(f"{p}: not a txbench results file (no txbench metadata)")
+    return json.loads(md[META_KEY])
+
+
+def load_points(path, *, check_schema: bool = True) -> pd.DataFrame:
+    """``points.parquet`` of a run directory (or the file itself) as a DataFrame."""
+    p = _parquet_path(path, POINTS_FILE)
+    meta = read_meta(p)
+    if check_schema and meta.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{p}: schema version {meta.get('schema_version')} but this txbench reads version {SCHEMA_VERSION}"
+        )
+    df = pq.read_table(p).to_pandas()
+    df.attrs["txbench"] = meta
+    return df
+
+
+def load_ops(path) -> pd.DataFrame | None:
+    """``ops.parquet`` of a run directory, or None when the run has no profiler data."""
+    p = Path(path)
+    p = p / OPS_FILE if p.is_dir() else p.with_name(OPS_FILE)
+    if not p.exists():
+        return None
+    return pq.read_table(p).to_pandas()
+
+
+def resolve_run(path) -> Path:
+    """The run directory for ``path`` (a run directory or a file inside one)."""
+    p = Path(path)
+    run = p if p.is_dir() else p.parent
+    if not (run / POINTS_FILE).exists():
+        raise StoreError(f"{path}: not a txbench run directory (no {POINTS_FILE})")
+    return run
+
+
+def latest_run(results_dir, suite_name: str) -> Path | None:
+    """The most recent run directory of ``suite_name`` under ``results_dir``, or None."""
+    base = Path(results_dir) / suite_name
+    if not base.is_dir():
+        return None
+    runs = sorted(d for d in base.iterdir() if d.is_dir() and (d / POINTS_FILE).exists())
+    return runs[-1] if runs else None
+
+
+def new_run_dir(results_dir, suite_name: str, run_id: str) -> Path:
+    """Create and return ``results_dir/suite_name/run_id``."""
+    d = Path(results_dir) / suite_name / run_id
+    d.mkdir(parents=True, exist_ok=False)
+    return d
