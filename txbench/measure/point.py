@@ -66,7 +66,7 @@ def is_oom(exc: BaseException) -> bool:
 
 def _free(device: torch.device) -> None:
     gc.collect()
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 
