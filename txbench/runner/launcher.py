@@ -133,7 +133,11 @@ class WorkerLauncher(Launcher):
             if not ready:
                 continue
             chunk = os.read(fd, 1 << 20)
-            if not chunk:  # the worker exited
+            if not chunk:  # the worker exited: reap it so its exit status is known
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
                 return None
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)

@@ -73,6 +73,13 @@ def _failure_record(point: Point, status: str, message: str, wall_s: float) -> d
     return rec.to_dict()
 
 
+def _read_rows(path: Path) -> list[dict]:
+    # pyarrow keeps nulls as None (pandas would turn them into NaN and break the schema)
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
 def _ops_table(rows: list[dict]):
     import pyarrow as pa
 
@@ -108,12 +115,11 @@ def run_suite(
             raise StoreError(f"no earlier run of suite {suite.name!r} under {results_dir}/{name}/ to resume")
         if not (run_dir / POINTS_FILE).exists():
             raise StoreError(f"{run_dir}: not a txbench run directory (no {POINTS_FILE})")
-        existing = load_points(run_dir).to_dict("records")
+        load_points(run_dir)  # checks the schema version
+        existing = _read_rows(run_dir / POINTS_FILE)
         ops_path = run_dir / OPS_FILE
         if ops_path.exists():
-            import pyarrow.parquet as pq
-
-            ops_rows = pq.read_table(ops_path).to_pylist()
+            ops_rows = _read_rows(ops_path)
     else:
         run_dir = new_run_dir(results_dir, name, _new_run_id())
         (run_dir / "suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -182,7 +188,7 @@ def run_suite(
         result.records = records
     except KeyboardInterrupt:
         launcher.close()
-        result.records = load_points(run_dir).to_dict("records") if (run_dir / POINTS_FILE).exists() else []
+        result.records = _read_rows(run_dir / POINTS_FILE) if (run_dir / POINTS_FILE).exists() else []
         result.wall_s = time.monotonic() - t0
         raise SweepInterrupted(result) from None
     finally:
