@@ -85,7 +85,8 @@ class TrainStep:
         self.point = point
         self.device = torch.device(point.device)
         _set_tf32(point.precision == "tf32")
-        self.model = Transformer(point.model, attention=point.attention, seed=point.train.seed).to(self.device)
+        with self.device:  # parameters are created on the device: no host copy of a large model
+            self.model = Transformer(point.model, attention=point.attention, seed=point.train.seed)
         self.model.train()
         self.optimizer, self.optimizer_impl = _make_optimizer(self.model, point)
         self.batch = make_batch(point.model, point.batch_size, point.seq_len, self.device, seed=point.train.seed)
