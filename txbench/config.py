@@ -74,9 +74,9 @@ class MeasureConfig:
     warmup_s: float = 1.0  # warm up for at least this long ...
     warmup_min_steps: int = 3  # ... and at least this many steps
     warmup_max_steps: int = 200  # ... but never more than this many
-    min_steps: int = 5  # measured steps before the adaptive stop may end the loop
-    max_steps: int = 100  # hard cap on measured steps
-    max_s: float = 20.0  # hard cap on measuring time (seconds)
+    min_steps: int = 5  # measured steps before anything may end the loop (a floor, even past max_s)
+    max_steps: int = 100  # cap on measured steps
+    max_s: float = 20.0  # cap on measuring time in seconds, checked once min_steps are done
     target_ci: float = 0.02  # stop once the 95% CI half-width of the median is within this fraction
     profile_steps: int = 2  # active steps in the torch.profiler pass (0 turns it off)
     timeout_s: float = 600.0  # a point's worker is killed after this long (hang protection)

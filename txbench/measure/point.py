@@ -85,11 +85,13 @@ def _adaptive_loop(step, timer, cfg: MeasureConfig) -> tuple[list, list, list, l
         if n >= cfg.max_steps:
             reason = "max_steps"
             break
+        if n < cfg.min_steps:  # min_steps is a floor that the time cap does not cut
+            continue
+        if ci_rel_halfwidth(total) <= cfg.target_ci:
+            reason = "ci"
+            break
         if elapsed >= cfg.max_s:
             reason = "max_s"
-            break
-        if n >= cfg.min_steps and ci_rel_halfwidth(total) <= cfg.target_ci:
-            reason = "ci"
             break
     return fwd, bwd, opt, total, reason, time.perf_counter() - t0
 
