@@ -1,0 +1,291 @@
+"""Findings rules and `txbench analyze`: each rule fires on a hand-made run and stays silent on another."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+import txbench.cli.analyze  # noqa: F401  (registers the command on the app)
+from txbench.analysis import findings as F
+from txbench.analysis.types import SEVERITIES
+from txbench.cli.app import app
+from txbench.record import Record
+from txbench.store import OPS_FILE, POINTS_FILE, write_points, write_table
+
+runner = CliRunner()
+MEASURED_PEAK = "measured CPU GEMM peak (2048^3 float32, 2 threads)"
+TS = (128, 256, 512, 1024)
+
+
+def point(status="ok", **kw) -> dict:
+    """One points.parquet row (all Record columns) for the seq_len suite's model, overridden by ``kw``."""
+    cfg = dict(d_model=256, n_layers=4, n_heads=4, ffn_mult=4, vocab_size=8192, seq_len=128, batch_size=4,
+               precision="fp32", attention="naive", optimizer="adamw", optimizer_impl="fused", params=3_000_000)
+    cfg.update(kw)
+    pid = kw.pop("point_id", None) or f"{cfg['attention']}-{cfg['precision']}-T{cfg['seq_len']}-B{cfg['batch_size']}"
+    cfg.pop("point_id", None)
+    return Record(point_id=pid, status=status, **cfg).to_dict()
+
+
+def timed(step_ms, fwd=0.3, bwd=0.6, opt=0.1, **kw) -> dict:
+    """An ok point with a step time split into phases by the given fractions."""
+    return point(step_ms_median=step_ms, step_ms_iqr=0.02 * step_ms, fwd_ms_median=fwd * step_ms,
+                 bwd_ms_median=bwd * step_ms, opt_ms_median=opt * step_ms, noisy=False, **kw)
+
+
+def sweep(exps=(("naive", 2.0, 2.0), ("sdpa_flash", 1.0, 1.0)), ts=TS, **kw) -> pd.DataFrame:
+    """Points whose step time and peak memory follow T^exponent per attention implementation."""
+    return pd.DataFrame([
+        timed(100.0 * (t / ts[0]) ** e, attention=a, seq_len=t, peak_mem_bytes=int(50e6 * (t / ts[0]) ** m), **kw)
+        for a, e, m in exps for t in ts
+    ])
+
+
+def ops_for(points: pd.DataFrame, shares) -> pd.DataFrame:
+    """CPU op rows giving each point the category shares ``shares(row) -> {category: share}``."""
+    rows = []
+    for _, r in points.iterrows():
+        for cat, sh in shares(r).items():
+            rows.append(dict(point_id=r["point_id"], name=f"op_{cat}", phase="forward", category=cat, region=None,
+                             device="cpu", self_ms=sh * r["step_ms_median"], total_ms=sh * r["step_ms_median"], calls=1.0,
+                             self_mem_bytes=None))
+    return pd.DataFrame(rows)
+
+
+def attention_grows(r) -> dict:
+    """Attention 10% -> 80% of the step with naive, flat ~10% with sdpa_flash; LM head + loss 30% at T=128."""
+    attn = 0.1 * (r["seq_len"] / 128) ** (1.0 if r["attention"] == "naive" else 0.05)
+    lm = 0.3 * (128 / r["seq_len"]) ** 0.7
+    return {"attention": attn, "lm_head_loss": lm, "gemm": 0.8 * (1 - attn - lm), "other": 0.2 * (1 - attn - lm)}
+
+
+def flat(r) -> dict:
+    return {"gemm": 0.7, "attention": 0.12, "lm_head_loss": 0.05, "other": 0.13}
+
+
+def texts(found) -> str:
+    return "\n".join(f.text for f in found)
+
+
+# ---------------------------------------------------------------- points rules
+def test_unverified_kernel_is_critical_and_names_both_kernels():
+    pts = sweep()
+    pts.loc[pts["attention"] == "sdpa_flash", ["attention_kernel", "attention_verified"]] = ["sdpa_math", False]
+    pts["attention_verified"] = pts["attention_verified"].astype(object)
+    found = F.unverified_kernels(pts)
+    assert len(found) == 1 and found[0].severity == "critical"
+    assert "Requested `sdpa_flash` but `sdpa_math` ran" in found[0].text and len(found[0].point_ids) == 4
+    ok = sweep()
+    ok["attention_verified"] = [True] * 4 + [None] * 4
+    assert F.unverified_kernels(ok) == []
+
+
+def test_failures_count_per_status_with_first_message():
+    pts = pd.concat([sweep(), pd.DataFrame([
+        point(status="oom", attention="naive", seq_len=2048, error="CUDA out of memory. Tried to allocate 2 GiB\nmore"),
+        point(status="oom", attention="naive", seq_len=4096, error="CUDA out of memory. Tried to allocate 8 GiB"),
+        point(status="error", attention="sdpa_flash", seq_len=2048, error="RuntimeError: boom"),
+    ])], ignore_index=True)
+    found = {f.scope["status"]: f for f in F.failures(pts)}
+    assert set(found) == {"oom", "error"}
+    assert found["oom"].severity == "info" and found["error"].severity == "warning"
+    assert "2 of 11 points ended with status oom" in found["oom"].text
+    assert '"CUDA out of memory. Tried to allocate 2 GiB"' in found["oom"].text  # first line of the first message
+    assert F.failures(sweep()) == []
+
+
+def test_frontier_gives_largest_feasible_value_and_first_failure():
+    pts = pd.concat([sweep(), pd.DataFrame([point(status="oom", attention="naive", seq_len=2048, error="oom")])])
+    found = F.feasibility_frontier(pts)
+    assert len(found) == 1 and found[0].chart == "memory:seq_len"
+    assert "`naive` up to T=1024, T=2048 fails (oom)" in found[0].text
+    assert "`sdpa_flash` up to T=1024 (all ran)" in found[0].text
+    assert F.feasibility_frontier(sweep()) == []
+
+
+def test_scaling_exponents_for_time_and_memory_per_implementation():
+    found = F.scaling(sweep(exps=(("naive", 1.9, 2.0), ("sdpa_flash", 1.2, 1.0))))
+    by_chart = {f.chart: f for f in found}
+    assert set(by_chart) == {"scaling:seq_len", "memory:seq_len"}
+    assert "~T^1.9 with `naive`" in by_chart["scaling:seq_len"].text and "~T^1.2 with `sdpa_flash`" in by_chart["scaling:seq_len"].text
+    assert "~T^2.0 with `naive`" in by_chart["memory:seq_len"].text and "~T^1.0 with `sdpa_flash`" in by_chart["memory:seq_len"].text
+    assert "T=128..1024" in by_chart["scaling:seq_len"].text
+    assert F.scaling(sweep(ts=(128, 256))) == []  # two values: no exponent
+
+
+def test_winners_report_crossover_with_speedup_and_memory():
+    pts = sweep()
+    # naive is faster at T=128 only
+    pts.loc[(pts["attention"] == "naive") & (pts["seq_len"] == 128), "step_ms_median"] = 50.0
+    found = F.winners(pts)
+    assert len(found) == 1
+    t = found[0].text
+    assert "Crossover along seq_len" in t and "`naive` wins at T=128 (by up to 2.0x)" in t
+    assert "At T=1024 `sdpa_flash` is 8.0x faster than `naive` and uses 8.0x less peak memory" in t
+
+
+def test_winners_single_winner_and_ties():
+    found = F.winners(sweep())  # both take 100 ms at T=128
+    assert len(found) == 1 and "`sdpa_flash` is fastest at T=256, 512, 1024 (ties within 5% elsewhere)" in found[0].text
+    pts = sweep()
+    pts.loc[pts["attention"] == "naive", "step_ms_median"] *= 1.5
+    found = F.winners(pts)
+    assert len(found) == 1 and "`sdpa_flash` is fastest at every T (T=128..1024); at T=1024 it is 12x faster" in found[0].text
+    tie = sweep(exps=(("naive", 1.0, 1.0), ("sdpa_flash", 1.0, 1.0)))
+    tie.loc[tie["attention"] == "naive", "step_ms_median"] *= 1.02  # within 5%: no winner worth a sentence
+    assert F.winners(tie) == []
+    assert F.winners(sweep(exps=(("naive", 2.0, 2.0),))) == []  # nothing to compare
+
+
+def test_phases_flag_odd_backward_ratio_and_large_optimizer_share():
+    pts = pd.DataFrame([timed(100.0, fwd=0.2, bwd=0.7, opt=0.1, seq_len=t, attention="sdpa_flash") for t in TS])
+    found = F.phases(pts)
+    assert len(found) == 1 and "Backward takes 3.5x the forward" in found[0].text and "recomputes" in found[0].text
+    opt = pd.DataFrame([timed(100.0, fwd=0.25, bwd=0.45, opt=0.30, seq_len=t, optimizer_impl="foreach") for t in TS])
+    found = F.phases(opt)
+    assert len(found) == 1 and found[0].severity == "warning"
+    assert "The optimizer takes 30% of the step" in found[0].text and "fused=True" in found[0].text
+    assert F.phases(sweep()) == []  # bwd = 2x fwd, optimizer 10%
+
+
+def test_gpu_idle_is_launch_bound_and_silent_on_cpu():
+    pts = sweep()
+    assert F.gpu_idle(pts) == []  # CPU: column is null
+    pts["gpu_idle_share"] = [0.5, 0.4, 0.1, 0.05] * 2
+    pts["kernel_launches_per_step"] = 1200.0
+    found = F.gpu_idle(pts)
+    assert len(found) == 1 and found[0].severity == "warning" and len(found[0].point_ids) == 4
+    assert "idle 50% of the profiled step" in found[0].text and "CUDA graphs" in found[0].text
+
+
+def test_noisy_points_are_listed_worst_first():
+    pts = sweep()
+    pts.loc[0, ["noisy", "step_ms_iqr"]] = [True, 30.0]
+    pts.loc[1, ["noisy", "step_ms_iqr"]] = [True, 200.0]
+    found = F.noisy_points(pts)
+    assert len(found) == 1 and "2 of 8 points are noisy" in found[0].text
+    assert found[0].text.index("T=256") < found[0].text.index("T=128")  # 50% before 30%
+    clean = sweep()
+    clean["noisy"] = [False] * 4 + [None] * 4
+    assert F.noisy_points(clean) == []
+
+
+def test_mfu_names_a_measured_cpu_peak_and_a_missing_peak():
+    pts = sweep(tflops_per_s=0.05, peak_tflops=0.1, peak_source=MEASURED_PEAK)
+    pts["mfu"] = [0.1, 0.2, 0.3, 0.5] * 2
+    found = F.mfu(pts)
+    assert len(found) == 1 and "MFU 10-50% of 0.1 TFLOP/s" in found[0].text and "measured GEMM peak" in found[0].text
+    nopeak = sweep(tflops_per_s=20.0, peak_source="unknown device 'Mystery GPU'", device_name="Mystery GPU")
+    found = F.mfu(nopeak)
+    assert len(found) == 1 and "no peak is known for Mystery GPU" in found[0].text and "20 TFLOP/s" in found[0].text
+    assert F.mfu(sweep()) == []
+
+
+# ---------------------------------------------------------------- ops rules
+def test_category_trend_attention_dominates_with_naive_not_flash():
+    pts = sweep()
+    found = F.category_trends(pts, ops_for(pts, attention_grows))
+    attn = [f for f in found if f.scope["category"] == "attention"]
+    assert len(attn) == 1 and attn[0].severity == "warning" and attn[0].chart == "categories"
+    assert "Attention grows from 10% of the step at T=128 to 80% at T=1024 with `naive`" in attn[0].text
+    assert "while it stays at 10-11% with `sdpa_flash`" in attn[0].text
+    assert "It is the largest category at T=1024 with `naive`, not with `sdpa_flash` (linear layers (GEMM) 66%)" in attn[0].text
+    assert F.category_trends(pts, ops_for(pts, flat)) == []
+    assert F.category_trends(pts, None) == []
+
+
+def test_hotspot_lm_head_names_vocab_and_width():
+    pts = sweep()
+    found = F.hotspots(pts, ops_for(pts, attention_grows))
+    assert [f.scope["category"] for f in found] == ["lm_head_loss"]
+    t = found[0].text
+    assert t.startswith("LM head + loss takes 30% of the step at T=128")
+    assert "vocab 8192 at d_model=256" in t and "2.7 of the 4 transformer blocks" in t
+    assert found[0].evidence[0]["lm_head_loss_share"] == pytest.approx(0.3) and found[0].evidence[0]["seq_len"] == 128
+    assert F.hotspots(pts, ops_for(pts, flat)) == []
+
+
+def test_a_growing_hotspot_is_not_repeated_as_a_trend():
+    pts = sweep()
+    ops = ops_for(pts, lambda r: {"lm_head_loss": 0.1 * (r["seq_len"] / 128) ** 0.5, "gemm": 0.9 - 0.1 * (r["seq_len"] / 128) ** 0.5})
+    assert [f.scope["category"] for f in F.hotspots(pts, ops)] == ["lm_head_loss"]
+    assert [f.scope["category"] for f in F.category_trends(pts, ops)] == []
+    found = F.category_trends(pts, ops_for(pts, lambda r: {"norm": 0.01 * r["seq_len"] / 128, "gemm": 1 - 0.01 * r["seq_len"] / 128}))
+    assert [f.scope["category"] for f in found] == []  # norm ends at 8%: under TREND_MIN_SHARE
+
+
+def test_top_categories_at_both_ends_of_the_sweep():
+    pts = sweep()
+    found = F.top_categories(pts, ops_for(pts, attention_grows))
+    naive = next(f for f in found if f.scope == {"attention": "naive"})
+    assert "at T=128 linear layers (GEMM) 48%, LM head + loss 30%" in naive.text and "at T=1024 attention 80%" in naive.text
+    assert F.top_categories(pts, None) == []
+
+
+# ---------------------------------------------------------------- find and the CLI
+def test_find_orders_by_severity_and_is_json_safe():
+    pts = sweep()
+    pts.loc[0, ["noisy", "step_ms_iqr"]] = [True, 30.0]
+    pts.loc[pts["attention"] == "sdpa_flash", ["attention_kernel", "attention_verified"]] = ["sdpa_math", False]
+    pts["attention_verified"] = pts["attention_verified"].astype(object)
+    found = F.find(pts, ops_for(pts, attention_grows))
+    ranks = [SEVERITIES.index(f.severity) for f in found]
+    assert ranks == sorted(ranks) and found[0].rule == "unverified_kernel"
+    assert len({f.text for f in found}) == len(found)
+    assert {"winners", "scaling", "category_trend", "hotspot", "top_categories", "noisy"} <= {f.rule for f in found}
+    json.dumps([f.to_dict() for f in found])  # numpy values would raise here
+
+
+def _write_run(tmp_path, pts: pd.DataFrame, ops: pd.DataFrame | None):
+    run = tmp_path / "run"
+    write_points(run / POINTS_FILE, pts.to_dict("records"), {"suite": "seq_len", "run_id": "r1"})
+    if ops is not None:
+        write_table(run / OPS_FILE, pa.Table.from_pandas(ops, preserve_index=False))
+    return run
+
+
+def test_analyze_cli_json_severity_and_text(tmp_path):
+    pts = sweep()
+    run = _write_run(tmp_path, pts, ops_for(pts, attention_grows))
+    r = runner.invoke(app, ["analyze", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert any("Attention grows" in f["text"] for f in out) and all({"rule", "severity", "text", "scope"} <= set(f) for f in out)
+    r = runner.invoke(app, ["analyze", str(run), "--json", "--severity", "warning"])
+    sev = {f["severity"] for f in json.loads(r.stdout)}
+    assert sev == {"warning"}
+    r = runner.invoke(app, ["analyze", str(run)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "warning" in r.stdout and "Attention grows" in r.stdout
+    assert r.stdout.index("warning") < r.stdout.index("info")
+
+
+def test_analyze_cli_without_ops_and_on_a_bad_path(tmp_path):
+    run = _write_run(tmp_path, sweep(), None)
+    r = runner.invoke(app, ["analyze", str(run)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "no profiler data" in r.stdout and "Crossover" not in r.stdout
+    r = runner.invoke(app, ["analyze", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "not a txbench run directory" in r.output
+    r = runner.invoke(app, ["analyze", "--help"])
+    assert "Example:" in r.stdout
+
+
+@pytest.mark.slow
+def test_analyze_a_real_tiny_run(tmp_path, write_suite):
+    from txbench.cli import app as full_app
+
+    suite = write_suite(sweep={"seq_len": [16, 32, 64], "batch_size": [2], "precision": ["fp32"], "attention": ["naive", "sdpa_flash"]})
+    r = runner.invoke(full_app, ["run", str(suite), "--results-dir", str(tmp_path / "res"), "--no-report", "--json"])
+    assert r.exit_code == 0, r.output
+    run_dir = json.loads(r.stdout.strip().splitlines()[-1])["run_dir"]
+    r = runner.invoke(app, ["analyze", run_dir, "--json"])
+    assert r.exit_code == 0, r.output
+    rules = {f["rule"] for f in json.loads(r.stdout)}
+    assert "scaling" in rules and "mfu" in rules
+    points, ops = F.load_run(run_dir)
+    assert len(points) == 6
+    if ops is not None:  # once the profiler pass writes ops.parquet
+        assert "top_categories" in rules

@@ -1,0 +1,114 @@
+"""Scaling exponents of step time and memory along the numeric axes of a sweep. Pure pandas, no torch.
+
+A fit is the least-squares slope of ``log y`` on ``log x`` over the ``ok``
+points that differ only along one axis: ``step_ms ~ seq_len^1.9`` means that
+doubling the sequence length multiplies the step time by about 2^1.9 = 3.7.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CONFIG_COLUMNS", "NUMERIC_AXES", "fit_exponent", "numeric_axes", "varying_config", "scaling_fits"]
+
+#: Columns of points.parquet that define a point (``Point.to_dict`` keys), in display order.
+CONFIG_COLUMNS = (
+    "arch", "d_model", "n_layers", "n_heads", "ffn_mult", "vocab_size", "max_seq_len", "norm", "dropout",
+    "tied_embeddings", "causal", "bias", "seq_len", "batch_size", "precision", "attention", "device",
+    "optimizer", "lr", "weight_decay", "seed", "threads",
+)
+#: Config columns along which a power law makes sense (sizes and counts), most commonly swept first.
+NUMERIC_AXES = ("seq_len", "batch_size", "d_model", "n_heads", "n_layers", "ffn_mult", "vocab_size", "threads")
+
+
+def fit_exponent(x, y) -> tuple[float, float] | None:
+    """Slope of ``log y`` on ``log x`` and its r², or None when no power law can be fitted.
+
+    None when there are fewer than 3 distinct positive ``x`` values or any
+    ``y`` is not positive (a log needs positive numbers; NaN pairs are dropped
+    first). r² is 1.0 when ``y`` is constant along ``x`` (a flat line fits exactly).
+    """
+    xs = np.asarray(x, dtype="float64")
+    ys = np.asarray(y, dtype="float64")
+    keep = ~(np.isnan(xs) | np.isnan(ys))
+    xs, ys = xs[keep], ys[keep]
+    if len(xs) == 0 or (xs <= 0).any() or (ys <= 0).any() or len(np.unique(xs)) < 3:
+        return None
+    lx, ly = np.log(xs), np.log(ys)
+    slope, intercept = np.polyfit(lx, ly, 1)
+    resid = ly - (slope * lx + intercept)
+    ss_tot = float(((ly - ly.mean()) ** 2).sum())
+    r2 = 1.0 if ss_tot == 0.0 else 1.0 - float((resid**2).sum()) / ss_tot
+    return float(slope), float(r2)
+
+
+def _present(points: pd.DataFrame, cols) -> list[str]:
+    return [c for c in cols if c in points.columns]
+
+
+def varying_config(points: pd.DataFrame) -> list[str]:
+    """Config columns that take more than one value in ``points`` (None counts as a value)."""
+    return [c for c in _present(points, CONFIG_COLUMNS) if points[c].astype(str).nunique() > 1]
+
+
+def numeric_axes(points: pd.DataFrame) -> list[str]:
+    """Numeric config columns (seq_len, batch_size, d_model, ...) that vary in the run, most common first."""
+    out = []
+    for c in _present(points, NUMERIC_AXES):
+        vals = pd.to_numeric(points[c], errors="coerce").dropna()
+        if vals.nunique() > 1:
+            out.append(c)
+    return out
+
+
+def _ok_points(points: pd.DataFrame, metric: str) -> pd.DataFrame:
+    df = points
+    if "status" in df.columns:
+        df = df[df["status"] == "ok"]
+    if metric not in df.columns:
+        return df.iloc[0:0]
+    return df[pd.to_numeric(df[metric], errors="coerce").notna()]
+
+
+def _plain(v):
+    """A group key as a plain Python value (pandas gives numpy scalars and NaN for None)."""
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v.item() if hasattr(v, "item") else v
+
+
+def scaling_fits(points: pd.DataFrame, axis: str, metric: str = "step_ms_median") -> pd.DataFrame:
+    """One power-law fit per group of ``ok`` points that differ only along ``axis``.
+
+    The groups are formed by every other config column that varies in the run
+    (e.g. ``attention`` and ``precision``). Columns: those group columns, then
+    ``axis`` (the axis name), ``metric`` (the metric name), ``exponent``, ``r2``,
+    ``n_points``, ``x_min``, ``x_max``, ``y_min``, ``y_max`` and ``point_ids``
+    (the points the fit rests on). Groups with fewer than 3 distinct axis
+    values, or a non-positive metric, have no row.
+    """
+    df = _ok_points(points, metric)
+    keys = [c for c in varying_config(df) if c != axis]
+    cols = keys + ["axis", "metric", "exponent", "r2", "n_points", "x_min", "x_max", "y_min", "y_max", "point_ids"]
+    if axis not in df.columns or df.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    groups = df.groupby(keys, dropna=False, sort=True) if keys else [((), df)]
+    for key, g in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        x = pd.to_numeric(g[axis], errors="coerce").to_numpy(dtype="float64")
+        y = pd.to_numeric(g[metric], errors="coerce").to_numpy(dtype="float64")
+        fit = fit_exponent(x, y)
+        if fit is None:
+            continue
+        row = {k: _plain(v) for k, v in zip(keys, key)}
+        row.update(
+            axis=axis, metric=metric, exponent=fit[0], r2=fit[1], n_points=int(len(g)),
+            x_min=float(np.nanmin(x)), x_max=float(np.nanmax(x)), y_min=float(np.nanmin(y)), y_max=float(np.nanmax(y)),
+            point_ids=[str(p) for p in g["point_id"]] if "point_id" in g.columns else [],
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)

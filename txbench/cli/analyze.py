@@ -1,0 +1,60 @@
+"""``txbench analyze``: the bottleneck findings of a run, in the terminal or as JSON."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from txbench.cli.app import app, console, handle_errors
+
+_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+class Severity(str, Enum):
+    critical = "critical"
+    warning = "warning"
+    info = "info"
+
+
+@app.command()
+@handle_errors
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (or its points.parquet).")],
+    severity: Annotated[
+        Severity, typer.Option("--severity", help="Show findings of this severity and more important ones.")
+    ] = Severity.info,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of findings, nothing else.")] = False,
+):
+    """Bottleneck findings of a run: where the step goes, how it scales, what wins, what failed.
+
+    Each finding is a sentence with numbers, most important first. Category
+    findings need the profiler pass (ops.parquet); the rest use points.parquet.
+
+    Example: [cyan]txbench analyze results/seq_len/20261124T101500Z-ab12 --severity warning[/]
+    """
+    from txbench.analysis.findings import find, load_run
+    from txbench.analysis.types import SEVERITIES
+
+    points, ops = load_run(run_dir)
+    keep = SEVERITIES[: SEVERITIES.index(severity.value) + 1]
+    findings = [f for f in find(points, ops) if f.severity in keep]
+    if as_json:
+        print(json.dumps([f.to_dict() for f in findings], default=str))
+        return
+    meta = points.attrs.get("txbench", {})
+    n_ok = int((points["status"] == "ok").sum()) if "status" in points.columns else len(points)
+    console.print(
+        f"[bold]{escape(str(meta.get('suite', '')))} {escape(str(meta.get('run_id', '')))}[/]  "
+        f"{len(points)} points ({n_ok} ok){'' if ops is not None else ', no profiler data (category findings need ops.parquet)'}"
+    )
+    if not findings:
+        console.print(f"no findings at severity {severity.value} or above")
+        return
+    for f in findings:
+        style = _STYLE.get(f.severity, "")
+        console.print(f"[{style}]{f.severity:<8}[/] {escape(f.text)} [dim]({f.rule})[/]", soft_wrap=False)
