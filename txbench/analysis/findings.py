@@ -8,12 +8,40 @@ Pure pandas, no torch.
 
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pandas as pd
 
-from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares, phase_split
+from txbench.analysis.breakdown import phase_split
+from txbench.analysis.findings_ops import category_trends, hotspots, top_categories
+from txbench.analysis.rulekit import (
+    BWD_FWD_HIGH,
+    BWD_FWD_LOW,
+    DECISIVE_SPEEDUP,
+    GPU_IDLE_HIGH,
+    LOOSE_FIT_R2,
+    MAX_PER_RULE,
+    NOISY_IQR_REL,
+    OPT_SHARE_HIGH,
+    _ABBR,
+    _COMPARE,
+    _bytes,
+    _ctx,
+    _groups,
+    _ids,
+    _int,
+    _is,
+    _label,
+    _ms,
+    _ok,
+    _pct,
+    _range,
+    _records,
+    _scope,
+    _span,
+    _val,
+    _where,
+    _x,
+)
 from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
 from txbench.analysis.types import SEVERITIES, Finding
 from txbench.store import load_ops, load_points, resolve_run
@@ -22,142 +50,6 @@ __all__ = [
     "RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots", "phases",
     "noisy_points", "winners", "scaling", "feasibility_frontier", "top_categories", "mfu",
 ]
-
-NOISY_IQR_REL = 0.10  # mirrors the measurement's noisy flag: IQR / median above this
-BWD_FWD_LOW, BWD_FWD_HIGH = 1.5, 3.0  # a training backward usually costs ~2x its forward
-OPT_SHARE_HIGH = 0.20  # optimizer share of the step that deserves a remedy
-GPU_IDLE_HIGH = 0.30  # share of the profiled step with no kernel running: launch-bound
-TREND_MIN_DELTA, TREND_MIN_SHARE = 0.10, 0.20  # a share must grow by 10 points and reach 20%
-DOMINANT_SHARE = 0.50  # a category above half the step is a warning
-DECISIVE_SPEEDUP = 1.05  # a winner within 5% of the runner-up is a tie, not a crossover
-LOOSE_FIT_R2 = 0.90  # below this a power-law fit is called loose
-MAX_PER_RULE = 6  # similar statements are grouped; at most this many findings per rule
-#: Categories that are a bottleneck worth a sentence above this share, with the usual remedy. GEMM and
-#: attention are covered by the trend rule, the optimizer by the phase rule (from timed, unprofiled steps).
-HOTSPOTS = {
-    "lm_head_loss": (0.15, "a smaller vocabulary, a wider model or a fused/chunked cross-entropy shrinks it"),
-    "norm": (0.15, "unfused normalization is memory-bound; torch.compile or a fused kernel helps"),
-    "activation": (0.15, "unfused activations are memory-bound; torch.compile fuses them into the GEMMs' epilogue"),
-    "elementwise": (0.15, "many small memory-bound ops; torch.compile fuses them"),
-    "embedding": (0.10, "the embedding backward is a scatter-add over the vocabulary; a smaller vocabulary helps"),
-    "memcpy": (0.10, "copies and dtype casts; check for .to()/.contiguous() in the step and mixed-precision casts"),
-    "other": (0.30, "time outside any recognised op, mostly Python and dispatch overhead: the model is small for the device"),
-}
-_COMPARE = ("attention", "precision")
-_PLURAL = {"gemm", "activation", "elementwise", "memcpy"}  # category labels that take a plural verb
-_ABBR = {"seq_len": "T", "batch_size": "B", "n_heads": "H", "n_layers": "L", "d_model": "d_model", "vocab_size": "vocab"}
-
-
-# ---------------------------------------------------------------- formatting
-def _pct(share: float) -> str:
-    p = 100.0 * float(share)
-    return f"{p:.0f}%" if abs(p) >= 9.5 else f"{p:.1f}%"
-
-
-def _x(ratio: float) -> str:
-    return f"{ratio:.0f}x" if ratio >= 9.95 else f"{ratio:.1f}x"
-
-
-def _ms(v: float) -> str:
-    return f"{v / 1000:.3g} s" if v >= 1000 else f"{v:.3g} ms"
-
-
-def _bytes(v: float) -> str:
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if v >= div:
-            return f"{v / div:.3g} {unit}"
-    return f"{v:.0f} B"
-
-
-def _int(v):
-    f = float(v)
-    return int(f) if f.is_integer() else f
-
-
-def _val(col: str, v) -> str:
-    if col == "attention":
-        return f"`{v}`"
-    if col in ("precision", "device", "arch", "norm", "optimizer"):
-        return str(v)
-    return f"{_ABBR.get(col, col)}={_int(v) if isinstance(v, (int, float, np.number)) else v}"
-
-
-def _label(row, cols) -> str:
-    """Config of one point in words, e.g. "`naive` fp32 T=512"."""
-    return " ".join(_val(c, row[c]) for c in cols if c in row.index and pd.notna(row[c]))
-
-
-def _where(row, cols) -> str:
-    """Config of one point as a place in the sweep, e.g. "T=512 with `naive` fp32"."""
-    head = _label(row, [c for c in cols if c not in _COMPARE])
-    tail = _label(row, [c for c in cols if c in _COMPARE])
-    return f"{head} with {tail}" if head and tail else head or tail or "this point"
-
-
-def _cap(s: str) -> str:
-    return s[:1].upper() + s[1:]
-
-
-def _range(lo: float, hi: float, fmt) -> str:
-    a, b = fmt(lo), fmt(hi)
-    if a == b:
-        return a
-    return f"{a[:-1]}-{b}" if a.endswith("%") and b.endswith("%") else f"{a}-{b}"
-
-
-def _move(a: float, b: float, plural: bool = False) -> str:
-    """How a share moved, in words: "stays at 9-12%", "falls from 30% to 7%", "goes from 8% to 15%"."""
-    s = "" if plural else "s"
-    if abs(b - a) < TREND_MIN_DELTA:
-        return f"stay{s} at {_range(min(a, b), max(a, b), _pct)}"
-    return f"{'fall' if b < a else 'go'}{s if b < a else ('' if plural else 'es')} from {_pct(a)} to {_pct(b)}"
-
-
-def _span(axis: str, lo, hi) -> str:
-    return f"{_ABBR.get(axis, axis)}={_int(lo)}..{_int(hi)}"
-
-
-def _scope(row, cols) -> dict:
-    return {c: _plain(row[c]) for c in cols if c in row.index}
-
-
-def _plain(v):
-    if isinstance(v, np.generic):
-        v = v.item()
-    return None if isinstance(v, float) and np.isnan(v) else v
-
-
-def _records(df: pd.DataFrame, cols=None) -> list[dict]:
-    """Rows as JSON-safe plain dicts (NaN -> None, numpy -> Python)."""
-    df = df if cols is None else df[[c for c in dict.fromkeys(cols) if c in df.columns]]
-    return json.loads(df.to_json(orient="records", default_handler=str))
-
-
-def _is(v, flag: bool) -> bool:
-    """``v`` is the boolean ``flag`` (None, NaN and other values are neither True nor False)."""
-    return isinstance(v, (bool, np.bool_)) and bool(v) is flag
-
-
-def _ids(df: pd.DataFrame) -> list[str]:
-    return [str(p) for p in df["point_id"]]
-
-
-def _ok(points: pd.DataFrame) -> pd.DataFrame:
-    return points[points["status"] == "ok"] if "status" in points.columns else points
-
-
-def _groups(df: pd.DataFrame, keys: list[str]):
-    if not keys:
-        yield {}, df
-        return
-    for key, g in df.groupby(keys, dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        yield {k: _plain(v) for k, v in zip(keys, key)}, g
-
-
-def _ctx(keys: dict) -> str:
-    s = " ".join(_val(k, v) for k, v in keys.items() if v is not None)
-    return f" ({s})" if s else ""
 
 
 # ---------------------------------------------------------------- rules on points.parquet
@@ -434,134 +326,6 @@ def mfu(points, ops=None) -> list[Finding]:
                            _records(g, ["point_id", *axes, "tflops_per_s", "mfu", "peak_tflops", "peak_source"])))
     return out
 
-
-# ---------------------------------------------------------------- rules on ops.parquet
-def _shares(points, ops) -> tuple[pd.DataFrame, list[str]]:
-    """Category shares per ok point in wide form, joined to the point's config; and the category columns."""
-    if ops is None or ops.empty:
-        return pd.DataFrame(), []
-    ok = _ok(points)
-    cs = category_shares(ops[ops["point_id"].isin(ok["point_id"])])
-    if cs.empty:
-        return pd.DataFrame(), []
-    wide = cs.pivot_table(index="point_id", columns="category", values="share", aggfunc="sum", fill_value=0.0)
-    cats = list(wide.columns)
-    # category names clash with config columns ("attention", "optimizer"): suffix them
-    wide.columns = [f"{c}_share" for c in cats]
-    return ok.drop_duplicates("point_id").join(wide, on="point_id", how="inner"), cats
-
-
-def _top_category(row, cats) -> str:
-    return max(cats, key=lambda c: row[f"{c}_share"])
-
-
-def _trend_text(cat, axis, ends, grow, cmp, cats, ctx) -> str:
-    """"Attention grows from 10% of the step at T=128 to 64% at T=1024 with `naive`, while it stays ... It is the largest ..."."""
-    sc, ab, plural = f"{cat}_share", _ABBR.get(axis, axis), cat in _PLURAL
-    clauses = [f"from {_pct(a[sc])}{' of the step' if i == 0 else ''} at {ab}={_int(a[axis])} to {_pct(b[sc])}"
-               f" at {ab}={_int(b[axis])}" + (f" with {_label(b, cmp)}" if cmp else "") for i, (a, b) in enumerate(grow)]
-    rest = [_move(a[sc], b[sc], plural) + f" with {_label(b, cmp)}" for a, b in ends
-            if cmp and not any(b is gb for _, gb in grow)]
-    text = f"{_cap(CATEGORY_LABELS.get(cat, cat))} {'grow' if plural else 'grows'} " + "; ".join(clauses) + _ctx(ctx)
-    text += (f", while {'they' if plural else 'it'} " + "; ".join(rest) if rest else "") + "."
-    # say plainly where it becomes the bottleneck and where it does not
-    lead = [b for _, b in ends if _top_category(b, cats) == cat]
-    if not lead:
-        return text
-    xs = {_int(b[axis]) for _, b in ends}
-    at = f"{ab}={xs.pop()}" if len(xs) == 1 else f"the largest {ab}"
-    text += f" {'They are' if plural else 'It is'} the largest category at {at}"
-    if cmp:
-        text += " with " + ", ".join(_label(b, cmp) for b in lead)
-        other = [(b, _top_category(b, cats)) for _, b in ends if _top_category(b, cats) != cat]
-        if other:
-            text += ", not with " + ", ".join(f"{_label(b, cmp)} ({CATEGORY_LABELS.get(c, c)} {_pct(b[c + '_share'])})" for b, c in other)
-    return text + "."
-
-
-def category_trends(points, ops=None) -> list[Finding]:
-    """A category whose share of the step grows along a numeric axis (by 10+ points, to 20%+)."""
-    df, cats = _shares(points, ops)
-    if df.empty:
-        return []
-    # a category with a hotspot finding already has its range and remedy stated there
-    hot = {c for c, (limit, _) in HOTSPOTS.items() if c in cats and df[f"{c}_share"].max() >= limit}
-    out = []
-    for axis in numeric_axes(df):
-        keys = [c for c in varying_config(df) if c != axis]
-        cmp = [c for c in keys if c in _COMPARE]
-        for ctx, fam in _groups(df, [c for c in keys if c not in _COMPARE]):
-            series = [g.sort_values(axis) for _, g in _groups(fam, cmp) if g[axis].nunique() >= 2]
-            ends = [(g.iloc[0], g.iloc[-1]) for g in series]
-            for cat in (c for c in cats if c not in hot):
-                sc = f"{cat}_share"
-                grow = [(a, b) for a, b in ends if b[sc] - a[sc] >= TREND_MIN_DELTA and b[sc] >= TREND_MIN_SHARE]
-                if not grow:
-                    continue
-                grow.sort(key=lambda e: -e[1][sc])
-                top = max(b[sc] for _, b in grow)
-                takes_over = any(_top_category(b, cats) == cat for _, b in grow)
-                # GEMMs taking over is the healthy, compute-bound direction: worth saying, not a warning
-                sev = "warning" if cat != "gemm" and (top >= DOMINANT_SHARE or takes_over) else "info"
-                ev = _records(pd.concat(series), ["point_id", *keys, axis, sc])
-                ids = sorted({p for g in series for p in _ids(g)})
-                text = _trend_text(cat, axis, ends, grow, cmp, cats, ctx)
-                out.append((top, Finding("category_trend", sev, text, {"axis": axis, "category": cat, **ctx}, ids, "categories", ev)))
-    out.sort(key=lambda t: -t[0])
-    return [f for _, f in out[:MAX_PER_RULE]]
-
-
-def hotspots(points, ops=None) -> list[Finding]:
-    """Categories other than GEMM and attention that take a large share of the step, with the usual remedy."""
-    df, cats = _shares(points, ops)
-    if df.empty:
-        return []
-    axes, out = varying_config(df), []
-    for cat, (limit, remedy) in HOTSPOTS.items():
-        sc = f"{cat}_share"
-        if cat not in cats or df[sc].max() < limit:
-            continue
-        g = df[df[sc] >= limit].sort_values(sc, ascending=False)
-        w = g.iloc[0]
-        name = CATEGORY_LABELS.get(cat, cat)
-        why = ""
-        if cat == "lm_head_loss" and pd.notna(w.get("vocab_size")) and pd.notna(w.get("d_model")):
-            # LM head GEMM: 2*V*d FLOPs per token vs ~24*d^2 per block (QKV, out-proj, 4x MLP): ratio V / (12 d)
-            blocks = w["vocab_size"] / (12.0 * w["d_model"])
-            why = (f" With vocab {_int(w['vocab_size'])} at d_model={_int(w['d_model'])} the LM head's matmul alone costs as many "
-                   f"FLOPs as {blocks:.1f} of the {_int(w['n_layers'])} transformer blocks.")
-        rng = f"{_range(df[sc].min(), df[sc].max(), _pct)} across the run, " if len(df) > 1 else ""
-        verb = "take" if cat in _PLURAL else "takes"
-        text = (f"{_cap(name)} {verb} {_pct(w[sc])} of the step at {_where(w, axes)}"
-                f" ({rng}{len(g)} of {len(df)} points above {_pct(limit)}).{why} {_cap(remedy)}.")
-        sev = "warning" if w[sc] >= 2 * limit else "info"
-        out.append((float(w[sc]), Finding("hotspot", sev, text, {"category": cat, **_scope(w, axes)}, _ids(g), "categories",
-                                           _records(g, ["point_id", *axes, "d_model", "vocab_size", sc]))))
-    out.sort(key=lambda t: -t[0])
-    return [f for _, f in out[:MAX_PER_RULE]]
-
-
-def top_categories(points, ops=None) -> list[Finding]:
-    """The three largest categories at the smallest and largest point of each configuration."""
-    df, cats = _shares(points, ops)
-    if df.empty:
-        return []
-    axes = numeric_axes(df)
-    keys = [c for c in varying_config(df) if c not in axes]
-    out = []
-    for key, g in _groups(df, keys):
-        g = g.sort_values(axes) if axes else g
-        ends = [g.iloc[0]] if len(g) == 1 else [g.iloc[0], g.iloc[-1]]
-        parts = []
-        for r in ends:
-            top = sorted(cats, key=lambda c: -r[c + "_share"])[:3]
-            where = f"at {_label(r, axes)} " if axes else ""
-            parts.append(where + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {_pct(r[c + '_share'])}" for c in top))
-        who = _ctx(key).strip(" ()")
-        text = f"Where the step goes{' with ' + who if who else ''}: " + "; ".join(parts) + "."
-        out.append(Finding("top_categories", "info", text, key, _ids(g), "categories",
-                           _records(g, ["point_id", *keys, *axes, *[c + "_share" for c in cats]])))
-    return out[:MAX_PER_RULE]
 
 
 #: Every rule, in the order of importance used to break ties within a severity.
