@@ -6,6 +6,7 @@ from txbench.cli.app import app
 from txbench.cli import run as _run  # noqa: F401  (registers run, validate)
 from txbench.cli import inspect as _inspect  # noqa: F401  (registers list, env, show)
 from txbench.cli import analyze as _analyze  # noqa: F401  (registers analyze)
+from txbench.cli import compare as _compare  # noqa: F401  (registers compare, export)
 
 __all__ = ["app", "main"]
 

@@ -1,0 +1,135 @@
+"""How accurate is the ``txbench compare`` gate? A/A pairs and planted slowdowns / memory growth.
+
+Runs the suite through the CLI (``txbench run ... --no-profile --no-report --json``)
+several times per pair, with and without planted faults (``TXBENCH_FAULT``,
+see ``txbench/testing.py``), compares with :func:`txbench.analysis.compare.compare_runs`
+and prints the figures:
+
+- A/A: two runs of the same code: regressions found (should be 0).
+- slow 10%: busy work of 10% of the step in the optimizer phase: share of
+  points flagged, among points whose IQR/median < 5% on both sides (goal >= 90%).
+- slow 25%: share of all points flagged (goal 100%).
+- mem 5%: +5% of activation memory: share of points flagged on peak_mem_bytes (goal 100%).
+
+Each pair runs A, slow10, A', slow25, mem in that order, so every comparison is
+between neighbours in time (drift on a shared machine hurts less than back to back).
+
+Usage: python benchmarks/gate_accuracy.py --pairs 3 [--suite suites/ci.yaml] [--set measure.max_s=4]
+Exit status 0 when every goal is met, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from txbench.analysis.compare import compare_runs
+from txbench.store import load_points
+
+REPO = Path(__file__).resolve().parent.parent
+QUIET_IQR = 0.05
+
+
+def run_suite(suite: Path, results_dir: Path, fault: list | None, overrides: list[str]) -> Path:
+    """One ``txbench run`` through the CLI; returns the run directory."""
+    env = dict(os.environ)
+    env.pop("TXBENCH_FAULT", None)
+    if fault:
+        env["TXBENCH_FAULT"] = json.dumps(fault)
+    cmd = [sys.executable, "-m", "txbench", "run", str(suite), "--no-profile", "--no-report",
+           "--results-dir", str(results_dir), "--json"]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"txbench run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return Path(json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"])
+
+
+def _iqr_rel(run: Path) -> dict[str, float]:
+    df = load_points(run)
+    ok = df[df["status"] == "ok"]
+    return dict(zip(ok["point_id"], ok["step_ms_iqr"] / ok["step_ms_median"]))
+
+
+def _flagged(base: Path, cand: Path, metric: str, threshold: float) -> pd.DataFrame:
+    df = compare_runs(base, cand, metrics=(metric,), threshold=threshold)
+    df = df[df["metric"] == metric].copy()
+    ib, ic = _iqr_rel(base), _iqr_rel(cand)
+    df["iqr_rel"] = [max(ib.get(p, float("inf")), ic.get(p, float("inf"))) for p in df["point_id"]]
+    return df
+
+
+def _rate(df: pd.DataFrame) -> str:
+    if not len(df):
+        return "n/a (no points)"
+    n = int((df["verdict"] == "regression").sum())
+    return f"{n}/{len(df)} = {100 * n / len(df):.0f}%"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", type=Path, default=REPO / "suites" / "ci.yaml")
+    ap.add_argument("--pairs", type=int, default=3, help="repetitions of the A / slow10 / A' / slow25 / mem block")
+    ap.add_argument("--threshold", type=float, default=0.05, help="time threshold (fraction)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="suite override, as txbench run --set")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
+    args = ap.parse_args()
+
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="txbench-gate-")
+    results = args.keep or Path(tmp.name)
+    t0 = time.monotonic()
+    aa, slow10, slow25, mem = [], [], [], []
+    for i in range(args.pairs):
+        print(f"pair {i + 1}/{args.pairs}: running A, slow10, A', slow25, mem ...", flush=True)
+        a = run_suite(args.suite, results, None, args.overrides)
+        s10 = run_suite(args.suite, results, [{"action": "slow", "value": 0.10}], args.overrides)
+        a2 = run_suite(args.suite, results, None, args.overrides)
+        s25 = run_suite(args.suite, results, [{"action": "slow", "value": 0.25}], args.overrides)
+        m5 = run_suite(args.suite, results, [{"action": "mem", "value": 0.05}], args.overrides)
+        aa.append(_flagged(a, a2, "step_ms", args.threshold).assign(pair=i))
+        slow10.append(_flagged(a, s10, "step_ms", args.threshold).assign(pair=i))
+        slow25.append(_flagged(a2, s25, "step_ms", args.threshold).assign(pair=i))
+        mem.append(_flagged(a2, m5, "peak_mem_bytes", args.threshold).assign(pair=i))
+    aa, slow10, slow25, mem = (pd.concat(x, ignore_index=True) for x in (aa, slow10, slow25, mem))
+    quiet10 = slow10[slow10["iqr_rel"] < QUIET_IQR]
+
+    def share(df, verdict):
+        return int((df["verdict"] == verdict).sum())
+
+    n_aa_reg = share(aa, "regression")
+    checks = [
+        ("A/A regressions (goal 0)", f"{n_aa_reg} of {len(aa)}", n_aa_reg == 0),
+        ("slow 10%, IQR/median < 5% (goal >= 90%)", _rate(quiet10),
+         not len(quiet10) or share(quiet10, "regression") >= 0.9 * len(quiet10)),
+        ("slow 10%, all points (no goal)", _rate(slow10), True),
+        ("slow 25%, all points (goal 100%)", _rate(slow25), share(slow25, "regression") == len(slow25)),
+        ("mem +5% activations, peak_mem_bytes (goal 100%)", _rate(mem), share(mem, "regression") == len(mem)),
+    ]
+    print()
+    print(f"suite {args.suite}, {args.pairs} pair(s), threshold {args.threshold:.0%}, {time.monotonic() - t0:.0f} s")
+    cols = ["pair", "label", "ratio", "ratio_ci_low", "ratio_ci_high", "p_value", "iqr_rel", "verdict"]
+    for name, df in (("A/A", aa), ("slow 10%", slow10), ("slow 25%", slow25), ("mem 5%", mem)):
+        print(f"\n{name}: " + ", ".join(f"{v} {k}" for k, v in df["verdict"].value_counts().items()))
+        print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print("\nsummary")
+    width = max(len(c[0]) for c in checks)
+    for name, figure, ok in checks:
+        print(f"  {name:<{width}}  {figure:<16} {'PASS' if ok else 'FAIL'}")
+    if len(quiet10) < len(slow10):
+        print(f"  ({len(slow10) - len(quiet10)} slow-10% comparisons had IQR/median >= {QUIET_IQR:.0%}: too noisy for the goal)")
+    if tmp:
+        tmp.cleanup()
+    return 0 if all(ok for _, _, ok in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""``txbench compare``: verdicts on synthetic samples, status changes, thresholds, mismatches, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import txbench.cli.compare  # noqa: F401  (registers compare and export on the app)
+from txbench.analysis.compare import MIN_SAMPLES, compare_runs, compare_samples, has_regression, unmatched_points
+from txbench.analysis.rules import Rules, load_rules, parse_rules, parse_threshold
+from txbench.cli import app
+from txbench.config import ModelConfig, Point
+from txbench.errors import CompareError
+from txbench.record import Record
+from txbench.store import write_points
+
+runner = CliRunner()
+MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=128)
+
+
+def samples(median: float, rel_sd: float = 0.02, n: int = 40, seed: int = 0) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return list(median * (1 + rel_sd * rng.standard_normal(n)))
+
+
+def point(seq_len: int = 64, attention: str = "naive") -> Point:
+    return Point(seq_len=seq_len, batch_size=2, attention=attention, model=MODEL)
+
+
+def record(p: Point, status: str = "ok", step=None, mem: int = 1_000_000, error: str | None = None) -> dict:
+    if status != "ok":
+        return Record.for_point(p, status, error or f"{status} happened").to_dict()
+    step = step if step is not None else samples(10.0)
+    third = [s / 3 for s in step]
+    return Record.for_point(
+        p, "ok", step_ms_samples=step, step_ms_median=float(np.median(step)), fwd_ms_samples=third,
+        bwd_ms_samples=third, opt_ms_samples=third, peak_mem_bytes=mem, n_steps=len(step),
+    ).to_dict()
+
+
+def write_run(path, records, device_name="AMD EPYC", device="cpu", run_id=None):
+    meta = {"suite": "t", "run_id": run_id or path.name, "device": device,
+            "env": {"device_name": device_name, "torch_version": "2.x", "hostname": "vm"}}
+    write_points(path / "points.parquet", records, meta)
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Write a baseline and a candidate run from lists of records; returns their directories."""
+
+    def _make(base_records, cand_records, **cand_meta):
+        return write_run(tmp_path / "base", base_records), write_run(tmp_path / "cand", cand_records, **cand_meta)
+
+    return _make
+
+
+# --- verdicts on synthetic samples -------------------------------------------------------------
+
+
+def test_clear_regression():
+    r = compare_samples(samples(10.0, seed=1), samples(12.0, seed=2), threshold=0.05)
+    assert r["verdict"] == "regression"
+    assert r["ratio"] == pytest.approx(1.2, rel=0.03)
+    assert 1.0 < r["ratio_ci_low"] < r["ratio"] < r["ratio_ci_high"]
+    assert r["p_value"] < 1e-6
+
+
+def test_clear_improvement():
+    r = compare_samples(samples(10.0, seed=1), samples(8.0, seed=2), threshold=0.05)
+    assert r["verdict"] == "improvement"
+    assert r["ratio_ci_high"] < 1.0
+
+
+def test_identical_samples_are_unchanged():
+    s = samples(10.0)
+    r = compare_samples(s, s)
+    assert r["verdict"] == "unchanged"
+    assert r["ratio"] == 1.0 and r["p_value"] == pytest.approx(1.0)
+
+
+def test_too_few_samples_is_inconclusive_with_steps_needed():
+    r = compare_samples([10.0, 10.1, 9.9], [13.0, 13.1, 12.9])
+    assert r["verdict"] == "inconclusive"
+    assert r["steps_needed"] == MIN_SAMPLES
+    assert "too few" in r["note"]
+
+
+def test_huge_noise_is_inconclusive_and_says_how_many_steps():
+    r = compare_samples(samples(10.0, rel_sd=0.5, n=20, seed=3), samples(11.0, rel_sd=0.5, n=20, seed=4))
+    assert r["verdict"] == "inconclusive"
+    assert r["steps_needed"] is None or r["steps_needed"] > 20
+    assert "too noisy" in r["note"]
+
+
+def test_significant_change_below_threshold_is_not_a_regression():
+    r = compare_samples(samples(10.0, rel_sd=0.005, n=200, seed=5), samples(10.2, rel_sd=0.005, n=200, seed=6))
+    assert r["p_value"] < 0.05
+    assert r["verdict"] == "unchanged"
+
+
+def test_bootstrap_ci_is_reproducible():
+    a, b = samples(10.0, rel_sd=0.1, seed=7), samples(10.5, rel_sd=0.1, seed=8)
+    assert compare_samples(a, b) == compare_samples(a, b)
+
+
+def test_tokens_per_s_is_inverted(runs):
+    p = point()
+    base, cand = runs([record(p, step=samples(10.0, seed=1))], [record(p, step=samples(13.0, seed=2))])
+    df = compare_runs(base, cand, metrics=("step_ms", "tokens_per_s"))
+    by = df.set_index("metric")
+    assert by.loc["step_ms", "verdict"] == "regression" and by.loc["step_ms", "ratio"] > 1.25
+    assert by.loc["tokens_per_s", "verdict"] == "regression" and by.loc["tokens_per_s", "ratio"] < 0.8
+    assert by.loc["tokens_per_s", "baseline_median"] == pytest.approx(128 * 1e3 / 10.0, rel=0.02)
+
+
+def test_memory_is_compared_without_a_test(runs):
+    p = point()
+    s = samples(10.0)
+    base, cand = runs([record(p, step=s, mem=1_000_000)], [record(p, step=s, mem=1_050_000)])
+    row = compare_runs(base, cand, metrics=("peak_mem_bytes",)).iloc[0]
+    assert row["verdict"] == "regression" and row["threshold"] == 0.01
+    assert row["ratio"] == pytest.approx(1.05)
+    row = compare_runs(base, cand, metrics=("peak_mem_bytes",), rules={"metrics": {"peak_mem_bytes": "10%"}}).iloc[0]
+    assert row["verdict"] == "unchanged"
+
+
+# --- status changes, unmatched points, mismatched runs ------------------------------------------
+
+
+def test_status_changes_are_verdicts(runs):
+    pa, pb, pc, pd_ = point(32), point(64), point(128), point(256)
+    base, cand = runs(
+        [record(pa), record(pb, "oom"), record(pc, "unsupported"), record(pd_)],
+        [record(pa, "oom"), record(pb), record(pc, "unsupported"), record(pd_, "error", error="boom")],
+    )
+    df = compare_runs(base, cand).set_index("point_id")
+    assert (df["metric"] == "status").all()
+    assert df.loc[pa.point_id, "verdict"] == "regression" and "newly failing" in df.loc[pa.point_id, "note"]
+    assert df.loc[pb.point_id, "verdict"] == "improvement" and "fixed" in df.loc[pb.point_id, "note"]
+    assert df.loc[pc.point_id, "verdict"] == "skipped"
+    assert df.loc[pd_.point_id, "verdict"] == "regression" and "boom" in df.loc[pd_.point_id, "note"]
+    assert has_regression(df)
+
+
+def test_points_in_one_run_only_are_listed(runs):
+    pa, pb, pc = point(32), point(64), point(128)
+    base, cand = runs([record(pa), record(pb)], [record(pb), record(pc)])
+    df = compare_runs(base, cand)
+    assert list(df["point_id"]) == [pb.point_id]
+    un = unmatched_points(base, cand)
+    assert dict(zip(un["point_id"], un["side"])) == {pa.point_id: "baseline only", pc.point_id: "candidate only"}
+    assert len(df.attrs["compare"]["unmatched"]) == 2
+
+
+def test_different_devices_are_refused_unless_allowed(runs):
+    p = point()
+    base, cand = runs([record(p, step=samples(10.0, seed=1))], [record(p, step=samples(20.0, seed=2))],
+                      device_name="NVIDIA H100")
+    with pytest.raises(CompareError, match="device_name"):
+        compare_runs(base, cand)
+    df = compare_runs(base, cand, allow_mismatch=True)
+    assert list(df["verdict"]) == ["not_comparable"]
+    assert "regression" in df["note"].iloc[0]
+    assert not has_regression(df)
+    base, cand = runs([record(p)], [record(p, "oom")], device_name="NVIDIA H100")
+    assert list(compare_runs(base, cand, allow_mismatch=True)["verdict"]) == ["not_comparable"]
+
+
+def test_runs_of_one_side_are_pooled(runs, tmp_path):
+    pa, pb = point(32), point(64)
+    base, cand = runs([record(pa, step=samples(10.0, n=10, seed=1)), record(pb)],
+                      [record(pa, step=samples(10.0, n=10, seed=2)), record(pb)])
+    base2 = write_run(tmp_path / "base2", [record(pa, step=samples(10.0, n=10, seed=3)), record(pb, "oom")])
+    cand2 = write_run(tmp_path / "cand2", [record(pa, step=samples(10.0, n=10, seed=4)), record(pb)])
+    df = compare_runs([base, base2], [cand, cand2]).set_index("point_id")
+    assert df.loc[pa.point_id, "n_baseline"] == 20 and df.loc[pa.point_id, "n_candidate"] == 20
+    # a point that failed in any round of a side counts as failing there
+    assert df.loc[pb.point_id, "metric"] == "status" and df.loc[pb.point_id, "verdict"] == "improvement"
+    res = runner.invoke(app, ["compare", str(base), str(cand), "--and-baseline", str(base2),
+                              "--and-candidate", str(cand2), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["baseline"]["run_id"] == "base+base2"
+    other = write_run(tmp_path / "gpu", [record(pa)], device_name="NVIDIA H100")
+    with pytest.raises(CompareError, match="pooled"):
+        compare_runs([base, other], cand)
+
+
+# --- thresholds and rules ------------------------------------------------------------------------
+
+
+def test_thresholds_global_per_metric_and_per_point(runs):
+    naive, flash = point(64, "naive"), point(64, "sdpa_flash")
+    base, cand = runs(
+        [record(naive, step=samples(10.0, seed=1)), record(flash, step=samples(10.0, seed=3))],
+        [record(naive, step=samples(11.0, seed=2)), record(flash, step=samples(11.0, seed=4))],
+    )
+
+    def verdicts(**kw):
+        df = compare_runs(base, cand, **kw)
+        return dict(zip(df["attention"], df["verdict"]))
+
+    assert verdicts() == {"naive": "regression", "sdpa_flash": "regression"}
+    assert verdicts(threshold=0.2) == {"naive": "unchanged", "sdpa_flash": "unchanged"}
+    assert verdicts(rules={"metrics": {"step_ms": "20%"}}) == {"naive": "unchanged", "sdpa_flash": "unchanged"}
+    rules = {"default": "5%", "points": [{"match": {"attention": "naive"}, "threshold": "20%"}]}
+    assert verdicts(rules=rules) == {"naive": "unchanged", "sdpa_flash": "regression"}
+    rules = {"points": [{"match": {"attention": ["naive", "sdpa_flash"]}, "metrics": {"step_ms": "15%"}}]}
+    assert verdicts(rules=rules) == {"naive": "unchanged", "sdpa_flash": "unchanged"}
+
+
+def test_rules_precedence_and_memory_default():
+    r = parse_rules({"default": "7%", "metrics": {"opt_ms": 0.2},
+                     "points": [{"match": {"seq_len": 64}, "threshold": "30%"}]})
+    assert r.threshold_for("step_ms", {"seq_len": 128}) == 0.07
+    assert r.threshold_for("step_ms", {"seq_len": 64}) == 0.30
+    assert r.threshold_for("opt_ms", {"seq_len": 128}) == 0.2
+    # a point rule's threshold is about timing: memory keeps its own 1% default
+    assert r.threshold_for("peak_mem_bytes", {"seq_len": 64}) == 0.01
+    assert Rules().threshold_for("step_ms", {}, fallback=0.1) == 0.1
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"defualt": "5%"}, "defualt: unknown field; did you mean 'default'"),
+        ({"default": 5}, "default: 5 looks like a percentage"),
+        ({"metrics": {"step_msec": "5%"}}, "metrics.step_msec: unknown metric"),
+        ({"points": [{"match": {"atention": "naive"}, "threshold": "5%"}]}, "points[0].match.atention: unknown config field"),
+        ({"points": [{"threshold": "5%"}]}, "points[0].match: required"),
+        ({"points": [{"match": {"seq_len": 64}, "threshold": "fast"}]}, "points[0].threshold: 'fast' is not a threshold"),
+    ],
+)
+def test_invalid_rules_name_the_field(data, message):
+    with pytest.raises(CompareError) as e:
+        parse_rules(data)
+    assert message in str(e.value)
+
+
+def test_parse_threshold():
+    assert parse_threshold("5%") == 0.05 and parse_threshold(0.05) == 0.05 and parse_threshold("0.1") == 0.1
+    for bad in ("0%", "-3%", "abc", True):
+        with pytest.raises(CompareError):
+            parse_threshold(bad)
+
+
+def test_rules_file(tmp_path):
+    f = tmp_path / "rules.yaml"
+    f.write_text("default: 8%\nmetrics: {peak_mem_bytes: 2%}\npoints:\n  - match: {attention: naive}\n    threshold: 15%\n")
+    r = load_rules(f)
+    assert r.default == 0.08 and r.metrics == {"peak_mem_bytes": 0.02}
+    assert r.threshold_for("step_ms", {"attention": "naive"}) == 0.15
+    f.write_text("default: [\n")
+    with pytest.raises(CompareError, match="not valid YAML"):
+        load_rules(f)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_exit_codes_and_formats(runs, tmp_path):
+    pa, pb = point(32), point(64)
+    base, cand = runs(
+        [record(pa, step=samples(10.0, seed=1)), record(pb, step=samples(10.0, seed=3))],
+        [record(pa, step=samples(10.0, seed=1)), record(pb, step=samples(13.0, seed=4))],
+    )
+    res = runner.invoke(app, ["compare", str(base), str(base)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["compare", str(base), str(cand)])
+    assert res.exit_code == 1
+    assert "regression" in res.output and "T=64" in res.output
+    res = runner.invoke(app, ["compare", str(base), str(cand), "--threshold", "50%"])
+    assert res.exit_code == 0, res.output
+
+    res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "json"])
+    assert res.exit_code == 1
+    body = json.loads(res.output)
+    assert body["regression"] is True and body["counts"]["regression"] == 1
+    assert {r["metric"] for r in body["rows"]} == {"step_ms", "peak_mem_bytes"}
+
+    md = tmp_path / "comparison.md"
+    res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "markdown", "--output", str(md)])
+    assert res.exit_code == 1
+    text = md.read_text()
+    assert "<!-- txbench-compare -->" in text and "| point | metric |" in text
+    assert "🔴 regression" in text and "T=32" not in text  # only changed rows by default
+    res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "markdown", "--all"])
+    assert "T=32" in res.output
+
+
+def test_cli_usage_and_input_errors_exit_2(runs, tmp_path):
+    p = point()
+    base, cand = runs([record(p)], [record(p)], device_name="NVIDIA H100")
+    res = runner.invoke(app, ["compare", str(base), str(cand)])
+    assert res.exit_code == 2 and "--allow-mismatch" in res.output
+    res = runner.invoke(app, ["compare", str(base), str(cand), "--allow-mismatch", "--all"])
+    assert res.exit_code == 0 and "not_comparable" in res.output
+    res = runner.invoke(app, ["compare", str(base), str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no such file" in res.output
+    res = runner.invoke(app, ["compare", str(base), str(base), "--threshold", "5"])
+    assert res.exit_code == 2 and "percentage" in res.output
+    res = runner.invoke(app, ["compare", str(base), str(base), "--metric", "speed"])
+    assert res.exit_code == 2 and "unknown metric" in res.output
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("points: [{match: {atention: naive}, threshold: 10%}]\n")
+    res = runner.invoke(app, ["compare", str(base), str(base), "--rules", str(bad)])
+    assert res.exit_code == 2 and "atention" in res.output
+
+
+def test_cli_fail_on_inconclusive(runs):
+    p = point()
+    base, cand = runs([record(p, step=[10.0, 10.2, 9.8])], [record(p, step=[10.1, 10.0, 9.9])])
+    assert runner.invoke(app, ["compare", str(base), str(cand)]).exit_code == 0
+    assert runner.invoke(app, ["compare", str(base), str(cand), "--fail-on-inconclusive"]).exit_code == 1
+
+
+def test_help_documents_exit_codes():
+    res = runner.invoke(app, ["compare", "--help"])
+    assert res.exit_code == 0
+    assert "Exit codes" in res.output and "Example:" in res.output
+
+
+@pytest.mark.slow
+def test_real_run_compared_with_itself(write_suite, tmp_path):
+    res = runner.invoke(app, ["run", str(write_suite()), "--results-dir", str(tmp_path / "res"), "--no-profile",
+                              "--no-report", "--json"])
+    assert res.exit_code == 0, res.output
+    run_dir = json.loads(res.output)["run_dir"]
+    df = compare_runs(run_dir, run_dir, metrics=("step_ms", "tokens_per_s", "fwd_ms", "peak_mem_bytes"))
+    assert len(df) == 4 * 4
+    timed = df[df["metric"] != "peak_mem_bytes"]
+    assert (timed["ratio"] == 1.0).all() and (timed["n_baseline"] <= 5).all()
+    # the tiny suite measures 5 steps: fewer than a verdict needs, and the table says so
+    assert set(timed["verdict"]) == {"inconclusive"} and timed["note"].str.contains("too few").all()
+    assert set(df.loc[df["metric"] == "peak_mem_bytes", "verdict"]) == {"unchanged"}
+    res = runner.invoke(app, ["compare", run_dir, run_dir, "--format", "json"])
+    assert res.exit_code == 0
+    assert json.loads(res.output)["counts"] == {"regression": 0, "improvement": 0, "unchanged": 4, "inconclusive": 4,
+                                                "skipped": 0, "not_comparable": 0}
