@@ -50,12 +50,15 @@ def points_table(df: pd.DataFrame, title: str | None = None) -> Table:
     axes = varying_axes(df)
     t = Table(title=title, show_lines=False, header_style="bold")
     for a in axes:
-        t.add_column(a, justify="right" if a in ("seq_len", "batch_size", "d_model", "n_layers", "n_heads") else "left")
-    t.add_column("status")
-    t.add_column("step ms (95% CI)", justify="right")
+        # config values are what a reader scans for: never truncate them
+        width = max([len(a)] + [len(str(v)) for v in df[a]]) if a in df else len(a)
+        t.add_column(a, justify="right" if a in ("seq_len", "batch_size", "d_model", "n_layers", "n_heads") else "left",
+                     no_wrap=True, min_width=width)
+    t.add_column("status", no_wrap=True, min_width=6)
+    t.add_column("step ms", justify="right", no_wrap=True)
+    t.add_column("±CI", justify="right")
     t.add_column("fwd/bwd/opt ms", justify="right")
     t.add_column("tokens/s", justify="right")
-    t.add_column("TFLOP/s", justify="right")
     t.add_column("MFU", justify="right")
     t.add_column("peak mem", justify="right")
     t.add_column("note", overflow="fold")
@@ -63,7 +66,9 @@ def points_table(df: pd.DataFrame, title: str | None = None) -> Table:
         status = str(r.get("status"))
         style = _STATUS_STYLE.get(status, "")
         if status == "ok":
-            step = f"{r['step_ms_median']:.4g} ({r['step_ms_ci_low']:.4g}-{r['step_ms_ci_high']:.4g})"
+            step = f"{r['step_ms_median']:.4g}"
+            half = (r["step_ms_ci_high"] - r["step_ms_ci_low"]) / 2 / r["step_ms_median"]
+            ci = f"{100 * half:.1f}%"
             phases = f"{r['fwd_ms_median']:.3g}/{r['bwd_ms_median']:.3g}/{r['opt_ms_median']:.3g}"
             notes = []
             if r.get("noisy"):
@@ -72,16 +77,16 @@ def points_table(df: pd.DataFrame, title: str | None = None) -> Table:
                 notes.append(f"ran {r.get('attention_kernel')}")
             note = ", ".join(notes)
         else:
-            step = phases = "-"
+            step = phases = ci = "-"
             note = str(r.get("error") or "")[:120]
         mfu = r.get("mfu")
         t.add_row(
             *[str(r.get(a)) for a in axes],
             f"[{style}]{status}[/]" if style else status,
             step,
+            ci,
             phases,
             fmt_num(r.get("tokens_per_s")),
-            fmt_num(r.get("tflops_per_s")),
             f"{100 * mfu:.1f}%" if _ok(mfu) else "-",
             fmt_bytes(r.get("peak_mem_bytes")),
             note,
