@@ -1,0 +1,234 @@
+"""Assemble the report of one or several runs into one self-contained HTML file. No torch import.
+
+This is the one module of ``txbench.report`` that writes a file. plotly.js is
+embedded once (or, with ``cdn=True``, loaded from the plotly CDN), every
+figure travels as JSON in a single ``<script type="application/json">`` block,
+and nothing on the page asks the network for anything, so the file opens
+from ``file://`` offline and can be mailed or attached to a CI job as is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.io as pio
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
+
+from txbench.analysis.breakdown import category_shares, phase_split
+from txbench.analysis.scaling import numeric_axes
+from txbench.errors import StoreError
+from txbench.report.data import AXIS_TITLES, RunData, combined_points, line_columns, load_report_runs, point_labels
+from txbench.report.figures import sweep_figure
+from txbench.report.figures_time import categories_figure, heatmap_figure, phases_figure, ratio_figure
+from txbench.report.ratios import run_ratios
+from txbench.report.sections import e, failures_html, findings_html, fmt_ms, header_html, points_data, points_html, table
+from txbench.report.template import page
+from txbench.report.topops import ops_data, top_ops_section, trace_href
+
+__all__ = ["render_report", "write_report"]
+
+_OWN_COLUMNS = ("run", "uid")  # added by txbench.report.data; analysis functions get the stored columns only
+
+
+def _stored(points: pd.DataFrame) -> pd.DataFrame:
+    return points.drop(columns=[c for c in _OWN_COLUMNS if c in points.columns])
+
+
+def _find(run: RunData):
+    """The run's findings, or None when txbench.analysis.findings is not installed."""
+    try:
+        find = importlib.import_module("txbench.analysis.findings").find
+    except (ImportError, AttributeError):
+        return None
+    return find(_stored(run.points), run.ops)
+
+
+class _Figures:
+    """Figures in page order, each with its element id, and the chart names findings link to."""
+
+    def __init__(self):
+        self.items: list[tuple[str, object]] = []
+        self.anchors: dict[str, str] = {}
+
+    def add(self, fig_id: str, fig, *names: str) -> str:
+        self.items.append((fig_id, fig))
+        for n in names:
+            self.anchors.setdefault(n, fig_id)
+        return f'<div class="chart" id="{e(fig_id)}"></div>'
+
+    def json(self) -> str:
+        """Every figure as ``[{"id", "fig"}]`` JSON (plotly's encoder: numpy arrays, NaN as null)."""
+        body = ",".join(f'{{"id":"{fid}","fig":{pio.to_json(fig, validate=False)}}}' for fid, fig in self.items)
+        return f"[{body}]"
+
+
+def _has(points: pd.DataFrame, col: str) -> bool:
+    return col in points.columns and pd.to_numeric(points[col], errors="coerce").notna().any()
+
+
+def _sweep_section(points: pd.DataFrame, figs: _Figures) -> str:
+    axes = numeric_axes(points)
+    lines = line_columns(points)
+    who = ", ".join("run" if c == "run" else c for c in lines) or "configuration"
+    parts = [f'<p class="note">One line per {e(who)}. Error bars: 95% CI of the median step (rates inherit it). '
+             "Both axes are logarithmic when the swept axis spans more than 4x, so a power law is a straight line; "
+             "the legend's <code>~T^1.9</code> is its fitted exponent (doubling T multiplies the metric by 2^1.9 = 3.7). "
+             "An <b>x</b> marks a failed point at the value where it failed. Other swept axes are chosen in the "
+             "dropdown at the top right of a chart.</p>"]
+    for axis in axes or [None]:
+        key = axis or "config"
+        if axis:
+            parts.append(f"<h3>Along {e(AXIS_TITLES.get(axis, axis))}</h3>")
+        parts.append(figs.add(f"chart-scaling-{key}", sweep_figure(points, "step", axis),
+                              f"scaling:{key}", "winners", "scaling"))
+        parts.append(figs.add(f"chart-throughput-{key}", sweep_figure(points, "tokens", axis),
+                              f"throughput:{key}"))
+        if _has(points, "tflops_per_s"):
+            parts.append(figs.add(f"chart-tflops-{key}", sweep_figure(points, "tflops", axis),
+                                  f"tflops:{key}"))
+        if _has(points, "mfu"):
+            parts.append(figs.add(f"chart-mfu-{key}", sweep_figure(points, "mfu", axis), "mfu", f"mfu:{key}"))
+        elif _has(points, "tflops_per_s"):
+            figs.anchors.setdefault("mfu", f"chart-tflops-{key}")
+        if _has(points, "peak_mem_bytes"):
+            parts.append(figs.add(f"chart-memory-{key}", sweep_figure(points, "memory", axis),
+                                  f"memory:{key}", "memory"))
+    if not _has(points, "mfu"):
+        parts.append('<p class="note">MFU is not shown: no point has a known peak FLOP/s for its device and precision '
+                     "(achieved TFLOP/s is).</p>")
+    return "".join(parts)
+
+
+def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> str:
+    shares, splits = [], []
+    for run in runs:
+        if run.ops is not None and not run.ops.empty:
+            shares.append(category_shares(run.ops).assign(uid=lambda d, lab=run.label: lab + ":" + d["point_id"].astype(str)))
+        sp = phase_split(_stored(run.points))
+        splits.append(sp.assign(uid=run.label + ":" + sp["point_id"].astype(str)))
+    sh = pd.concat(shares, ignore_index=True) if shares else pd.DataFrame(columns=["uid", "device", "category", "self_ms", "share"])
+    sp = pd.concat(splits, ignore_index=True)
+    parts = ['<p class="note">Category shares come from the profiler pass (self time of each op, grouped by category; '
+             "the shares of a point add up to 100% of its profiled step). The phase split comes from the timed "
+             "medians, which the profiler does not inflate.</p>"]
+    if len(sh):
+        parts.append(figs.add("chart-categories", categories_figure(points, sh), "categories"))
+    else:
+        parts.append('<p class="note">No op categories: the run has no profiler data (run without --no-profile).</p>')
+    if len(sp):
+        parts.append(figs.add("chart-phases", phases_figure(points, sp), "phases"))
+    else:
+        parts.append('<p class="note">No phase split: no point was measured successfully.</p>')
+    axes = numeric_axes(points)
+    if len(axes) >= 2 and _has(points, "tokens_per_s"):
+        parts.append(figs.add("chart-heatmap", heatmap_figure(points, axes[0], axes[1]), "heatmap"))
+    return "".join(parts)
+
+
+def _compare_section(runs: list[RunData], labels: pd.Series, figs: _Figures) -> str:
+    base = runs[0]
+    parts = []
+    for cand in runs[1:]:
+        ratios, source = run_ratios(_stored(base.points), _stored(cand.points), base.run_dir, cand.run_dir)
+        ratios["label"] = [labels.get(f"{cand.label}:{p}", p).split(" ", 1)[-1] for p in ratios["point_id"]]
+        only_a = sorted(set(base.points["point_id"]) - set(cand.points["point_id"]))
+        only_b = sorted(set(cand.points["point_id"]) - set(base.points["point_id"]))
+        parts.append(f"<h3>Run {e(cand.label)} vs run {e(base.label)} ({len(ratios)} matched points)</h3>"
+                     f'<p class="note">Per point: median step time of {e(cand.label)} / {e(base.label)}; {e(source)}.</p>')
+        parts.append(figs.add(f"chart-ratio-{cand.label}", ratio_figure(ratios, f"Run {cand.label} vs run {base.label}: "
+                                                                               "step time ratio per point"), f"ratio:{cand.label}"))
+        rows = [[r.label, r.verdict, (f"{r.ratio:.3f}" if pd.notna(r.ratio) else "-", r.ratio),
+                 (f"[{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}]" if pd.notna(r.ratio_ci_low) else "-", r.ratio_ci_low),
+                 (fmt_ms(r.baseline_median), r.baseline_median), (fmt_ms(r.candidate_median), r.candidate_median),
+                 f"{r.baseline_status} / {r.candidate_status}", r.note or ""] for r in ratios.itertuples(index=False)]
+        parts.append(table(["point", "verdict", "ratio", "95% CI", f"{base.label} ms", f"{cand.label} ms", "status",
+                            "note"], rows, numeric={2, 3, 4, 5}))
+        if only_a or only_b:
+            parts.append(f'<p class="note">Not matched: {len(only_a)} point(s) only in run {e(base.label)}, '
+                         f"{len(only_b)} only in run {e(cand.label)}.</p>")
+    return "".join(parts)
+
+
+def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
+    """The report of ``run_dirs`` (one run, or several side by side with the first as baseline) as HTML text.
+
+    ``out_dir`` is where the file will live (trace links are made relative to
+    it; default: the first run's directory). ``cdn=True`` loads plotly.js from
+    the plotly CDN instead of embedding it (a much smaller file that needs a
+    network connection to draw its charts). Raises :class:`StoreError` for a
+    path that is not a run.
+    """
+    runs = load_report_runs([Path(d) for d in run_dirs])
+    out_dir = Path(out_dir) if out_dir is not None else runs[0].run_dir
+    points = combined_points(runs)
+    labels = point_labels(points)
+    figs = _Figures()
+    body = [header_html(runs)]
+    toc = [("findings", "Findings"), ("scaling", "Scaling"), ("time", "Where the time goes"), ("ops", "Top ops"),
+           ("failures", "Failures and warnings"), ("points", "All points")]
+    if len(runs) > 1:
+        toc.insert(1, ("compare", "Run comparison"))
+    body.append('<nav class="toc">' + "".join(f'<a href="#{k}">{e(t)}</a>' for k, t in toc) + "</nav>")
+    # sections that own charts are built first so that findings can link to them
+    sweep = _sweep_section(points, figs)
+    time_ = _time_section(runs, points, figs)
+    compare = _compare_section(runs, labels, figs) if len(runs) > 1 else ""
+    figs.anchors.setdefault("failures", "failures")
+    findings = []
+    for run in runs:
+        found = _find(run)
+        title = f"<h3>Run {e(run.label)}: {e(run.name)}</h3>" if len(runs) > 1 else ""
+        if found is None:
+            findings.append(f'{title}<p class="note">Findings are not available: this txbench has no '
+                            "<code>txbench.analysis.findings</code> module.</p>")
+        else:
+            findings.append(findings_html(found, figs.anchors, title=title))
+    body.append('<section id="findings"><h2>Findings</h2>' + "".join(findings) + "</section>")
+    if compare:
+        body.append(f'<section id="compare"><h2>Run comparison</h2>{compare}</section>')
+    body.append(f'<section id="scaling"><h2>Scaling</h2>{sweep}</section>')
+    body.append(f'<section id="time"><h2>Where the time goes</h2>{time_}</section>')
+    body.append(f'<section id="ops"><h2>Top ops per point</h2>{top_ops_section(runs)}</section>')
+    body.append(f'<section id="failures"><h2>Failures and warnings</h2>{failures_html(points, labels)}</section>')
+    body.append(f'<section id="points"><h2>All points</h2>{points_html(len(points))}</section>')
+    body.append(f'<footer><p class="note">Written by txbench {e(runs[0].env.get("txbench_version", ""))} '
+                f"from the stored results; re-render with <code>txbench report</code>.</p></footer>")
+    if cdn:
+        tag = f'<script src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js" charset="utf-8"></script>'
+    else:
+        tag = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+    title = "txbench report: " + " vs ".join(dict.fromkeys(r.name for r in runs))
+    hrefs = {}
+    for run in runs:
+        if "trace_path" in run.points.columns:
+            for uid, tp in zip(run.points["uid"].tolist(), run.points["trace_path"].tolist()):
+                href = trace_href(run.run_dir, tp, out_dir)
+                if href:
+                    hrefs[uid] = href
+    data = {
+        "txb-figures": figs.json(),
+        "txb-points": _dumps(points_data(points, labels, hrefs)),
+        "txb-ops": _dumps(ops_data(runs)),
+    }
+    return page(title, "\n".join(body), plotly_tag=tag, data=data)
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+
+
+def write_report(run_dirs: list[Path], out: Path, *, cdn: bool = False) -> Path:
+    """Render the report of ``run_dirs`` into ``out`` (written atomically) and return its path."""
+    out = Path(out)
+    if out.exists() and out.is_dir():
+        raise StoreError(f"{out}: is a directory; give a file name such as {out / 'report.html'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = render_report(run_dirs, cdn=cdn, out_dir=out.parent)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
