@@ -4,7 +4,7 @@ Runs ``txbench run SUITE --json --no-report`` (with and without the profiler pas
 and divides (sweep wall time - sum of warmup_s + measure_s over points) by the
 number of points that ran. Goal: at most 1.5 s per point on a 2-core CPU.
 
-    python benchmarks/sweep_overhead.py [suites/ci.yaml]
+    python benchmarks/sweep_overhead.py [SUITE [extra txbench run args, e.g. --set sweep.seq_len=[32,64]]]
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def run_once(suite: str, extra: list[str]) -> dict:
 
 def main() -> None:
     suite = sys.argv[1] if len(sys.argv) > 1 else "suites/ci.yaml"
-    rows = [run_once(suite, ["--no-profile"]), run_once(suite, [])]
+    extra = sys.argv[2:]
+    rows = [run_once(suite, ["--no-profile", *extra]), run_once(suite, extra)]
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
 
 
