@@ -254,3 +254,10 @@ if __name__ == "__main__":
         print(f"wrote {DATA / 'cpu_op_names.txt'}")
     else:
         print(__doc__)
+
+
+def test_ops_rows_match_the_stored_schema():
+    from txbench.profile import OPS_COLUMNS
+    from txbench.store import OPS_SCHEMA
+
+    assert tuple(OPS_SCHEMA.names) == OPS_COLUMNS

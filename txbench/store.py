@@ -36,6 +36,7 @@ __all__ = [
     "POINTS_FILE",
     "OPS_FILE",
     "points_schema",
+    "OPS_SCHEMA",
     "write_points",
     "write_table",
     "load_points",
@@ -60,6 +61,14 @@ def _arrow_type(tp) -> pa.DataType:
     if origin is list:
         return pa.list_(_arrow_type(typing.get_args(tp)[0]))
     return {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}[tp]
+
+
+#: Arrow schema of ``ops.parquet`` (see docs/profiling.md); explicit so that an all-null column keeps its type.
+OPS_SCHEMA = pa.schema([
+    ("point_id", pa.string()), ("name", pa.string()), ("phase", pa.string()), ("category", pa.string()),
+    ("region", pa.string()), ("device", pa.string()), ("self_ms", pa.float64()), ("total_ms", pa.float64()),
+    ("calls", pa.float64()), ("self_mem_bytes", pa.float64()),
+])
 
 
 def points_schema() -> pa.Schema:

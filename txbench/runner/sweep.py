@@ -22,6 +22,7 @@ from txbench.record import FINAL_STATUSES, Record
 from txbench.runner.launcher import Launcher, WorkerLauncher
 from txbench.store import (
     OPS_FILE,
+    OPS_SCHEMA,
     POINTS_FILE,
     latest_run,
     load_points,
@@ -83,7 +84,7 @@ def _read_rows(path: Path) -> list[dict]:
 def _ops_table(rows: list[dict]):
     import pyarrow as pa
 
-    return pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(rows, schema=OPS_SCHEMA)
 
 
 def run_suite(
