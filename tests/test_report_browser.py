@@ -90,6 +90,8 @@ def test_report_renders_offline_in_chromium(real_run, tmp_path):
         assert href and (out.parent / href).resolve().exists()
         # the all-points table appears when opened
         page.locator("#txb-points-details summary").click()
+        # the table is filled by the toggle handler: wait for it rather than race it
+        page.wait_for_function("document.querySelectorAll('#txb-points-details tbody tr').length >= 4", timeout=10000)
         assert page.locator("#txb-points-details tbody tr").count() == 4
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         # a narrow window: nothing wider than the screen
@@ -131,6 +133,7 @@ def test_hostile_results_run_nothing(tmp_path):
         assert f"RuntimeError: {XSS}</script><svg onload=alert(3)>" in page.inner_text("#failures")
         entry = page.locator("details.ops").first
         entry.locator("summary").click()
+        entry.locator("table").wait_for()
         assert "<svg onload=alert(5)>" in entry.inner_text()
         page.locator("summary", has_text="full environment").first.click()
         assert "<img src=y onerror=alert(4)>" in page.inner_text("header")
