@@ -9,7 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli.compare  # noqa: F401  (registers compare and export on the app)
-from txbench.analysis.compare import MIN_SAMPLES, compare_runs, compare_samples, has_regression, unmatched_points
+from txbench.analysis.compare import MIN_SAMPLES, compare_samples, has_regression, unmatched_points
+from txbench.analysis.compare import compare_runs as _compare_runs
+from txbench.analysis.verdict import block_labels, holm
 from txbench.analysis.rules import Rules, load_rules, parse_rules, parse_threshold
 from txbench.cli import app
 from txbench.config import ModelConfig, Point
@@ -18,6 +20,18 @@ from txbench.record import Record
 from txbench.store import write_points
 
 runner = CliRunner()
+
+
+def compare_runs(*args, **kw):
+    """compare_runs on synthetic, independent samples: every step is its own unit unless a test says otherwise."""
+    return _compare_runs(*args, **{"block_s": 0, **kw})
+
+
+def cli(*args):
+    """``txbench compare ARGS`` with --block-s 0 (synthetic samples have no time structure)."""
+    return runner.invoke(app, ["compare", *map(str, args), "--block-s", "0"])
+
+
 MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=128)
 
 
@@ -128,6 +142,88 @@ def test_memory_is_compared_without_a_test(runs):
     assert row["verdict"] == "unchanged"
 
 
+# --- blocks of steps and the family-wise error ----------------------------------------------------
+
+
+def drift(n: int, seed: int, ms: float = 20.0, slow: float = 1.0) -> np.ndarray:
+    """Step times that drift as on a shared machine: log-AR(1) with a correlation time of ~200 steps (4 s)."""
+    rng = np.random.default_rng(seed)
+    rho, sd = 0.995, 0.1
+    z = np.empty(n)
+    z[0] = rng.standard_normal() * sd
+    e = rng.standard_normal(n) * sd * np.sqrt(1 - rho**2)
+    for i in range(1, n):
+        z[i] = rho * z[i - 1] + e[i]
+    return ms * slow * np.exp(z + 0.02 * rng.standard_normal(n))
+
+
+def test_blocks_are_cut_by_time_within_each_round():
+    assert list(block_labels([500.0] * 10, block_s=1.5)) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]  # short tail joins
+    assert list(block_labels([500.0] * 8, block_s=1.5)) == [0, 0, 0, 1, 1, 1, 2, 2]  # a tail of >= half stays
+    assert list(block_labels([500.0] * 10, rounds=[4, 6], block_s=1.5)) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert list(block_labels([2000.0, 2000.0, 100.0], block_s=1.5)) == [0, 1, 1]  # long steps: a block each
+    assert list(block_labels([5.0] * 4, block_s=0)) == [0, 1, 2, 3]
+
+
+def test_drift_within_runs_is_not_a_regression(runs):
+    # two runs of the same code on a drifting machine: per step, the drift looks like a significant +7%
+    a, b = drift(600, 4), drift(600, 104)
+    p = point()
+    base, cand = runs([record(p, step=list(a))], [record(p, step=list(b))])
+    per_step = compare_runs(base, cand).iloc[0]
+    assert per_step["verdict"] == "regression" and per_step["p_value"] < 1e-10
+    blocked = _compare_runs(base, cand).iloc[0]  # default: 1.5 s blocks
+    assert blocked["blocks_baseline"] == 8 and blocked["n_baseline"] == 600
+    assert blocked["ratio"] == per_step["ratio"] and blocked["ratio"] > 1.05
+    assert blocked["verdict"] == "inconclusive" and blocked["p_value"] > 0.05
+
+
+def test_blocked_gate_still_catches_a_25_percent_slowdown(runs):
+    p = point()
+    base, cand = runs([record(p, step=list(drift(600, 0)))], [record(p, step=list(drift(600, 200, slow=1.25)))])
+    row = _compare_runs(base, cand).iloc[0]
+    assert row["verdict"] == "regression" and row["ratio_ci_low"] > 1.0
+
+
+def test_too_few_blocks_says_measure_longer(runs):
+    p = point()
+    base, cand = runs([record(p, step=samples(10.0, n=300, seed=1))], [record(p, step=samples(20.0, n=300, seed=2))])
+    row = _compare_runs(base, cand).iloc[0]  # 3 s of steps: 2 blocks of 1.5 s per side
+    assert row["verdict"] == "inconclusive" and row["blocks_baseline"] == 2
+    assert "too few blocks" in row["note"] and "max_s" in row["note"]
+    assert row["steps_needed"] == 900
+
+
+def test_pooled_rounds_add_blocks(runs, tmp_path):
+    p = point()
+    base, cand = runs([record(p, step=list(drift(300, 1)))], [record(p, step=list(drift(300, 2)))])
+    base2 = write_run(tmp_path / "base2", [record(p, step=list(drift(300, 3)))])
+    cand2 = write_run(tmp_path / "cand2", [record(p, step=list(drift(300, 4)))])
+    one, other = _compare_runs(base, cand).iloc[0], _compare_runs(base2, cand2).iloc[0]
+    two = _compare_runs([base, base2], [cand, cand2]).iloc[0]
+    assert one["blocks_baseline"] >= 3 and other["blocks_baseline"] >= 3 and two["n_baseline"] == 600
+    # a block never spans two rounds: the pooled side has exactly the blocks of its rounds
+    assert two["blocks_baseline"] == one["blocks_baseline"] + other["blocks_baseline"]
+    assert two["blocks_candidate"] == one["blocks_candidate"] + other["blocks_candidate"]
+
+
+def test_holm_adjusts_over_all_timed_rows(runs):
+    assert list(holm([0.01, 0.04, 0.03, float("nan")])[:3]) == pytest.approx([0.03, 0.06, 0.06])
+    # four points, each a marginal +12% (p ~ 0.02 alone): alone each is a regression, as a family none is
+    pts = [point(s) for s in (32, 64, 128, 256)]
+    base_recs, cand_recs = [], []
+    for i, pt in enumerate(pts):
+        base_recs.append(record(pt, step=samples(10.0, rel_sd=0.2, n=12, seed=10 + i)))
+        cand_recs.append(record(pt, step=samples(11.2, rel_sd=0.2, n=12, seed=20 + i)))
+    base, cand = runs(base_recs, cand_recs)
+    alone = compare_runs(base, cand, correction="none")
+    family = compare_runs(base, cand)
+    assert (alone["p_adjusted"] == alone["p_value"]).all()
+    assert (family["p_adjusted"] >= family["p_value"]).all()
+    assert (alone["verdict"] == "regression").sum() > (family["verdict"] == "regression").sum()
+    assert family.attrs["compare"]["tests"] == 4
+
+
 # --- status changes, unmatched points, mismatched runs ------------------------------------------
 
 
@@ -180,8 +276,8 @@ def test_runs_of_one_side_are_pooled(runs, tmp_path):
     assert df.loc[pa.point_id, "n_baseline"] == 20 and df.loc[pa.point_id, "n_candidate"] == 20
     # a point that failed in any round of a side counts as failing there
     assert df.loc[pb.point_id, "metric"] == "status" and df.loc[pb.point_id, "verdict"] == "improvement"
-    res = runner.invoke(app, ["compare", str(base), str(cand), "--and-baseline", str(base2),
-                              "--and-candidate", str(cand2), "--format", "json"])
+    res = cli(str(base), str(cand), "--and-baseline", str(base2),
+                              "--and-candidate", str(cand2), "--format", "json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["baseline"]["run_id"] == "base+base2"
     other = write_run(tmp_path / "gpu", [record(pa)], device_name="NVIDIA H100")
@@ -267,58 +363,58 @@ def test_cli_exit_codes_and_formats(runs, tmp_path):
         [record(pa, step=samples(10.0, seed=1)), record(pb, step=samples(10.0, seed=3))],
         [record(pa, step=samples(10.0, seed=1)), record(pb, step=samples(13.0, seed=4))],
     )
-    res = runner.invoke(app, ["compare", str(base), str(base)])
+    res = cli(str(base), str(base))
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["compare", str(base), str(cand)])
+    res = cli(str(base), str(cand))
     assert res.exit_code == 1
     assert "regression" in res.output and "T=64" in res.output
-    res = runner.invoke(app, ["compare", str(base), str(cand), "--threshold", "50%"])
+    res = cli(str(base), str(cand), "--threshold", "50%")
     assert res.exit_code == 0, res.output
 
-    res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "json"])
+    res = cli(str(base), str(cand), "--format", "json")
     assert res.exit_code == 1
     body = json.loads(res.output)
     assert body["regression"] is True and body["counts"]["regression"] == 1
     assert {r["metric"] for r in body["rows"]} == {"step_ms", "peak_mem_bytes"}
 
     md = tmp_path / "comparison.md"
-    res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "markdown", "--output", str(md)])
+    res = cli(str(base), str(cand), "--format", "markdown", "--output", str(md))
     assert res.exit_code == 1
     text = md.read_text()
     assert "<!-- txbench-compare -->" in text and "| point | metric |" in text
     assert "🔴 regression" in text and "T=32" not in text  # only changed rows by default
-    res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "markdown", "--all"])
+    res = cli(str(base), str(cand), "--format", "markdown", "--all")
     assert "T=32" in res.output
 
 
 def test_cli_usage_and_input_errors_exit_2(runs, tmp_path):
     p = point()
     base, cand = runs([record(p)], [record(p)], device_name="NVIDIA H100")
-    res = runner.invoke(app, ["compare", str(base), str(cand)])
+    res = cli(str(base), str(cand))
     assert res.exit_code == 2 and "--allow-mismatch" in res.output
-    res = runner.invoke(app, ["compare", str(base), str(cand), "--allow-mismatch", "--all"])
+    res = cli(str(base), str(cand), "--allow-mismatch", "--all")
     assert res.exit_code == 0 and "not_comparable" in res.output
-    res = runner.invoke(app, ["compare", str(base), str(tmp_path / "missing")])
+    res = cli(str(base), str(tmp_path / "missing"))
     assert res.exit_code == 2 and "no such file" in res.output
-    res = runner.invoke(app, ["compare", str(base), str(base), "--threshold", "5"])
+    res = cli(str(base), str(base), "--threshold", "5")
     assert res.exit_code == 2 and "percentage" in res.output
-    res = runner.invoke(app, ["compare", str(base), str(base), "--metric", "speed"])
+    res = cli(str(base), str(base), "--metric", "speed")
     assert res.exit_code == 2 and "unknown metric" in res.output
     bad = tmp_path / "rules.yaml"
     bad.write_text("points: [{match: {atention: naive}, threshold: 10%}]\n")
-    res = runner.invoke(app, ["compare", str(base), str(base), "--rules", str(bad)])
+    res = cli(str(base), str(base), "--rules", str(bad))
     assert res.exit_code == 2 and "atention" in res.output
 
 
 def test_cli_fail_on_inconclusive(runs):
     p = point()
     base, cand = runs([record(p, step=[10.0, 10.2, 9.8])], [record(p, step=[10.1, 10.0, 9.9])])
-    assert runner.invoke(app, ["compare", str(base), str(cand)]).exit_code == 0
-    assert runner.invoke(app, ["compare", str(base), str(cand), "--fail-on-inconclusive"]).exit_code == 1
+    assert cli(str(base), str(cand)).exit_code == 0
+    assert cli(str(base), str(cand), "--fail-on-inconclusive").exit_code == 1
 
 
 def test_help_documents_exit_codes():
-    res = runner.invoke(app, ["compare", "--help"])
+    res = cli("--help")
     assert res.exit_code == 0
     assert "Exit codes" in res.output and "Example:" in res.output
 
@@ -336,7 +432,7 @@ def test_real_run_compared_with_itself(write_suite, tmp_path):
     # the tiny suite measures 5 steps: fewer than a verdict needs, and the table says so
     assert set(timed["verdict"]) == {"inconclusive"} and timed["note"].str.contains("too few").all()
     assert set(df.loc[df["metric"] == "peak_mem_bytes", "verdict"]) == {"unchanged"}
-    res = runner.invoke(app, ["compare", run_dir, run_dir, "--format", "json"])
+    res = cli(run_dir, run_dir, "--format", "json")
     assert res.exit_code == 0
     assert json.loads(res.output)["counts"] == {"regression": 0, "improvement": 0, "unchanged": 4, "inconclusive": 4,
                                                 "skipped": 0, "not_comparable": 0}

@@ -52,7 +52,7 @@ class Fault:
     def calibrate(self, step, timer) -> None:
         """Called after warmup: size the planted work from the real step."""
         if self.action == "slow":
-            base = sorted(sum(timer(step)) for _ in range(5))[2] / 1e3
+            base = sorted(sum(timer(step)) for _ in range(21))[10] / 1e3  # median of 21 steps: noise averages out
             extra = self.value * base
             inner = step.opt
 

@@ -2,9 +2,15 @@
 
 Pure pandas/numpy/scipy; no torch. The rule is asv's: a change counts only if it
 is beyond the threshold AND statistically significant (two-sided Mann-Whitney
-U on the per-step samples). The CI of the ratio of medians is a seeded
-percentile bootstrap (``scipy.stats.bootstrap``, unpaired: each side resampled
-on its own), so the same two runs always give the same table.
+U). The units of the test are not single steps but the medians of blocks of
+consecutive steps lasting at least ``block_s`` seconds (default 1.5 s), because
+step times on a shared machine drift over seconds and consecutive steps are
+not independent; the p-values of all timed comparisons of a run pair are
+Holm-adjusted, so the chance that an unchanged commit fails the gate stays
+under ``alpha`` however many points the suite has (:mod:`txbench.analysis.verdict`).
+The CI of the ratio of medians is a seeded percentile bootstrap over the block
+medians (``scipy.stats.bootstrap``, unpaired: each side resampled on its own),
+so the same two runs always give the same table.
 
 Verdicts (``VERDICTS``):
 
@@ -13,10 +19,10 @@ Verdicts (``VERDICTS``):
   newly failing, the reverse is fixed); or memory beyond its threshold
   (memory is deterministic: no test).
 - ``unchanged``: the whole CI of the ratio lies inside the threshold band.
-- ``inconclusive``: too few samples, or too noisy to tell (the CI straddles a
+- ``inconclusive``: too few blocks, or too noisy to tell (the CI straddles a
   threshold, or the change is beyond the threshold but not significant). The
   note says about how many steps per side would decide, from the CI width
-  shrinking as 1/sqrt(n).
+  shrinking as 1/sqrt(blocks).
 - ``skipped``: nothing to compare (unsupported or failing on both sides, or the
   metric was not measured).
 - ``not_comparable``: the runs differ in device or schema and were compared
@@ -29,13 +35,13 @@ any other matched point gets a single row with ``metric == "status"``.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from txbench.analysis.rules import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
+from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, _pct, block_labels, decide, holm, sample_stats
 from txbench.config import Point
 from txbench.errors import CompareError
 from txbench.store import load_points
@@ -43,6 +49,8 @@ from txbench.store import load_points
 __all__ = [
     "VERDICTS",
     "MIN_SAMPLES",
+    "BLOCK_S",
+    "CORRECTIONS",
     "CONFIG_COLUMNS",
     "compare_runs",
     "compare_samples",
@@ -53,12 +61,10 @@ __all__ = [
 ]
 
 VERDICTS = ("regression", "improvement", "unchanged", "inconclusive", "skipped", "not_comparable")
-#: Fewer per-step samples than this on a side and no verdict is attempted.
-MIN_SAMPLES = 6
-#: More steps than this multiple of the current count is reported as "not affordable".
-_MAX_STEP_FACTOR = 100.0
-_N_RESAMPLES = 2000
-_SEED = 20240607
+#: Fewer units (blocks of steps) than this on a side and no verdict is attempted.
+MIN_SAMPLES = MIN_BLOCKS
+#: Multiple-testing corrections over the timed rows of one comparison.
+CORRECTIONS = ("holm", "none")
 CONFIG_COLUMNS = tuple(Point().to_dict())
 _FAILING = ("oom", "error", "timeout")
 _SHORT = {"seq_len": "T", "batch_size": "B", "d_model": "d", "n_layers": "L", "n_heads": "H"}
@@ -104,7 +110,8 @@ def _pool(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """One row per point from several runs of the same side (e.g. alternating A/B/A/B rounds).
 
     Per-step samples are concatenated, so the spread between rounds counts as
-    noise; a point is ``ok`` only if every round was; memory is the worst round.
+    noise (column ``_rounds`` keeps each round's step count: blocks never span
+    two rounds); a point is ``ok`` only if every round was; memory is the worst round.
     """
     ids = [_identity(f) for f in frames]
     for other in ids[1:]:
@@ -116,10 +123,13 @@ def _pool(frames: list[pd.DataFrame]) -> pd.DataFrame:
     for frame in frames:
         for rec in frame.to_dict("records"):
             pid = rec["point_id"]
+            n = len(rec["step_ms_samples"]) if rec.get("step_ms_samples") is not None else 0
             if pid not in rows:
                 rows[pid] = {k: (list(v) if k.endswith("_samples") and v is not None else v) for k, v in rec.items()}
+                rows[pid]["_rounds"] = [n]
                 continue
             acc = rows[pid]
+            acc["_rounds"] = acc["_rounds"] + [n]
             if acc["status"] == "ok" and rec["status"] != "ok":
                 acc.update(status=rec["status"], error=rec.get("error"))
             for k, v in rec.items():
@@ -177,107 +187,45 @@ def _samples(row, metric: str) -> np.ndarray:
     if metric == "tokens_per_s":
         step = np.asarray(row.get("step_ms_samples") if row.get("step_ms_samples") is not None else [], dtype=float)
         tokens = float(row.get("seq_len") or 0) * float(row.get("batch_size") or 0)
-        return tokens * 1e3 / step[step > 0]
+        with np.errstate(divide="ignore", invalid="ignore"):  # a non-positive step is NaN, dropped with its label
+            return np.where(step > 0, tokens * 1e3 / step, np.nan)
     x = row.get(f"{metric}_samples")
     return np.asarray(x if x is not None else [], dtype=float)
 
 
-def _pct(fraction: float) -> str:
-    return f"{100 * fraction:g}%"
-
-
-def _ratio_ci(base: np.ndarray, cand: np.ndarray, confidence: float) -> tuple[float, float]:
-    from scipy import stats
-
-    def ratio(c, b, axis=-1):
-        return np.median(c, axis=axis) / np.median(b, axis=axis)
-
-    with warnings.catch_warnings():
-        # identical or constant sample sets make a degenerate bootstrap distribution: the CI is the point
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(
-            (cand, base), ratio, paired=False, vectorized=True, n_resamples=_N_RESAMPLES,
-            confidence_level=confidence, method="percentile", rng=np.random.default_rng(_SEED),
-        )
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    r = ratio(cand, base)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        lo = hi = float(r)
-    return min(lo, r), max(hi, r)
-
-
-def _steps_needed(n: int, lo: float, hi: float, margin_log: float) -> tuple[int | None, str]:
-    """Steps per side for the CI half-width (log scale) to shrink to ``margin_log``."""
-    half = (math.log(hi) - math.log(lo)) / 2.0
-    if margin_log <= 0 or half <= 0:
-        return None, "the ratio sits on the threshold: no number of steps decides"
-    factor = (half / margin_log) ** 2
-    if factor > _MAX_STEP_FACTOR:
-        return None, f"over {_MAX_STEP_FACTOR:.0f}x the steps would be needed: the change is about the threshold"
-    need = max(int(math.ceil(n * factor * 1.1)), n + 1)  # 10% margin: the width estimate is itself noisy
-    return need, f"~{need} steps per side would decide"
+def _blocks(row, block_s: float) -> np.ndarray:
+    """Block labels of a point's steps, from its step times and (pooled) round layout."""
+    step = row.get("step_ms_samples")
+    step = np.asarray(step if step is not None else [], dtype=float)
+    rounds = row.get("_rounds") if "_rounds" in row.index else None
+    rounds = None if rounds is None or (isinstance(rounds, float) and math.isnan(rounds)) else list(rounds)
+    return block_labels(step, rounds, block_s)
 
 
 def compare_samples(
-    baseline, candidate, *, threshold: float = 0.05, alpha: float = 0.05, higher_is_better: bool = False
+    baseline, candidate, *, threshold: float = 0.05, alpha: float = 0.05, higher_is_better: bool = False,
+    baseline_blocks=None, candidate_blocks=None,
 ) -> dict:
-    """Verdict for two sets of per-step samples of one metric.
+    """Verdict for two sets of samples of one metric (one comparison: no family-wise adjustment).
 
-    Returns a dict with ``baseline_median``, ``candidate_median``, ``ratio``
-    (candidate / baseline), ``ratio_ci_low``/``ratio_ci_high`` (95% bootstrap
-    CI), ``p_value`` (two-sided Mann-Whitney U), ``verdict``, ``note``,
-    ``steps_needed``, ``n_baseline``, ``n_candidate``.
+    ``*_blocks``: block labels per sample (:func:`txbench.analysis.verdict.block_labels`);
+    None makes every sample its own unit. Returns a dict with ``baseline_median``,
+    ``candidate_median``, ``ratio`` (candidate / baseline), ``ratio_ci_low``/``ratio_ci_high``
+    (95% bootstrap CI), ``p_value`` (two-sided Mann-Whitney U on the block medians),
+    ``verdict``, ``note``, ``steps_needed``, ``n_baseline``, ``n_candidate``,
+    ``blocks_baseline``, ``blocks_candidate``.
     """
-    b = np.asarray(baseline, dtype=float)
-    c = np.asarray(candidate, dtype=float)
-    b, c = b[np.isfinite(b)], c[np.isfinite(c)]
-    out = {**_blank(), "n_baseline": int(b.size), "n_candidate": int(c.size),
-           "baseline_median": float(np.median(b)) if b.size else math.nan,
-           "candidate_median": float(np.median(c)) if c.size else math.nan}
-    if b.size < MIN_SAMPLES or c.size < MIN_SAMPLES:
-        out["verdict"] = "inconclusive"
-        out["steps_needed"] = MIN_SAMPLES
-        out["note"] = f"too few steps ({b.size} vs {c.size}); need at least {MIN_SAMPLES} per side"
-        if b.size and c.size and out["baseline_median"] > 0:
-            out["ratio"] = out["candidate_median"] / out["baseline_median"]
-        return out
-    if out["baseline_median"] <= 0 or out["candidate_median"] <= 0:
-        out.update(verdict="skipped", note="a median is zero or negative; no ratio")
-        return out
-    from scipy import stats
-
-    r = out["candidate_median"] / out["baseline_median"]
-    lo, hi = _ratio_ci(b, c, 0.95)
-    p = float(stats.mannwhitneyu(c, b, alternative="two-sided").pvalue)
-    out.update(ratio=r, ratio_ci_low=lo, ratio_ci_high=hi, p_value=p)
-    # "badness": > 1 means worse whichever direction the metric improves in
-    bad, bad_lo, bad_hi = (1 / r, 1 / hi, 1 / lo) if higher_is_better else (r, lo, hi)
-    edge = math.log1p(threshold)
-    change = f"{100 * (r - 1):+.1f}%"
-    significant = p < alpha
-    if bad > 1 + threshold and significant:
-        out.update(verdict="regression", note=f"{change} > {_pct(threshold)}, p={p:.2g}")
-    elif bad < 1 / (1 + threshold) and significant:
-        out.update(verdict="improvement", note=f"{change} beyond {_pct(threshold)}, p={p:.2g}")
-    elif bad_hi <= 1 + threshold and bad_lo >= 1 / (1 + threshold):
-        out.update(verdict="unchanged", note=f"CI within ±{_pct(threshold)}")
-    else:
-        n = max(b.size, c.size)
-        if abs(math.log(bad)) > edge:
-            # beyond the threshold but not significant: the CI must move off 1
-            need, how = _steps_needed(n, lo, hi, abs(math.log(bad)))
-            why = f"{change} but p={p:.2g}"
-        else:
-            need, how = _steps_needed(n, lo, hi, edge - abs(math.log(bad)))
-            why = f"CI reaches past ±{_pct(threshold)}"
-        out.update(verdict="inconclusive", steps_needed=need, note=f"too noisy: {why}; {how}")
-    return out
+    s = sample_stats(baseline, candidate, baseline_blocks, candidate_blocks)
+    block_s = 0.0 if baseline_blocks is None and candidate_blocks is None else BLOCK_S
+    return {**s, "p_adjusted": s["p_value"],
+            **decide(s, threshold=threshold, alpha=alpha, higher_is_better=higher_is_better, block_s=block_s)}
 
 
 def _blank() -> dict:
     nan = math.nan
     return {"baseline_median": nan, "candidate_median": nan, "ratio": nan, "ratio_ci_low": nan, "ratio_ci_high": nan,
-            "p_value": nan, "n_baseline": 0, "n_candidate": 0, "steps_needed": None}
+            "p_value": nan, "p_adjusted": nan, "n_baseline": 0, "n_candidate": 0, "blocks_baseline": 0,
+            "blocks_candidate": 0, "steps_needed": None}
 
 
 def _compare_memory(b, c, threshold: float) -> dict:
@@ -340,6 +288,8 @@ def compare_runs(
     rules=None,
     allow_mismatch: bool = False,
     alpha: float = 0.05,
+    block_s: float = BLOCK_S,
+    correction: str = "holm",
 ) -> pd.DataFrame:
     """Compare ``candidate`` against ``baseline``: one row per matched point and metric.
 
@@ -352,12 +302,15 @@ def compare_runs(
     YAML path with per-metric and per-point thresholds (its ``default`` wins
     over ``threshold``). Raises :class:`CompareError` when the runs differ in
     device or schema version, unless ``allow_mismatch`` (then every verdict is
-    ``not_comparable``).
+    ``not_comparable``). ``block_s``: the block length in seconds (the units of
+    the test; 0 = every step). ``correction``: ``holm`` adjusts the p-values of
+    all timed rows together (family-wise error at ``alpha``), ``none`` judges
+    each row alone.
 
     Columns: point_id, metric, label, the config columns, baseline_median,
-    candidate_median, ratio, ratio_ci_low, ratio_ci_high, p_value, threshold,
-    verdict, note, n_baseline, n_candidate, steps_needed, status_baseline,
-    status_candidate. ``df.attrs["compare"]`` holds the two runs' identities,
+    candidate_median, ratio, ratio_ci_low, ratio_ci_high, p_value, p_adjusted,
+    threshold, verdict, note, n_baseline, n_candidate, blocks_baseline,
+    blocks_candidate, steps_needed, status_baseline, status_candidate. ``df.attrs["compare"]`` holds the two runs' identities,
     the mismatches, warnings and the unmatched points (see :func:`unmatched_points`).
     """
     unknown = [m for m in metrics if m not in METRICS]
@@ -377,7 +330,11 @@ def compare_runs(
     common = [pid for pid in c.index if pid in b.index]
     cfg_cols = [col for col in CONFIG_COLUMNS if col in c.columns]
     labels = dict(zip(common, short_labels(c.loc[common, cfg_cols + ["point_id"]]))) if common else {}
-    rows = []
+    if correction not in CORRECTIONS:
+        raise CompareError(f"unknown correction {correction!r}; choose from {', '.join(CORRECTIONS)}")
+    if not (block_s >= 0 and math.isfinite(block_s)):
+        raise CompareError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
+    rows, timed = [], []
     for pid in common:
         rb, rc = b.loc[pid], c.loc[pid]
         config = {col: rc[col] for col in cfg_cols}
@@ -386,14 +343,22 @@ def compare_runs(
         if not (rb["status"] == "ok" and rc["status"] == "ok"):
             rows.append({**base, **_status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))})
             continue
+        blocks = (_blocks(rb, block_s), _blocks(rc, block_s))
         for metric in metrics:
             t = rules.threshold_for(metric, {**config, "point_id": pid}, fallback=threshold)
             if metric in TIMED_METRICS:
-                res = compare_samples(_samples(rb, metric), _samples(rc, metric), threshold=t, alpha=alpha,
-                                      higher_is_better=metric == "tokens_per_s")
+                sb, sc = _samples(rb, metric), _samples(rc, metric)
+                res = sample_stats(sb, sc, *(lab if lab.size == x.size else None for lab, x in zip(blocks, (sb, sc))))
+                timed.append((len(rows), metric == "tokens_per_s"))
             else:
                 res = _compare_memory(rb.get(metric), rc.get(metric), t)
             rows.append({**base, "metric": metric, "threshold": t, **res})
+    p_raw = [rows[i]["p_value"] for i, _ in timed]
+    p_adj = holm(p_raw) if correction == "holm" else np.asarray(p_raw, dtype=float)
+    for (i, hib), p in zip(timed, p_adj):
+        rows[i]["p_adjusted"] = float(p)
+        rows[i].update(decide(rows[i], threshold=rows[i]["threshold"], alpha=alpha, higher_is_better=hib,
+                              p=None if math.isnan(p) else float(p), block_s=block_s))
     out = pd.DataFrame(rows, columns=_columns(cfg_cols))
     if hard:
         keep = out["verdict"] != "skipped"  # status changes across devices say nothing about the code either
@@ -402,6 +367,7 @@ def compare_runs(
     out.attrs["compare"] = {
         "baseline": ib, "candidate": ic, "comparable": not hard, "mismatches": hard, "warnings": soft,
         "metrics": list(metrics), "alpha": alpha, "threshold": threshold, "rules": rules.to_dict(),
+        "block_s": block_s, "correction": correction, "tests": len(timed),
         "unmatched": unmatched_points(b, c).to_dict("records"), "matched": len(common),
     }
     return out
@@ -409,8 +375,8 @@ def compare_runs(
 
 def _columns(cfg_cols: list[str]) -> list[str]:
     return ["point_id", "metric", "label", *cfg_cols, "baseline_median", "candidate_median", "ratio", "ratio_ci_low",
-            "ratio_ci_high", "p_value", "threshold", "verdict", "note", "n_baseline", "n_candidate", "steps_needed",
-            "status_baseline", "status_candidate"]
+            "ratio_ci_high", "p_value", "p_adjusted", "threshold", "verdict", "note", "n_baseline", "n_candidate",
+            "blocks_baseline", "blocks_candidate", "steps_needed", "status_baseline", "status_candidate"]
 
 
 def unmatched_points(baseline, candidate) -> pd.DataFrame:

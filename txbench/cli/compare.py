@@ -41,6 +41,11 @@ class Format(str, Enum):
     json = "json"
 
 
+class Correction(str, Enum):
+    holm = "holm"
+    none = "none"
+
+
 class ExportFormat(str, Enum):
     pytest_benchmark = "pytest-benchmark"
 
@@ -114,7 +119,7 @@ def render_table(df, *, show_all: bool = False) -> list:
         for r in rows.itertuples():
             style = _STYLE.get(r.verdict, "")
             t.add_row(r.label, r.metric, _value(r.metric, r.baseline_median), _value(r.metric, r.candidate_median),
-                      _change(r), _p(r.p_value), f"[{style}]{r.verdict}[/]", str(r.note))
+                      _change(r), _p(r.p_adjusted), f"[{style}]{r.verdict}[/]", str(r.note))
         out.append(t)
     elif len(df):
         out.append("[green]no changes beyond the thresholds[/] (--all shows every point)")
@@ -146,7 +151,7 @@ def render_markdown(df, *, show_all: bool = False) -> str:
         for r in rows.itertuples():
             note = str(r.note).replace("|", "\\|")
             lines.append(f"| {r.label} | {r.metric} | {_value(r.metric, r.baseline_median)} | "
-                         f"{_value(r.metric, r.candidate_median)} | {_change(r)} | {_p(r.p_value)} | "
+                         f"{_value(r.metric, r.candidate_median)} | {_change(r)} | {_p(r.p_adjusted)} | "
                          f"{_threshold(r.threshold)} | {_MARK.get(r.verdict, '')} {r.verdict} | {note} |")
     elif len(df):
         lines.append("No changes beyond the thresholds.")
@@ -155,9 +160,16 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     if meta["unmatched"]:
         lines += ["", "Points in only one run:", ""]
         lines += [f"- {u['side']}: {u['label']} (`{u['point_id']}`, {u['status']})" for u in meta["unmatched"]]
-    lines += ["", "<sub>A change counts when it is beyond the threshold and significant (Mann-Whitney U, "
-              f"alpha={meta['alpha']}); 95% CI: bootstrap of the ratio of medians.</sub>"]
+    lines += ["", f"<sub>{method_note(meta)}</sub>"]
     return "\n".join(lines) + "\n"
+
+
+def method_note(meta: dict) -> str:
+    """One sentence on how the verdicts were reached (footer of the markdown)."""
+    unit = f"medians of {meta['block_s']:g} s blocks of steps" if meta["block_s"] > 0 else "per-step samples"
+    adj = f", Holm-adjusted over {meta['tests']} tests" if meta["correction"] == "holm" and meta["tests"] > 1 else ""
+    return (f"A change counts when it is beyond the threshold and significant (Mann-Whitney U on {unit}{adj}, "
+            f"alpha={meta['alpha']}); 95% CI: bootstrap of the ratio of medians; p: adjusted p-value.")
 
 
 def _clean(v):
@@ -208,7 +220,9 @@ def compare(
         typer.Option("--and-candidate", help="Another run of the candidate, pooled with CANDIDATE (repeatable)."),
     ] = None,
     rules: Annotated[Optional[Path], typer.Option("--rules", help="YAML file of per-metric and per-point thresholds (see docs/ci.md).")] = None,
-    alpha: Annotated[float, typer.Option(help="Significance level of the Mann-Whitney U test.", min=1e-6, max=0.5)] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Significance level of the gate: the chance that an unchanged commit fails it (Holm-adjusted over all timed rows).", min=1e-6, max=0.5)] = 0.05,
+    block_s: Annotated[float, typer.Option("--block-s", help="Seconds of consecutive steps per unit of the test: step times drift, so blocks of steps, not steps, are the samples (0 = every step).", min=0.0)] = 1.5,
+    correction: Annotated[Correction, typer.Option(help="Multiple-testing correction over the timed rows: holm keeps the gate's false-alarm rate at alpha; none judges each row alone.")] = Correction.holm,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), markdown (PR comments, $GITHUB_STEP_SUMMARY) or json.")] = Format.table,
     show_all: Annotated[bool, typer.Option("--all", help="Show every comparison, not only changed and inconclusive ones.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of stdout.")] = None,
@@ -230,7 +244,7 @@ def compare(
     base_rules = load_rules(rules) if rules else None
     resolved = rules_from_options(threshold, base_rules)
     df = compare_runs([baseline, *(and_baseline or [])], [candidate, *(and_candidate or [])], metrics=tuple(metric or ("step_ms", "peak_mem_bytes")), rules=resolved,
-                      allow_mismatch=allow_mismatch, alpha=alpha)
+                      allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value)
     if fmt == Format.table:
         items = render_table(df, show_all=show_all)
         if output:
