@@ -91,7 +91,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", type=Path, default=REPO / "suites" / "ci.yaml")
     ap.add_argument("--pairs", type=int, default=3, help="repetitions of the whole A/A, slow, memory experiment")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per side, pooled (as in docs/ci.md)")
+    ap.add_argument("--rounds", type=int, default=8, help="alternating rounds per side, pooled (as in docs/ci.md)")
     ap.add_argument("--threshold", type=float, default=0.05, help="time threshold (fraction)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="suite override, as txbench run --set")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")

@@ -199,12 +199,44 @@ def test_pooled_rounds_add_blocks(runs, tmp_path):
     base, cand = runs([record(p, step=list(drift(300, 1)))], [record(p, step=list(drift(300, 2)))])
     base2 = write_run(tmp_path / "base2", [record(p, step=list(drift(300, 3)))])
     cand2 = write_run(tmp_path / "cand2", [record(p, step=list(drift(300, 4)))])
-    one, other = _compare_runs(base, cand).iloc[0], _compare_runs(base2, cand2).iloc[0]
-    two = _compare_runs([base, base2], [cand, cand2]).iloc[0]
+    one_df, two_df = _compare_runs(base, cand), _compare_runs([base, base2], [cand, cand2], units="blocks")
+    # a single run per side cannot see drift between runs, and the comparison says so
+    assert "alternating rounds" in one_df.attrs["compare"]["advice"][0] and not two_df.attrs["compare"]["advice"]
+    one, other, two = one_df.iloc[0], _compare_runs(base2, cand2).iloc[0], two_df.iloc[0]
     assert one["blocks_baseline"] >= 3 and other["blocks_baseline"] >= 3 and two["n_baseline"] == 600
     # a block never spans two rounds: the pooled side has exactly the blocks of its rounds
     assert two["blocks_baseline"] == one["blocks_baseline"] + other["blocks_baseline"]
     assert two["blocks_candidate"] == one["blocks_candidate"] + other["blocks_candidate"]
+    # by default, pooled rounds are the units themselves: two rounds per side are too few
+    auto = _compare_runs([base, base2], [cand, cand2]).iloc[0]
+    assert auto["units"] == "rounds" and auto["blocks_baseline"] == 2 and auto["verdict"] == "inconclusive"
+    assert "too few rounds" in auto["note"]
+
+
+def _rounds(tmp_path, name, medians, seed):
+    """One run directory per round, the point's steps around each round's median (a per-round noise level)."""
+    p = point()
+    return [write_run(tmp_path / f"{name}{i}", [record(p, step=samples(m, rel_sd=0.05, n=200, seed=seed + i))])
+            for i, m in enumerate(medians)]
+
+
+def test_rounds_are_the_units_when_rounds_vary(tmp_path):
+    # every round of the same code lands at its own level (+-10%): blocks of the steps would call the
+    # difference between sides significant; rounds see the level spread and do not
+    rng = np.random.default_rng(14)  # the candidate's rounds happen to sit 11% higher
+    level = 10.0 * np.exp(0.1 * rng.standard_normal(12))
+    base, cand = _rounds(tmp_path, "a", level[:6], 100), _rounds(tmp_path, "b", level[6:], 200)
+    by_steps = compare_runs(base, cand, units="blocks").iloc[0]  # block_s=0: each step a unit
+    by_rounds = _compare_runs(base, cand).iloc[0]
+    assert by_rounds["units"] == "rounds" and by_rounds["blocks_baseline"] == 6 and by_rounds["n_baseline"] == 1200
+    assert by_steps["p_value"] < 1e-6 < by_rounds["p_value"]
+    assert by_steps["verdict"] == "regression" and by_rounds["verdict"] == "inconclusive"
+    assert "rounds per side would decide" in by_rounds["note"] or "threshold" in by_rounds["note"]
+    # a real 30% slowdown on top of the same round-to-round spread is caught, with a t interval above 1
+    slow = _rounds(tmp_path, "s", level[6:] * 1.3, 300)
+    row = _compare_runs(base, slow).iloc[0]
+    assert row["verdict"] == "regression" and 1.0 < row["ratio_ci_low"] < row["ratio"] < row["ratio_ci_high"]
+    assert row["ratio"] == pytest.approx(1.3 * np.exp(np.log(level[6:]).mean() - np.log(level[:6]).mean()), rel=0.02)
 
 
 def test_holm_adjusts_over_all_timed_rows(runs):

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from txbench.analysis.rules import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
-from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, _pct, block_labels, decide, holm, sample_stats
+from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, UNITS, _pct, block_labels, decide, holm, sample_stats
 from txbench.config import Point
 from txbench.errors import CompareError
 from txbench.store import load_points
@@ -225,7 +225,7 @@ def _blank() -> dict:
     nan = math.nan
     return {"baseline_median": nan, "candidate_median": nan, "ratio": nan, "ratio_ci_low": nan, "ratio_ci_high": nan,
             "p_value": nan, "p_adjusted": nan, "n_baseline": 0, "n_candidate": 0, "blocks_baseline": 0,
-            "blocks_candidate": 0, "steps_needed": None}
+            "blocks_candidate": 0, "units": None, "steps_needed": None}
 
 
 def _compare_memory(b, c, threshold: float) -> dict:
@@ -290,6 +290,7 @@ def compare_runs(
     alpha: float = 0.05,
     block_s: float = BLOCK_S,
     correction: str = "holm",
+    units: str = "auto",
 ) -> pd.DataFrame:
     """Compare ``candidate`` against ``baseline``: one row per matched point and metric.
 
@@ -305,7 +306,8 @@ def compare_runs(
     ``not_comparable``). ``block_s``: the block length in seconds (the units of
     the test; 0 = every step). ``correction``: ``holm`` adjusts the p-values of
     all timed rows together (family-wise error at ``alpha``), ``none`` judges
-    each row alone.
+    each row alone. ``units``: ``rounds`` (one median per pooled run, Welch's
+    t), ``blocks``, or ``auto`` (rounds when both sides pool 2+ runs).
 
     Columns: point_id, metric, label, the config columns, baseline_median,
     candidate_median, ratio, ratio_ci_low, ratio_ci_high, p_value, p_adjusted,
@@ -332,6 +334,9 @@ def compare_runs(
     labels = dict(zip(common, short_labels(c.loc[common, cfg_cols + ["point_id"]]))) if common else {}
     if correction not in CORRECTIONS:
         raise CompareError(f"unknown correction {correction!r}; choose from {', '.join(CORRECTIONS)}")
+    if units not in UNITS:
+        raise CompareError(f"unknown units {units!r}; choose from {', '.join(UNITS)}")
+    by_rounds = units == "rounds" or (units == "auto" and min(_n_runs(baseline), _n_runs(candidate)) >= 2)
     if not (block_s >= 0 and math.isfinite(block_s)):
         raise CompareError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
     rows, timed = [], []
@@ -343,12 +348,13 @@ def compare_runs(
         if not (rb["status"] == "ok" and rc["status"] == "ok"):
             rows.append({**base, **_status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))})
             continue
-        blocks = (_blocks(rb, block_s), _blocks(rc, block_s))
+        blocks = (_blocks(rb, math.inf if by_rounds else block_s), _blocks(rc, math.inf if by_rounds else block_s))
         for metric in metrics:
             t = rules.threshold_for(metric, {**config, "point_id": pid}, fallback=threshold)
             if metric in TIMED_METRICS:
                 sb, sc = _samples(rb, metric), _samples(rc, metric)
-                res = sample_stats(sb, sc, *(lab if lab.size == x.size else None for lab, x in zip(blocks, (sb, sc))))
+                res = sample_stats(sb, sc, *(lab if lab.size == x.size else None for lab, x in zip(blocks, (sb, sc))),
+                                   rounds=by_rounds)
                 timed.append((len(rows), metric == "tokens_per_s"))
             else:
                 res = _compare_memory(rb.get(metric), rc.get(metric), t)
@@ -367,16 +373,29 @@ def compare_runs(
     out.attrs["compare"] = {
         "baseline": ib, "candidate": ic, "comparable": not hard, "mismatches": hard, "warnings": soft,
         "metrics": list(metrics), "alpha": alpha, "threshold": threshold, "rules": rules.to_dict(),
-        "block_s": block_s, "correction": correction, "tests": len(timed),
+        "block_s": block_s, "correction": correction, "tests": len(timed), "units": "rounds" if by_rounds else "blocks",
+        "rounds": [_n_runs(baseline), _n_runs(candidate)], "advice": _advice(baseline, candidate, timed, block_s),
         "unmatched": unmatched_points(b, c).to_dict("records"), "matched": len(common),
     }
     return out
 
 
+def _n_runs(side) -> int:
+    return len(side) if isinstance(side, (list, tuple)) else 1
+
+
+def _advice(baseline, candidate, timed, block_s: float) -> list[str]:
+    """Notes on the design of the comparison (not on its result)."""
+    if timed and min(_n_runs(baseline), _n_runs(candidate)) < 2:
+        return ["one run per side: drift between runs is not measured, so an A/A pair can still look changed; "
+                "a CI gate on a shared machine should pool several alternating rounds per side (docs/ci.md)"]
+    return []
+
+
 def _columns(cfg_cols: list[str]) -> list[str]:
     return ["point_id", "metric", "label", *cfg_cols, "baseline_median", "candidate_median", "ratio", "ratio_ci_low",
             "ratio_ci_high", "p_value", "p_adjusted", "threshold", "verdict", "note", "n_baseline", "n_candidate",
-            "blocks_baseline", "blocks_candidate", "steps_needed", "status_baseline", "status_candidate"]
+            "blocks_baseline", "blocks_candidate", "units", "steps_needed", "status_baseline", "status_candidate"]
 
 
 def unmatched_points(baseline, candidate) -> pd.DataFrame:

@@ -46,6 +46,12 @@ class Correction(str, Enum):
     none = "none"
 
 
+class Units(str, Enum):
+    auto = "auto"
+    rounds = "rounds"
+    blocks = "blocks"
+
+
 class ExportFormat(str, Enum):
     pytest_benchmark = "pytest-benchmark"
 
@@ -110,6 +116,8 @@ def render_table(df, *, show_all: bool = False) -> list:
         out.append(f"[magenta]not comparable:[/] {m}")
     for w in meta["warnings"]:
         out.append(f"[yellow]note:[/] runs differ in {w}")
+    for a in meta.get("advice", []):
+        out.append(f"[yellow]note:[/] {a}")
     rows = _rows(df, show_all)
     if len(rows):
         t = Table(title=f"{_run_name(meta['baseline'])} -> {_run_name(meta['candidate'])}", header_style="bold")
@@ -142,7 +150,9 @@ def render_markdown(df, *, show_all: bool = False) -> str:
         lines.append(f"> **not comparable**: {m}")
     for w in meta["warnings"]:
         lines.append(f"> note: runs differ in {w}")
-    if meta["mismatches"] or meta["warnings"]:
+    for a in meta.get("advice", []):
+        lines.append(f"> note: {a}")
+    if meta["mismatches"] or meta["warnings"] or meta.get("advice"):
         lines.append("")
     rows = _rows(df, show_all)
     if len(rows):
@@ -166,8 +176,13 @@ def render_markdown(df, *, show_all: bool = False) -> str:
 
 def method_note(meta: dict) -> str:
     """One sentence on how the verdicts were reached (footer of the markdown)."""
-    unit = f"medians of {meta['block_s']:g} s blocks of steps" if meta["block_s"] > 0 else "per-step samples"
     adj = f", Holm-adjusted over {meta['tests']} tests" if meta["correction"] == "holm" and meta["tests"] > 1 else ""
+    if meta.get("units") == "rounds":
+        r = meta.get("rounds", ["?", "?"])
+        return (f"A change counts when it is beyond the threshold and significant (Welch's t on the log medians of "
+                f"{r[0]} vs {r[1]} rounds{adj}, alpha={meta['alpha']}); ratio: of the rounds' geometric means, "
+                "with its 95% t interval; p: adjusted p-value.")
+    unit = f"medians of {meta['block_s']:g} s blocks of steps" if meta["block_s"] > 0 else "per-step samples"
     return (f"A change counts when it is beyond the threshold and significant (Mann-Whitney U on {unit}{adj}, "
             f"alpha={meta['alpha']}); 95% CI: bootstrap of the ratio of medians; p: adjusted p-value.")
 
@@ -222,6 +237,7 @@ def compare(
     rules: Annotated[Optional[Path], typer.Option("--rules", help="YAML file of per-metric and per-point thresholds (see docs/ci.md).")] = None,
     alpha: Annotated[float, typer.Option(help="Significance level of the gate: the chance that an unchanged commit fails it (Holm-adjusted over all timed rows).", min=1e-6, max=0.5)] = 0.05,
     block_s: Annotated[float, typer.Option("--block-s", help="Seconds of consecutive steps per unit of the test: step times drift, so blocks of steps, not steps, are the samples (0 = every step).", min=0.0)] = 1.5,
+    units: Annotated[Units, typer.Option(help="What one sample of the test is: rounds (one median per pooled run; Welch's t), blocks of --block-s seconds, or auto (rounds when both sides pool 2+ runs).")] = Units.auto,
     correction: Annotated[Correction, typer.Option(help="Multiple-testing correction over the timed rows: holm keeps the gate's false-alarm rate at alpha; none judges each row alone.")] = Correction.holm,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), markdown (PR comments, $GITHUB_STEP_SUMMARY) or json.")] = Format.table,
     show_all: Annotated[bool, typer.Option("--all", help="Show every comparison, not only changed and inconclusive ones.")] = False,
@@ -244,7 +260,8 @@ def compare(
     base_rules = load_rules(rules) if rules else None
     resolved = rules_from_options(threshold, base_rules)
     df = compare_runs([baseline, *(and_baseline or [])], [candidate, *(and_candidate or [])], metrics=tuple(metric or ("step_ms", "peak_mem_bytes")), rules=resolved,
-                      allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value)
+                      allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value,
+                      units=units.value)
     if fmt == Format.table:
         items = render_table(df, show_all=show_all)
         if output:
