@@ -254,8 +254,10 @@ def test_two_runs_are_compared_point_by_point(tmp_path):
     assert r.exit_code == 0, r.output
     page = out.read_text()
     ratio = figures(page)["chart-ratio-B"]
-    slower = [t for t in ratio["data"] if t["name"] in ("regression", "slower")]
-    assert slower and all(1.4 < y < 1.6 for y in arr(slower[0]["y"])) and len(arr(slower[0]["y"])) == 5
+    ys = sorted(y for t in ratio["data"] for y in arr(t["y"]))
+    assert len(ys) == 10 and all(0.8 < y < 1.2 for y in ys[:5]) and all(1.4 < y < 1.6 for y in ys[5:])
+    # one short run per side: txbench compare judges on >= 1.5 s blocks of steps and says when there are too few
+    assert "regression" in {t["name"] for t in ratio["data"]} and "too few blocks" in page
     assert "Run B vs run A" in page and "only in run A" in page  # the OOM point exists only in A
     legend = [t.get("name", "") for t in figures(page)["chart-scaling-seq_len"]["data"]]
     assert any(n.startswith("A: naive") for n in legend) and any(n.startswith("B: naive") for n in legend)
