@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds per side, pooled (as in docs/ci.md)")
     ap.add_argument("--threshold", type=float, default=0.05, help="time threshold (fraction)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="suite override, as txbench run --set")
+    ap.add_argument("--no-slow10", action="store_true", help="skip the 10%% slowdown (a quarter less time)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
     args = ap.parse_args()
 
@@ -103,6 +104,8 @@ def main() -> int:
     aa, slow10, slow25, mem = [], [], [], []
     variants = {"A": None, "slow10": [{"action": "slow", "value": 0.10}], "A'": None,
                 "slow25": [{"action": "slow", "value": 0.25}]}
+    if args.no_slow10:
+        del variants["slow10"]
     for i in range(args.pairs):
         runs: dict[str, list[Path]] = {k: [] for k in variants}
         for r in range(args.rounds):
@@ -112,10 +115,12 @@ def main() -> int:
                 runs[name].append(run_suite(args.suite, results, fault, args.overrides))
         m5 = run_suite(args.suite, results, [{"action": "mem", "value": 0.05}], [*args.overrides, "measure.max_s=1"])
         aa.append(_flagged(runs["A"], runs["A'"], "step_ms", args.threshold).assign(pair=i))
-        slow10.append(_flagged(runs["A"], runs["slow10"], "step_ms", args.threshold).assign(pair=i))
+        if "slow10" in runs:
+            slow10.append(_flagged(runs["A"], runs["slow10"], "step_ms", args.threshold).assign(pair=i))
         slow25.append(_flagged(runs["A'"], runs["slow25"], "step_ms", args.threshold).assign(pair=i))
         mem.append(_flagged(runs["A'"], [m5], "peak_mem_bytes", args.threshold).assign(pair=i))
-    aa, slow10, slow25, mem = (pd.concat(x, ignore_index=True) for x in (aa, slow10, slow25, mem))
+    empty = pd.DataFrame(columns=aa[0].columns)
+    aa, slow10, slow25, mem = (pd.concat(x, ignore_index=True) if x else empty for x in (aa, slow10, slow25, mem))
     quiet10 = slow10[slow10["iqr_rel"] < QUIET_IQR]
 
     def share(df, verdict):
