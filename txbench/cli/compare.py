@@ -28,8 +28,8 @@ _STYLE = {"regression": "bold red", "improvement": "green", "inconclusive": "yel
 _MARK = {"regression": "🔴", "improvement": "🟢", "inconclusive": "🟡", "unchanged": "⚪", "skipped": "⚪",
          "not_comparable": "🟣"}
 _INCONCLUSIVE_HINT = (
-    "too noisy to decide at this threshold; give those points more steps (measure.max_steps, measure.max_s), "
-    "pin threads, or run both sides interleaved on a quiet machine (docs/ci.md)"
+    "too noisy to decide at this threshold; the note says how many rounds (or steps) per side would decide: "
+    "pool more alternating rounds (--and-baseline/--and-candidate), pin threads, or use a quieter runner (docs/ci.md)"
 )
 #: Marks the PR comment so a workflow can find and update its own comment.
 MARKDOWN_TAG = "<!-- txbench-compare -->"
