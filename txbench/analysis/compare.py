@@ -318,6 +318,13 @@ def compare_runs(
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise CompareError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    # parameters are checked before any run is read
+    if correction not in CORRECTIONS:
+        raise CompareError(f"unknown correction {correction!r}; choose from {', '.join(CORRECTIONS)}")
+    if units not in UNITS:
+        raise CompareError(f"unknown units {units!r}; choose from {', '.join(UNITS)}")
+    if not (block_s >= 0 and math.isfinite(block_s)):
+        raise CompareError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
     rules = _as_rules(rules)
     bdf, cdf = _load(baseline), _load(candidate)
     ib, ic = _identity(bdf), _identity(cdf)
@@ -332,13 +339,8 @@ def compare_runs(
     common = [pid for pid in c.index if pid in b.index]
     cfg_cols = [col for col in CONFIG_COLUMNS if col in c.columns]
     labels = dict(zip(common, short_labels(c.loc[common, cfg_cols + ["point_id"]]))) if common else {}
-    if correction not in CORRECTIONS:
-        raise CompareError(f"unknown correction {correction!r}; choose from {', '.join(CORRECTIONS)}")
-    if units not in UNITS:
-        raise CompareError(f"unknown units {units!r}; choose from {', '.join(UNITS)}")
     by_rounds = units == "rounds" or (units == "auto" and min(_n_runs(baseline), _n_runs(candidate)) >= 2)
-    if not (block_s >= 0 and math.isfinite(block_s)):
-        raise CompareError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
+    unit_s = math.inf if by_rounds else block_s  # one block per round when rounds are the units
     rows, timed = [], []
     for pid in common:
         rb, rc = b.loc[pid], c.loc[pid]
@@ -348,7 +350,7 @@ def compare_runs(
         if not (rb["status"] == "ok" and rc["status"] == "ok"):
             rows.append({**base, **_status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))})
             continue
-        blocks = (_blocks(rb, math.inf if by_rounds else block_s), _blocks(rc, math.inf if by_rounds else block_s))
+        blocks = (_blocks(rb, unit_s), _blocks(rc, unit_s))
         for metric in metrics:
             t = rules.threshold_for(metric, {**config, "point_id": pid}, fallback=threshold)
             if metric in TIMED_METRICS:
