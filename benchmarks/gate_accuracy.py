@@ -3,7 +3,7 @@
 Runs the suite through the CLI (``txbench run ... --no-profile --no-report --json``)
 the way docs/ci.md's workflow does: ``--rounds`` alternating rounds per side,
 pooled by the comparison. Faults are planted with ``TXBENCH_FAULT`` (see
-``txbench/testing.py``); comparisons use :func:`txbench.analysis.compare.compare_runs`
+``txbench/_faults.py``); comparisons use :func:`txbench.analysis.compare.compare_runs`
 with its defaults (1.5 s blocks, Holm over the points, alpha 0.05). Figures:
 
 - A/A: two sides of the same code: regressions found (goal 0).

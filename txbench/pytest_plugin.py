@@ -135,7 +135,7 @@ def run_point_benchmark(benchmark, point, measure, *, label: str, param: str, pa
     """Time ``point``'s training step with pytest-benchmark's ``benchmark`` fixture (pedantic mode)."""
     import torch
 
-    from txbench import testing
+    from txbench._faults import fault_for
     from txbench.export import point_extra_info
     from txbench.measure.flops import step_flops
     from txbench.measure.point import build_step, unsupported_reason
@@ -144,10 +144,12 @@ def run_point_benchmark(benchmark, point, measure, *, label: str, param: str, pa
     reason = unsupported_reason(point)
     if reason:
         pytest.skip(f"unsupported: {reason}")
-    fault = testing.fault_for(point)  # no-op unless TXBENCH_FAULT is set (txbench's own tests)
-    fault.before_build()
+    fault = fault_for(point)  # None unless TXBENCH_FAULT is set (txbench's own tests)
+    if fault:
+        fault.before_build()
     step = build_step(point)
-    fault.install(step)
+    if fault:
+        fault.install(step)
     device = step.device
 
     def one_step():
@@ -156,7 +158,8 @@ def run_point_benchmark(benchmark, point, measure, *, label: str, param: str, pa
             torch.cuda.synchronize(device)  # the host clock must see the GPU work
 
     warm = _warmup(one_step, measure)
-    fault.calibrate(step, make_timer(device))
+    if fault:
+        fault.after_warmup(step, make_timer(device))
     t0 = time.perf_counter()
     one_step()
     est_s = max(time.perf_counter() - t0, 1e-6)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from txbench import testing
+from txbench._faults import fault_for
 from txbench.attention import check_attention
 from txbench.config import MeasureConfig, Point, validate_point
 from txbench.measure.calibrate import peak_tflops
@@ -164,17 +164,20 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
     reason = unsupported_reason(point)
     if reason:
         return Record.for_point(point, "unsupported", reason, **base), None
-    fault = testing.fault_for(point)
-    fault.before_build()
+    fault = fault_for(point)  # None unless TXBENCH_FAULT is set (txbench's own tests)
+    if fault:
+        fault.before_build()
     step = None
     try:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         step = build_step(point)
-        fault.install(step)
+        if fault:
+            fault.install(step)
         timer = make_timer(dev)
         warm_n, warm_s = _warmup(step, timer, cfg)
-        fault.calibrate(step, timer)
+        if fault:
+            fault.after_warmup(step, timer)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)

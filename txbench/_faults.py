@@ -1,9 +1,10 @@
-"""Test-only fault injection, driven by the ``TXBENCH_FAULT`` environment variable.
+"""Private: test-only fault injection, driven by the ``TXBENCH_FAULT`` environment variable.
 
 txbench's own tests and the regression-gate benchmark use it to prove that
 failures are recorded (a point that raises, hangs, or kills its worker) and that
 ``txbench compare`` catches planted slowdowns and memory growth. It does
-nothing unless the variable is set. Format: a JSON list of rules, e.g.::
+nothing unless the variable is set: :func:`fault_for` then returns None and the
+measurement path skips every hook (one environment lookup per point). Format: a JSON list of rules, e.g.::
 
     TXBENCH_FAULT='[{"match": {"seq_len": 64}, "action": "raise"}]'
     TXBENCH_FAULT='[{"action": "slow", "value": 0.10}]'   # every point 10% slower
@@ -23,15 +24,15 @@ import os
 import signal
 import time
 
-__all__ = ["ENV_VAR", "fault_for", "Fault"]
+__all__ = ["ENV_VAR", "fault_for", "Fault"]  # private module: txbench's own tests and benchmarks only
 
 ENV_VAR = "TXBENCH_FAULT"
 
 
 class Fault:
-    """No-op hooks; a rule from ``TXBENCH_FAULT`` overrides some of them."""
+    """The hooks of one ``TXBENCH_FAULT`` rule; each acts only for its own action."""
 
-    def __init__(self, action: str | None = None, value: float = 0.0):
+    def __init__(self, action: str, value: float = 0.0):
         self.action, self.value = action, float(value)
 
     def before_build(self) -> None:
@@ -49,7 +50,7 @@ class Fault:
         if self.action == "oom":
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: txbench test fault")
 
-    def calibrate(self, step, timer) -> None:
+    def after_warmup(self, step, timer) -> None:
         """Called after warmup: size the planted work from the real step."""
         if self.action == "slow":
             base = sorted(sum(timer(step)) for _ in range(21))[10] / 1e3  # median of 21 steps: noise averages out
@@ -90,15 +91,15 @@ class Fault:
             step.fwd, step.opt = fwd, opt
 
 
-def fault_for(point) -> Fault:
-    """The fault rule matching ``point`` (a no-op :class:`Fault` when none)."""
+def fault_for(point) -> Fault | None:
+    """The fault rule matching ``point``, or None (always None unless ``TXBENCH_FAULT`` is set)."""
     spec = os.environ.get(ENV_VAR)
     if not spec:
-        return Fault()
+        return None
     rules = json.loads(spec)
     cfg = point.to_dict()
     for rule in rules if isinstance(rules, list) else [rules]:
         match = rule.get("match", {})
         if all(cfg.get(k) == v for k, v in match.items()):
             return Fault(rule["action"], rule.get("value", 0.0))
-    return Fault()
+    return None
