@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import txbench.cli.compare  # noqa: F401  (registers compare and export on the app)
+import txbench.cli  # noqa: F401  (registers every command on the app)
 from txbench.analysis.compare import MIN_SAMPLES, compare_samples, has_regression, unmatched_points
 from txbench.analysis.compare import compare_runs as _compare_runs
 from txbench.analysis.verdict import block_labels, holm
-from txbench.analysis.rules import Rules, load_rules, parse_rules, parse_threshold
+from txbench.analysis.thresholds import Rules, load_rules, parse_rules, parse_threshold
 from txbench.cli import app
 from txbench.config import ModelConfig, Point
 from txbench.errors import CompareError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from txbench.opclass import CATEGORIES, RULES, classify, detect_attention_kernel, verify_attention
+from txbench.opclass import CATEGORIES, CATEGORY_RULES, classify, detect_attention_kernel, verify_attention
 
 DATA = Path(__file__).resolve().parent / "data"
 OVERHEAD = "[python overhead]"
@@ -137,7 +137,7 @@ def test_region_and_fwd_name_rules(name, region, fwd, expected):
 
 
 def test_rules_only_name_known_categories():
-    assert {r.category for r in RULES} <= set(CATEGORIES)
+    assert {r.category for r in CATEGORY_RULES} <= set(CATEGORIES)
 
 
 def _names(attention: str) -> list[str]:

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from txbench import ModelConfig, Point
 from txbench.opclass import CATEGORIES
-from txbench.profile import OPS_COLUMNS, OVERHEAD_NAME, RawEvent, profile_point, record_events, summarize
+from txbench.profile import OPS_COLUMNS, OVERHEAD_NAME, RawEvent, op_rows, profile_point, record_events
 from txbench.store import load_points
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -129,7 +129,7 @@ def _cuda_like_events() -> list[RawEvent]:
 
 
 def test_cuda_kernels_are_attributed_through_their_launching_op():
-    ops, info = summarize(_cuda_like_events(), Point(attention="naive", device="cuda"), cuda=True)
+    ops, info = op_rows(_cuda_like_events(), Point(attention="naive", device="cuda"), cuda=True)
     kern = {(r["name"].split("_")[0], r["phase"]): r for r in ops if r["device"] == "cuda"}
     assert set(kern) == {("sm90", "forward"), ("nvjet", "forward"), ("nvjet", "backward"),
                          ("multi", "optimizer"), ("Memcpy HtoD (Pageable -> Device)", "other")}
@@ -228,7 +228,7 @@ def record_cpu_op_names(path: Path = DATA / "cpu_op_names.txt", repeats: int = 3
                 step.step()
             runs = defaultdict(list)
             for _ in range(repeats):
-                ops, info = summarize(record_events(step, steps=2), point, with_context=True)
+                ops, info = op_rows(record_events(step, steps=2), point, with_context=True)
                 for r in ops:
                     runs[(r["name"], r["phase"], r["region"], r["fwd_name"])].append(
                         100 * r["self_ms"] / info["profiled_step_ms"])

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 __all__ = [
     "CATEGORIES",
     "GENERIC",
-    "RULES",
-    "Rule",
+    "CATEGORY_RULES",
+    "CategoryRule",
     "classify",
     "detect_attention_kernel",
     "verify_attention",
@@ -54,7 +54,7 @@ _OWN = frozenset({"memcpy", "communication"})
 
 
 @dataclass(frozen=True)
-class Rule:
+class CategoryRule:
     """``pattern`` (case-insensitive regex, searched) -> ``category``, only in ``regions`` when given."""
 
     pattern: str
@@ -80,28 +80,28 @@ _GEMM_KERNELS = (
 
 #: The classification table, first match wins. Names of autograd nodes are also tried in
 #: their forward form (``NativeLayerNormBackward0`` -> ``aten::native_layer_norm``).
-RULES: tuple[Rule, ...] = (
-    Rule(r"nccl|c10d::|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast_coalesced|cross_device_reduce",
+CATEGORY_RULES: tuple[CategoryRule, ...] = (
+    CategoryRule(r"nccl|c10d::|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast_coalesced|cross_device_reduce",
          "communication"),
-    Rule(r"^(memcpy|memset)\b|^cu(da)?(memcpy|memset)|\bmemcpy (htod|dtoh|dtod|ptop)", "memcpy"),
-    Rule(r"^Optimizer\.|zero_grad|_fused_adam|_fused_sgd|^aten::_foreach_|multi_tensor_apply|fused_?adam|adamw?\b|"
+    CategoryRule(r"^(memcpy|memset)\b|^cu(da)?(memcpy|memset)|\bmemcpy (htod|dtoh|dtod|ptop)", "memcpy"),
+    CategoryRule(r"^Optimizer\.|zero_grad|_fused_adam|_fused_sgd|^aten::_foreach_|multi_tensor_apply|fused_?adam|adamw?\b|"
          r"_amp_foreach_non_finite|_amp_update_scale|amp_update_scale", "optimizer"),
     # fused attention (SDPA backends, FlexAttention, nn.MultiheadAttention's fast path)
-    Rule(r"scaled_dot_product|flash_?attention|flash_(fwd|bwd)|pytorch_flash|efficient_attention|fmha|"
+    CategoryRule(r"scaled_dot_product|flash_?attention|flash_(fwd|bwd)|pytorch_flash|efficient_attention|fmha|"
          r"mem_?eff|cudnn_?attention|cudnn\w*sdpa|flex_?attention|triton_tem_fused\w*flex|multi_head_attention|"
          r"_transform_bias_rescale_qkv|sdpa", "attention"),
-    Rule(r"log_?soft_?max|cross_entropy|nll_?loss", "lm_head_loss"),
-    Rule(r"soft_?max", "attention"),
+    CategoryRule(r"log_?soft_?max|cross_entropy|nll_?loss", "lm_head_loss"),
+    CategoryRule(r"soft_?max", "attention"),
     # score and value products and the mask, inside the attention region (projections are linear/addmm/mm)
-    Rule(r"^aten::(bmm|baddbmm|matmul)$|^aten::masked_fill_?$|^aten::_safe_softmax$", "attention", _ATTN),
-    Rule(_GEMM_OPS + "|" + _GEMM_KERNELS, "lm_head_loss", _LM),
-    Rule(r"layer_?norm|rms_?norm|group_?norm|batch_?norm|GammaBetaBackward|cuComputeGradGammaBeta|cuApplyLayerNorm",
+    CategoryRule(r"^aten::(bmm|baddbmm|matmul)$|^aten::masked_fill_?$|^aten::_safe_softmax$", "attention", _ATTN),
+    CategoryRule(_GEMM_OPS + "|" + _GEMM_KERNELS, "lm_head_loss", _LM),
+    CategoryRule(r"layer_?norm|rms_?norm|group_?norm|batch_?norm|GammaBetaBackward|cuComputeGradGammaBeta|cuApplyLayerNorm",
          "norm"),
-    Rule(_GEMM_OPS + "|" + _GEMM_KERNELS, "gemm"),
-    Rule(r"gelu|relu|silu|swish|sigmoid|tanh|mish|hardswish|\bglu\b|^aten::glu|threshold_backward", "activation"),
-    Rule(r"embedding|index_?select|EmbeddingBackward|compute_grad_weight|krn_partials_per_segment|"
+    CategoryRule(_GEMM_OPS + "|" + _GEMM_KERNELS, "gemm"),
+    CategoryRule(r"gelu|relu|silu|swish|sigmoid|tanh|mish|hardswish|\bglu\b|^aten::glu|threshold_backward", "activation"),
+    CategoryRule(r"embedding|index_?select|EmbeddingBackward|compute_grad_weight|krn_partials_per_segment|"
          r"krn_partial_segment_offset|compute_num_of_partial_segments|sum_and_scatter", "embedding"),
-    Rule(r"^aten::(add|sub|rsub|mul|div|neg|exp|log|pow|sqrt|rsqrt|reciprocal|abs|sign|clamp|clamp_min|clamp_max|"
+    CategoryRule(r"^aten::(add|sub|rsub|mul|div|neg|exp|log|pow|sqrt|rsqrt|reciprocal|abs|sign|clamp|clamp_min|clamp_max|"
          r"where|copy|_to_copy|to|fill|zero|zeros|zeros_like|ones|ones_like|full|full_like|clone|contiguous|"
          r"masked_fill|cat|stack|sum|mean|var|std|norm|max|min|amax|amin|argmax|all|any|isinf|isnan|isneginf|"
          r"isfinite|nan_to_num|bitwise_not|bitwise_and|logical_not|logical_and|eq|ne|lt|le|gt|ge|tril|triu|"
@@ -110,7 +110,7 @@ RULES: tuple[Rule, ...] = (
          r"expand_backward|select_backward|slice_backward|unsafe_split_backward|sum_to_size|_unsafe_index|"
          r"split_backward|to_copy|constant_pad_nd|flip|roll|repeat)_?$",
          "elementwise"),
-    Rule(r"elementwise|reduce_kernel|CatArrayBatchedCopy|triton_(poi|red|per)_|fused_dropout|dropout|"
+    CategoryRule(r"elementwise|reduce_kernel|CatArrayBatchedCopy|triton_(poi|red|per)_|fused_dropout|dropout|"
          r"direct_copy|copy_kernel|fill_kernel|FillFunctor|scatter_gather|index_elementwise|reduce_1Block|"
          r"tensor_kernel_scan|radixSort|RadixSort", "elementwise"),
 )
@@ -133,7 +133,7 @@ def _aliases(name: str) -> list[str]:
 
 def _by_table(name: str, region: str | None) -> str:
     for alias in _aliases(name):
-        for rule in RULES:
+        for rule in CATEGORY_RULES:
             if rule.matches(alias, region):
                 return rule.category
     return "other"

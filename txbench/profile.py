@@ -7,7 +7,7 @@ runs inside ``txbench::step`` and each phase inside ``txbench::phase::<phase>``.
 
 The profiler's raw events (``kineto_results.events()``, an order of magnitude
 cheaper than building ``FunctionEvent`` objects) become :class:`RawEvent`
-tuples; :func:`summarize` rebuilds the call tree per thread and books every
+tuples; :func:`op_rows` rebuilds the call tree per thread and books every
 op's *self* time, so that on CPU the rows of a point add up to the profiled
 step: ops' self time plus the time inside txbench's ranges but outside any op,
 booked as ``[python overhead]``. Attribution:
@@ -36,7 +36,7 @@ from typing import NamedTuple
 from txbench.config import Point
 from txbench.opclass import GENERIC, classify, verify_attention
 
-__all__ = ["profile_point", "record_events", "summarize", "RawEvent", "OPS_COLUMNS", "OVERHEAD_NAME",
+__all__ = ["profile_point", "record_events", "op_rows", "RawEvent", "OPS_COLUMNS", "OVERHEAD_NAME",
            "PHASE_RANGE", "STEP_RANGE", "REGIONS"]
 
 #: Columns of one op row (``ops.parquet``), in order.
@@ -181,7 +181,7 @@ def _add(rows: dict, key, self_ns: int, total_ns: int, mem: int | None, ctx: str
         r["ctx"], r["ctx_ns"] = ctx, self_ns
 
 
-def summarize(events: list[RawEvent], point: Point, *, cuda: bool = False,
+def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
               with_context: bool = False) -> tuple[list[dict], dict]:
     """Op rows and Record fields from the events of the profiled steps (see :func:`profile_point`).
 
@@ -346,7 +346,7 @@ def profile_point(step, point: Point, *, steps: int, trace_path: str | None = No
     relative to the run directory (``traces/<file>``).
     """
     events = record_events(step, steps=steps, trace_path=trace_path)
-    ops, info = summarize(events, point, cuda=step.device.type == "cuda")
+    ops, info = op_rows(events, point, cuda=step.device.type == "cuda")
     info["trace_path"] = None
     if trace_path:
         path = Path(trace_path)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from txbench.analysis.rules import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
+from txbench.analysis.thresholds import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
 from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, UNITS, _pct, block_labels, decide, holm, sample_stats
 from txbench.config import Point
 from txbench.errors import CompareError
@@ -298,7 +298,7 @@ def compare_runs(
     DataFrames from :func:`txbench.store.load_points`, or lists of them: the
     runs of one side are pooled (samples concatenated), as for alternating
     A/B/A/B rounds. ``metrics``: any of
-    :data:`txbench.analysis.rules.METRICS`. ``threshold``: the default for timed
+    :data:`txbench.analysis.thresholds.METRICS`. ``threshold``: the default for timed
     metrics (memory defaults to 1%); ``rules``: a :class:`Rules`, a mapping or a
     YAML path with per-metric and per-point thresholds (its ``default`` wins
     over ``threshold``). Raises :class:`CompareError` when the runs differ in

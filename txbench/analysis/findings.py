@@ -13,7 +13,7 @@ import pandas as pd
 
 from txbench.analysis.breakdown import phase_split
 from txbench.analysis.findings_ops import category_trends, hotspots, top_categories
-from txbench.analysis.rulekit import (
+from txbench.analysis.wording import (
     BWD_FWD_HIGH,
     BWD_FWD_LOW,
     DECISIVE_SPEEDUP,
@@ -47,7 +47,7 @@ from txbench.analysis.types import SEVERITIES, Finding
 from txbench.store import load_ops, load_points, resolve_run
 
 __all__ = [
-    "RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots", "phases",
+    "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots", "phases",
     "noisy_points", "winners", "scaling", "feasibility_frontier", "top_categories", "mfu",
 ]
 
@@ -329,14 +329,14 @@ def mfu(points, ops=None) -> list[Finding]:
 
 
 #: Every rule, in the order of importance used to break ties within a severity.
-RULES = (unverified_kernels, failures, gpu_idle, category_trends, hotspots, phases, noisy_points,
+FINDING_RULES = (unverified_kernels, failures, gpu_idle, category_trends, hotspots, phases, noisy_points,
          winners, scaling, feasibility_frontier, top_categories, mfu)
 
 
 def find(points: pd.DataFrame, ops: pd.DataFrame | None = None) -> list[Finding]:
     """All findings of a run, most important first (severity, then rule order, then magnitude within a rule)."""
     found, seen = [], set()
-    for rank, rule in enumerate(RULES):
+    for rank, rule in enumerate(FINDING_RULES):
         for i, f in enumerate(rule(points, ops)):
             if f.text not in seen:  # two groupings can produce the same sentence
                 seen.add(f.text)

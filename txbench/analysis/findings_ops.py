@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares
-from txbench.analysis.rulekit import (
+from txbench.analysis.wording import (
     DOMINANT_SHARE,
     HOTSPOTS,
     MAX_PER_RULE,

@@ -1,4 +1,4 @@
-"""Shared vocabulary of the findings rules: thresholds and the helpers that word numbers.
+"""Findings wording: the thresholds that make a finding and the helpers that word its numbers.
 
 Thresholds are documented with an example sentence each in docs/findings.md. Pure pandas, no torch.
 """
