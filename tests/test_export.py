@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import txbench.cli.compare  # noqa: F401  (registers compare and export on the app)
+import txbench.cli  # noqa: F401  (registers every command on the app)
 from txbench.cli import app
 from txbench.config import ModelConfig, Point
 from txbench.export import pytest_benchmark_json

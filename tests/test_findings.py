@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-import txbench.cli.analyze  # noqa: F401  (registers the command on the app)
+import txbench.cli  # noqa: F401  (registers every command on the app)
 from txbench.analysis import findings as F
 from txbench.analysis.types import SEVERITIES
 from txbench.cli.app import app

@@ -103,7 +103,7 @@ def test_invalid_suite_is_reported(pytester):
 def test_an_exported_run_is_a_compare_baseline_for_the_plugin(pytester):
     from typer.testing import CliRunner
 
-    import txbench.cli.compare  # noqa: F401  (registers export)
+    import txbench.cli  # noqa: F401  (registers export)
     from txbench.cli import app
 
     _suite(pytester)

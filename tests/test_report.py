@@ -21,7 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import txbench.cli.report  # noqa: F401  (registers the command until txbench.cli imports it)
+import txbench.cli  # noqa: F401  (registers every command on the app)
 from txbench.cli.app import app
 from txbench.config import ModelConfig, Point
 from txbench.record import Record

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import txbench.cli.report  # noqa: F401  (registers the command until txbench.cli imports it)
+import txbench.cli  # noqa: F401  (registers every command on the app)
 from browser import ARTIFACTS, open_page, require_browser, wait_for_charts
 from txbench.cli.app import app
 

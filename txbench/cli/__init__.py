@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 from txbench.cli.app import app
-from txbench.cli import run as _run  # noqa: F401  (registers run, validate)
-from txbench.cli import inspect as _inspect  # noqa: F401  (registers list, env, show)
-from txbench.cli import analyze as _analyze  # noqa: F401  (registers analyze)
-from txbench.cli import compare as _compare  # noqa: F401  (registers compare, export)
-from txbench.cli import report as _report  # noqa: F401  (registers report)
+# each import registers its command on the app, in the order `txbench --help` lists them
+from txbench.cli import run, validate, list_, env, show, analyze, report, compare, export  # noqa: F401
 
 __all__ = ["app", "main"]
 

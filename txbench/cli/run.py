@@ -1,4 +1,4 @@
-"""``txbench run`` and ``txbench validate``."""
+"""``txbench run``: sweep a suite, store the records, print the table and write the report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors
-from txbench.cli.tables import fmt_bytes, fmt_num, points_table
+from txbench.report.terminal import fmt_bytes, fmt_num, points_table
 
 SetOpt = Annotated[
     Optional[list[str]],
@@ -138,28 +138,8 @@ def run(
 
 
 def _write_report(run_dir: Path, quiet: bool) -> Path | None:
-    try:
-        from txbench.report.html import write_report
-    except ImportError:
-        return None
+    from txbench.report.html import write_report
+
     out = run_dir / "report.html"
     write_report([run_dir], out)
     return out
-
-
-@app.command()
-@handle_errors
-def validate(
-    suite: Annotated[Path, typer.Argument(help="Suite YAML file to check.")],
-    set_: SetOpt = None,
-):
-    """Check a suite without running it: every problem at once, then the number of points.
-
-    Example: [cyan]txbench validate suites/seq_len.yaml --set sweep.batch_size=[4,8][/]
-    """
-    from txbench.suite import load_suite
-
-    s, _ = load_suite(suite, set_)
-    points = s.points("cpu" if s.device == "auto" else s.device)
-    axes = ", ".join(f"{k}={v}" for k, v in s.sweep.items())
-    console.print(f"[green]ok[/] {suite}: suite {s.name!r}, {len(points)} points ({axes})")

@@ -1,10 +1,19 @@
-"""The self-contained HTML report of one or several runs (``txbench report``). No torch import.
+"""Renderings of stored results. No torch import.
 
-``figures`` and ``figures_time`` turn DataFrames into plotly figures,
-``sections`` and ``topops`` write HTML fragments, ``html`` assembles and
-writes the file.
+The HTML report of one or several runs (``txbench report``): ``figures`` and
+``figures_time`` turn DataFrames into plotly figures, ``sections`` and
+``topops`` write HTML fragments, ``html`` assembles and writes the file.
+Terminal text: ``terminal`` (points tables) and ``compare_text`` (comparisons).
+Importing this package does not import plotly; ``render_report`` and
+``write_report`` load it on first use.
 """
 
-from txbench.report.html import render_report, write_report
-
 __all__ = ["render_report", "write_report"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from txbench.report import html
+
+        return getattr(html, name)
+    raise AttributeError(f"module 'txbench.report' has no attribute {name!r}")
