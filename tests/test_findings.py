@@ -28,7 +28,7 @@ def point(status="ok", **kw) -> dict:
     cfg.update(kw)
     pid = kw.pop("point_id", None) or f"{cfg['attention']}-{cfg['precision']}-T{cfg['seq_len']}-B{cfg['batch_size']}"
     cfg.pop("point_id", None)
-    return Record(point_id=pid, status=status, **cfg).to_dict()
+    return Record.from_columns(point_id=pid, status=status, **cfg).to_dict()
 
 
 def timed(step_ms, fwd=0.3, bwd=0.6, opt=0.1, **kw) -> dict:

@@ -17,7 +17,7 @@ def _point(status="ok", **kw) -> dict:
     cfg = dict(d_model=256, n_layers=4, n_heads=4, vocab_size=8192, seq_len=128, batch_size=4, precision="fp32", attention="naive")
     cfg.update(kw)
     pid = f"{cfg['attention']}-{cfg['precision']}-T{cfg['seq_len']}-B{cfg['batch_size']}"
-    return Record(point_id=pid, status=status, **cfg).to_dict()
+    return Record.from_columns(point_id=pid, status=status, **cfg).to_dict()
 
 
 def test_fit_exponent_recovers_a_power_law():

@@ -6,11 +6,11 @@ The sweep expands a suite into points; the worker turns a point into a record.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
 
+from txbench import fields as _fields
 from txbench.errors import PointError
 
 __all__ = [
@@ -27,11 +27,12 @@ __all__ = [
     "validate_point",
 ]
 
-ARCHS = ("decoder", "encoder_decoder")
-ATTENTIONS = ("naive", "mha", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-NORMS = ("layernorm", "rmsnorm")
-OPTIMIZERS = ("adamw", "adam", "sgd")
+# allowed values live in the field table (txbench.fields); these names are kept for callers
+ARCHS = _fields.BY_NAME["arch"].choices
+ATTENTIONS = _fields.BY_NAME["attention"].choices
+PRECISIONS = _fields.BY_NAME["precision"].choices
+NORMS = _fields.BY_NAME["norm"].choices
+OPTIMIZERS = _fields.BY_NAME["optimizer"].choices
 DEVICES = ("cpu", "cuda")
 
 
@@ -98,8 +99,8 @@ class Point:
 
     @property
     def point_id(self) -> str:
-        """Stable 12-hex-digit hash of the point's configuration."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable 12-hex-digit hash of the point's identity (:func:`txbench.fields.identity`)."""
+        blob = json.dumps(_fields.identity(self.to_dict()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -107,77 +108,66 @@ class Point:
         return self.seq_len * self.batch_size
 
     def to_dict(self) -> dict:
-        """Flat dict: model and train fields at top level (the Parquet column names)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "train")}
-        out.update(dataclasses.asdict(self.model))
-        out.update(dataclasses.asdict(self.train))
-        return out
+        """Flat dict of every field in table order (the Parquet config column names)."""
+        return {f.name: getattr(self if f.section == "point" else getattr(self, f.section), f.name)
+                for f in _fields.FIELDS}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Point":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`PointError`."""
-        mnames = {f.name for f in fields(ModelConfig)}
-        tnames = {f.name for f in fields(TrainConfig)}
-        pnames = {f.name for f in fields(cls)} - {"model", "train"}
-        unknown = sorted(set(d) - mnames - tnames - pnames)
+        """Inverse of :meth:`to_dict` (missing keys take their defaults); unknown keys raise :class:`PointError`."""
+        unknown = sorted(set(d) - set(_fields.BY_NAME))
         if unknown:
             raise PointError([(k, "unknown field") for k in unknown])
-        return cls(
-            model=ModelConfig(**{k: v for k, v in d.items() if k in mnames}),
-            train=TrainConfig(**{k: v for k, v in d.items() if k in tnames}),
-            **{k: v for k, v in d.items() if k in pnames},
-        )
+        by_section: dict[str, dict] = {s: {} for s in _fields.SECTIONS}
+        for k, v in d.items():
+            by_section[_fields.BY_NAME[k].section][k] = v
+        return cls(model=ModelConfig(**by_section["model"]), train=TrainConfig(**by_section["train"]),
+                   **by_section["point"])
 
     def label(self) -> str:
-        """Short human label, e.g. ``decoder T=512 B=8 bf16 sdpa_flash``."""
-        m = self.model
-        return (
-            f"{m.arch} d={m.d_model} L={m.n_layers} H={m.n_heads} T={self.seq_len} "
-            f"B={self.batch_size} {self.precision} {self.attention} {self.device}"
-        )
+        """Label of the main fields, e.g. ``decoder d=256 L=4 H=4 T=512 B=8 fp32 sdpa cpu``."""
+        from txbench.labels import full_label
+
+        return full_label(self.to_dict())
 
 
-def _positive_int(problems: list, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append((name, f"must be an integer, got {value!r}"))
-    elif value <= 0:
-        problems.append((name, f"must be > 0, got {value}"))
+def _check_table() -> None:
+    """The dataclasses and the field table name the same fields with the same defaults (checked at import)."""
+    for section, cls in (("point", Point), ("model", ModelConfig), ("train", TrainConfig)):
+        declared = {f.name: f.default for f in fields(cls) if f.name not in ("model", "train")}
+        table = {f.name: f.default for f in _fields.section_fields(section)}
+        if declared.keys() != table.keys():
+            raise RuntimeError(f"txbench.fields and {cls.__name__} disagree on {sorted(declared.keys() ^ table.keys())}")
+        for name, default in table.items():
+            if declared[name] != default or type(declared[name]) is not type(default):
+                raise RuntimeError(f"default of {cls.__name__}.{name} is {declared[name]!r}, "
+                                   f"txbench.fields says {default!r}")
 
 
-def _choice(problems: list, name: str, value, allowed) -> None:
-    if value not in allowed:
-        problems.append((name, f"unknown value {value!r}; allowed: {', '.join(allowed)}"))
+_check_table()
 
 
 def validate_point(p: Point) -> None:
     """Raise :class:`PointError` listing every impossible field of ``p``.
 
-    Called before any model is built; availability on the device (kernels,
-    dtypes) is a separate check that yields an ``unsupported`` record instead.
+    Types, allowed values and bounds come from :data:`txbench.fields.FIELDS`;
+    the rules between fields are here. Called before any model is built;
+    availability on the device (kernels, dtypes) is a separate check that
+    yields an ``unsupported`` record instead.
     """
+    values = p.to_dict()
     problems: list[tuple[str, str]] = []
-    m, t = p.model, p.train
-    for name in ("d_model", "n_layers", "n_heads", "ffn_mult", "vocab_size", "max_seq_len"):
-        _positive_int(problems, name, getattr(m, name))
-    for name in ("seq_len", "batch_size"):
-        _positive_int(problems, name, getattr(p, name))
-    _choice(problems, "arch", m.arch, ARCHS)
-    _choice(problems, "norm", m.norm, NORMS)
-    _choice(problems, "precision", p.precision, PRECISIONS)
-    _choice(problems, "attention", p.attention, ATTENTIONS)
-    _choice(problems, "optimizer", t.optimizer, OPTIMIZERS)
-    if p.device.split(":")[0] not in DEVICES:
+    for f in _fields.FIELDS:
+        why = _fields.check_value(f, values[f.name])
+        if why:
+            problems.append((f.name, why))
+    if isinstance(p.device, str) and p.device.split(":")[0] not in DEVICES:
         problems.append(("device", f"unknown device {p.device!r}; allowed: cpu, cuda, cuda:N"))
     if not problems:
+        m = p.model
         if m.d_model % m.n_heads:
             problems.append(("n_heads", f"{m.n_heads} does not divide d_model={m.d_model}"))
         if p.seq_len > m.max_seq_len:
             problems.append(("seq_len", f"{p.seq_len} exceeds max_seq_len={m.max_seq_len}; raise model.max_seq_len"))
-    if not (0.0 <= float(m.dropout) < 1.0):
-        problems.append(("dropout", f"must be in [0, 1), got {m.dropout}"))
-    if not float(t.lr) > 0:
-        problems.append(("lr", f"must be > 0, got {t.lr}"))
-    if p.threads is not None:
-        _positive_int(problems, "threads", p.threads)
     if problems:
         raise PointError(problems)

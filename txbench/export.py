@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from txbench.analysis.compare import CONFIG_COLUMNS, short_labels
+from txbench.fields import CONFIG_COLUMNS, varying_columns
+from txbench.labels import short_labels
 from txbench.errors import StoreError
 from txbench.store import load_points, read_meta
 
@@ -90,7 +91,7 @@ def pytest_benchmark_json(run, *, fullname_prefix: str | None = None) -> tuple[d
     cfg_cols = [c for c in CONFIG_COLUMNS if c in df.columns]
     ids = benchmark_ids(df[cfg_cols + ["point_id"]]) if len(df) else []
     labels = short_labels(df[cfg_cols + ["point_id"]]) if len(df) else []
-    varying = [c for c in cfg_cols if df[c].astype(str).nunique() > 1]
+    varying = varying_columns(df, cfg_cols)
     benchmarks, left_out = [], []
     for (_, r), bid, label in zip(df.iterrows(), ids, labels):
         samples = r.get("step_ms_samples")

@@ -80,9 +80,10 @@ class SuiteFile(pytest.File):
     def collect(self):
         import pandas as pd
 
-        from txbench.analysis.compare import short_labels
         from txbench.errors import TxbenchError
         from txbench.export import benchmark_ids
+        from txbench.fields import CONFIG_COLUMNS, varying_columns
+        from txbench.labels import short_labels
         from txbench.suite import load_suite
 
         try:
@@ -98,7 +99,7 @@ class SuiteFile(pytest.File):
         if not points:
             return
         configs = pd.DataFrame([{**p.to_dict(), "point_id": p.point_id} for p in points])
-        varying = [c for c in configs.columns if c != "point_id" and configs[c].astype(str).nunique() > 1]
+        varying = varying_columns(configs, CONFIG_COLUMNS)
         measure = suite.measure_config()
         for point, bid, label, (_, row) in zip(points, benchmark_ids(configs), short_labels(configs), configs.iterrows()):
             params = {c: _plain(row[c]) for c in varying}

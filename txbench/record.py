@@ -6,12 +6,15 @@ notebooks and CI scripts read these columns by name (see docs/results.md).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from txbench.config import Point
+from txbench.fields import BY_NAME, FIELDS
 
-__all__ = ["STATUSES", "FINAL_STATUSES", "Record"]
+__all__ = ["STATUSES", "FINAL_STATUSES", "Record", "column_types"]
 
 #: ok: measured. oom: out of memory. unsupported: decided before running (reason in ``error``).
 #: error: an exception or a crashed worker. timeout: the worker exceeded its time limit.
@@ -24,32 +27,11 @@ FINAL_STATUSES = STATUSES
 class Record:
     """Result of measuring one point. ``None`` means "not measured" (e.g. on failure)."""
 
-    # identity
+    # identity; the point's config columns (txbench.fields) follow these three in the table
     point_id: str
     status: str
     error: str | None = None
-    device: str = "cpu"
-    arch: str = "decoder"
-    d_model: int = 0
-    n_layers: int = 0
-    n_heads: int = 0
-    ffn_mult: int = 0
-    vocab_size: int = 0
-    max_seq_len: int = 0
-    norm: str = ""
-    dropout: float = 0.0
-    tied_embeddings: bool = True
-    causal: bool = True
-    bias: bool = True
-    seq_len: int = 0
-    batch_size: int = 0
-    precision: str = ""
-    attention: str = ""
-    optimizer: str = ""
-    lr: float = 0.0
-    weight_decay: float = 0.0
-    seed: int = 0
-    threads: int | None = None  # requested threads (None: torch default)
+    config: dict = field(default_factory=dict, repr=False)  # flat config (Point.to_dict), one column per field
     # timing (milliseconds)
     step_ms_median: float | None = None
     step_ms_mean: float | None = None
@@ -107,6 +89,7 @@ class Record:
     gpu_idle_share: float | None = None  # idle / profiled step time (CUDA)
     kernel_launches_per_step: float | None = None  # CUDA kernel launches per step
     trace_path: str | None = None  # Chrome/Perfetto trace, relative to the run directory
+    measure_notes: str | None = None  # what this point could not measure and why ("; " between notes)
     # bookkeeping
     started_at: str | None = None
     wall_s: float | None = None  # the whole point, from worker start to record (incl. import and build)
@@ -114,14 +97,39 @@ class Record:
 
     @classmethod
     def for_point(cls, point: Point, status: str, error: str | None = None, **values) -> "Record":
-        """A record carrying ``point``'s config columns plus ``values``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        cfg = {k: v for k, v in point.to_dict().items() if k in names}
-        return cls(point_id=point.point_id, status=status, error=error, **cfg, **values)
+        """A record carrying ``point``'s config columns plus ``values`` (unknown names raise TypeError)."""
+        return cls(point_id=point.point_id, status=status, error=error, config=point.to_dict(), **values)
+
+    @classmethod
+    def from_columns(cls, point_id: str, status: str, error: str | None = None, **columns) -> "Record":
+        """A record from flat Parquet column names (config and measurements mixed), as a row reads back."""
+        config = {k: v for k, v in columns.items() if k in BY_NAME}
+        return cls(point_id=point_id, status=status, error=error, config=config,
+                   **{k: v for k, v in columns.items() if k not in BY_NAME})
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The Parquet row: identity, every config column of the field table, then the measurements."""
+        out = {"point_id": self.point_id, "status": self.status, "error": self.error}
+        out.update({f.name: self.config.get(f.name, f.default) for f in FIELDS})
+        for f in dataclasses.fields(self):
+            if f.name not in _HEAD:
+                out[f.name] = copy.deepcopy(getattr(self, f.name)) if f.type.startswith("list") else getattr(self, f.name)
+        return out
 
     @classmethod
     def columns(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+        """Column names of points.parquet, in order."""
+        return list(column_types())
+
+
+_HEAD = ("point_id", "status", "error", "config")
+
+
+def column_types() -> dict[str, object]:
+    """Column name -> Python type (``int``, ``float | None``, ``list[float]``, ...) of points.parquet, in order."""
+    hints = typing.get_type_hints(Record)
+    out: dict[str, object] = {"point_id": hints["point_id"], "status": hints["status"], "error": hints["error"]}
+    for f in FIELDS:
+        out[f.name] = f.type | None if f.nullable else f.type
+    out.update({f.name: hints[f.name] for f in dataclasses.fields(Record) if f.name not in _HEAD})
+    return out

@@ -17,7 +17,6 @@ moment leaves the previous complete file, never a torn one.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import types
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from txbench.errors import StoreError
-from txbench.record import Record
+from txbench.record import column_types
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -72,9 +71,8 @@ OPS_SCHEMA = pa.schema([
 
 
 def points_schema() -> pa.Schema:
-    """The Arrow schema of ``points.parquet``, derived from :class:`Record`."""
-    hints = typing.get_type_hints(Record)
-    return pa.schema([pa.field(f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(Record)])
+    """The Arrow schema of ``points.parquet``: config columns from :mod:`txbench.fields`, the rest from :class:`Record`."""
+    return pa.schema([pa.field(name, _arrow_type(tp)) for name, tp in column_types().items()])
 
 
 def _meta(extra: dict | None) -> dict[bytes, bytes]:

@@ -15,24 +15,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from txbench.config import (
-    ATTENTIONS,
-    PRECISIONS,
-    MeasureConfig,
-    ModelConfig,
-    Point,
-    TrainConfig,
-    validate_point,
-)
+from txbench.config import MeasureConfig, Point, validate_point
 from txbench.errors import PointError, SuiteError
+from txbench.fields import BY_NAME, PointField, section_fields
 
 __all__ = ["Suite", "load_suite", "parse_suite", "apply_overrides", "AXES", "slug"]
 
-_MODEL_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)]
-_TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
-_POINT_FIELDS = ["seq_len", "batch_size", "precision", "attention", "threads"]
+_MODEL_FIELDS = [f.name for f in section_fields("model")]
+_TRAIN_FIELDS = [f.name for f in section_fields("train")]
+_POINT_FIELDS = [f.name for f in section_fields("point") if f.name != "device"]
 #: Every name that may be a sweep axis.
 AXES = _POINT_FIELDS + _MODEL_FIELDS + _TRAIN_FIELDS
 _SCALAR = int | float | str | bool
@@ -42,26 +35,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
-class ModelSection(_Strict):
-    arch: Literal["decoder", "encoder_decoder"] = ModelConfig.arch
-    d_model: int = Field(ModelConfig.d_model, gt=0)
-    n_layers: int = Field(ModelConfig.n_layers, gt=0)
-    n_heads: int = Field(ModelConfig.n_heads, gt=0)
-    ffn_mult: int = Field(ModelConfig.ffn_mult, gt=0)
-    vocab_size: int = Field(ModelConfig.vocab_size, gt=0)
-    max_seq_len: int = Field(ModelConfig.max_seq_len, gt=0)
-    norm: Literal["layernorm", "rmsnorm"] = ModelConfig.norm
-    dropout: float = Field(ModelConfig.dropout, ge=0, lt=1)
-    tied_embeddings: bool = ModelConfig.tied_embeddings
-    causal: bool = ModelConfig.causal
-    bias: bool = ModelConfig.bias
+def _pydantic_field(f: PointField):
+    """(annotation, FieldInfo) of a suite key, from the field table."""
+    tp = Literal[f.choices] if f.choices else f.type
+    if f.nullable:
+        tp = tp | None
+    bounds = {k: getattr(f, k) for k in ("gt", "ge", "lt") if getattr(f, k) is not None}
+    return tp, Field(f.default, description=f.title, **bounds)
 
 
-class TrainSection(_Strict):
-    optimizer: Literal["adamw", "adam", "sgd"] = TrainConfig.optimizer
-    lr: float = Field(TrainConfig.lr, gt=0)
-    weight_decay: float = Field(TrainConfig.weight_decay, ge=0)
-    seed: int = TrainConfig.seed
+def _section_model(name: str, section: str) -> type[BaseModel]:
+    return create_model(name, __base__=_Strict, **{f.name: _pydantic_field(f) for f in section_fields(section)})
+
+
+#: The ``model:`` and ``train:`` sections of a suite, built from :mod:`txbench.fields`.
+ModelSection = _section_model("ModelSection", "model")
+TrainSection = _section_model("TrainSection", "train")
 
 
 class MeasureSection(_Strict):
@@ -180,7 +169,7 @@ def _check_sweep(raw: dict) -> list[tuple[str, str]]:
             problems.append((f"sweep.{axis}", "empty axis: give at least one value"))
         if isinstance(values, list) and len(set(map(repr, values))) != len(values):
             problems.append((f"sweep.{axis}", "repeated values"))
-        choices = {"precision": PRECISIONS, "attention": ATTENTIONS}.get(axis)
+        choices = BY_NAME[axis].choices
         for i, v in enumerate(values if choices and isinstance(values, list) else []):
             if v not in choices:
                 problems.append((f"sweep.{axis}[{i}]", f"unknown value {v!r}{_suggest(v, choices)}; allowed: {', '.join(choices)}"))

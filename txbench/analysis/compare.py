@@ -42,7 +42,8 @@ import pandas as pd
 
 from txbench.analysis.thresholds import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
 from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, UNITS, _pct, block_labels, decide, holm, sample_stats
-from txbench.config import Point
+from txbench.fields import CONFIG_COLUMNS
+from txbench.labels import short_labels
 from txbench.errors import CompareError
 from txbench.store import load_points
 
@@ -65,36 +66,7 @@ VERDICTS = ("regression", "improvement", "unchanged", "inconclusive", "skipped",
 MIN_SAMPLES = MIN_BLOCKS
 #: Multiple-testing corrections over the timed rows of one comparison.
 CORRECTIONS = ("holm", "none")
-CONFIG_COLUMNS = tuple(Point().to_dict())
 _FAILING = ("oom", "error", "timeout")
-_SHORT = {"seq_len": "T", "batch_size": "B", "d_model": "d", "n_layers": "L", "n_heads": "H"}
-_BARE = ("arch", "precision", "attention", "device", "norm", "optimizer")
-_DEFAULT_AXES = ("seq_len", "batch_size", "precision", "attention")
-
-
-def short_labels(configs: pd.DataFrame, sep: str = " ", eq: str = "=") -> list[str]:
-    """Short unique labels from the config columns that vary, e.g. ``T=128 naive``.
-
-    Used for table rows, and with ``sep="-", eq=""`` for pytest ids and
-    pytest-benchmark names (``T128-naive``: ``-k`` expressions cannot hold ``=``).
-    """
-    cols = [c for c in CONFIG_COLUMNS if c in configs.columns and configs[c].astype(str).nunique() > 1]
-    cols = cols or [c for c in _DEFAULT_AXES if c in configs.columns]
-    labels = []
-    for _, row in configs.iterrows():
-        parts = []
-        for c in cols:
-            v = row[c]
-            if c in _SHORT:
-                parts.append(f"{_SHORT[c]}{eq}{v}")
-            elif c in _BARE:
-                parts.append(str(v))
-            else:
-                parts.append(f"{c}{eq}{v}")
-        labels.append(sep.join(parts))
-    if "point_id" in configs.columns and len(set(labels)) < len(labels):
-        labels = [f"{lab}{sep}{pid}" for lab, pid in zip(labels, configs["point_id"])]
-    return labels
 
 
 def _load_one(run) -> pd.DataFrame:

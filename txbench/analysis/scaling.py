@@ -12,17 +12,9 @@ import math
 import numpy as np
 import pandas as pd
 
+from txbench.fields import CONFIG_COLUMNS, NUMERIC_AXES, varying_columns
+
 __all__ = ["CONFIG_COLUMNS", "NUMERIC_AXES", "fit_exponent", "numeric_axes", "varying_config", "scaling_fits"]
-
-#: Columns of points.parquet that define a point (``Point.to_dict`` keys), in display order.
-CONFIG_COLUMNS = (
-    "arch", "d_model", "n_layers", "n_heads", "ffn_mult", "vocab_size", "max_seq_len", "norm", "dropout",
-    "tied_embeddings", "causal", "bias", "seq_len", "batch_size", "precision", "attention", "device",
-    "optimizer", "lr", "weight_decay", "seed", "threads",
-)
-#: Config columns along which a power law makes sense (sizes and counts), most commonly swept first.
-NUMERIC_AXES = ("seq_len", "batch_size", "d_model", "n_heads", "n_layers", "ffn_mult", "vocab_size", "threads")
-
 
 def fit_exponent(x, y) -> tuple[float, float] | None:
     """Slope of ``log y`` on ``log x`` and its r², or None when no power law can be fitted.
@@ -51,7 +43,7 @@ def _present(points: pd.DataFrame, cols) -> list[str]:
 
 def varying_config(points: pd.DataFrame) -> list[str]:
     """Config columns that take more than one value in ``points`` (None counts as a value)."""
-    return [c for c in _present(points, CONFIG_COLUMNS) if points[c].astype(str).nunique() > 1]
+    return varying_columns(points)
 
 
 def numeric_axes(points: pd.DataFrame) -> list[str]:

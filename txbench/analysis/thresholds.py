@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from txbench.config import Point
+from txbench.fields import CONFIG_COLUMNS
 from txbench.errors import CompareError
 
 __all__ = [
@@ -56,7 +56,7 @@ METRICS = TIMED_METRICS + MEMORY_METRICS
 DEFAULT_TIME_THRESHOLD = 0.05
 DEFAULT_MEMORY_THRESHOLD = 0.01
 #: Columns a point rule may match on: the point's configuration and its id.
-MATCH_FIELDS = tuple(Point().to_dict()) + ("point_id",)
+MATCH_FIELDS = CONFIG_COLUMNS + ("point_id",)
 
 
 @dataclass(frozen=True)

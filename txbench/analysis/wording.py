@@ -10,6 +10,9 @@ import json
 import numpy as np
 import pandas as pd
 
+from txbench.fields import FIELDS
+from txbench.labels import fmt_bytes, fmt_ms, fmt_pct, fmt_x, part
+
 
 NOISY_IQR_REL = 0.10  # mirrors the measurement's noisy flag: IQR / median above this
 BWD_FWD_LOW, BWD_FWD_HIGH = 1.5, 3.0  # a training backward usually costs ~2x its forward
@@ -33,28 +36,18 @@ HOTSPOTS = {
 }
 _COMPARE = ("attention", "precision")
 _PLURAL = {"gemm", "activation", "elementwise", "memcpy"}  # category labels that take a plural verb
-_ABBR = {"seq_len": "T", "batch_size": "B", "n_heads": "H", "n_layers": "L", "d_model": "d_model", "vocab_size": "vocab"}
+_ABBR = {f.name: f.short or f.name for f in FIELDS}  # label names, one vocabulary (txbench.fields)
 
 
-# ---------------------------------------------------------------- formatting
-def _pct(share: float) -> str:
-    p = 100.0 * float(share)
-    return f"{p:.0f}%" if abs(p) >= 9.5 else f"{p:.1f}%"
-
-
-def _x(ratio: float) -> str:
-    return f"{ratio:.0f}x" if ratio >= 9.95 else f"{ratio:.1f}x"
+# ---------------------------------------------------------------- formatting (txbench.labels)
+_pct, _x = fmt_pct, fmt_x
 
 
 def _ms(v: float) -> str:
-    return f"{v / 1000:.3g} s" if v >= 1000 else f"{v:.3g} ms"
+    return fmt_ms(v, unit=True)
 
 
-def _bytes(v: float) -> str:
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if v >= div:
-            return f"{v / div:.3g} {unit}"
-    return f"{v:.0f} B"
+_bytes = fmt_bytes
 
 
 def _int(v):
@@ -63,11 +56,8 @@ def _int(v):
 
 
 def _val(col: str, v) -> str:
-    if col == "attention":
-        return f"`{v}`"
-    if col in ("precision", "device", "arch", "norm", "optimizer"):
-        return str(v)
-    return f"{_ABBR.get(col, col)}={_int(v) if isinstance(v, (int, float, np.number)) else v}"
+    # attention names are code in the findings' markdown; everything else as in every other label
+    return f"`{v}`" if col == "attention" else part(col, v)
 
 
 def _label(row, cols) -> str:

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from txbench.analysis.scaling import CONFIG_COLUMNS, NUMERIC_AXES, numeric_axes
+from txbench.analysis.scaling import numeric_axes
+from txbench.fields import CONFIG_COLUMNS, FIELDS, NUMERIC_AXES
+from txbench.labels import label_of
 from txbench.errors import StoreError
 from txbench.store import load_ops, load_points, read_meta, resolve_run
 
@@ -36,22 +38,10 @@ __all__ = [
     "AXIS_ABBR",
 ]
 
-#: Axis titles with units, for chart axes and table headers.
-AXIS_TITLES = {
-    "seq_len": "sequence length T (tokens)",
-    "batch_size": "batch size B (sequences)",
-    "d_model": "model width d_model",
-    "n_heads": "attention heads H",
-    "n_layers": "layers L",
-    "ffn_mult": "MLP width multiplier",
-    "vocab_size": "vocabulary size",
-    "threads": "CPU threads",
-}
-#: Short names used in labels and legends ("T=512 B=8").
-AXIS_ABBR = {"seq_len": "T", "batch_size": "B", "d_model": "d", "n_heads": "H", "n_layers": "L",
-             "ffn_mult": "ffn", "vocab_size": "V", "threads": "threads"}
-# Config columns shown without "name=" in labels because their values name themselves.
-_SELF_NAMED = ("attention", "precision", "device", "arch", "norm", "optimizer")
+#: Axis titles with units, for chart axes and table headers (from the field table).
+AXIS_TITLES = {f.name: f.title for f in FIELDS}
+#: Short names used in labels and legends ("T=512 B=8"), from the field table.
+AXIS_ABBR = {f.name: f.short or f.name for f in FIELDS}
 
 
 @dataclass
@@ -174,29 +164,6 @@ def line_columns(points: pd.DataFrame) -> list[str]:
     cols = ["run"] if "run" in points.columns and points["run"].nunique() > 1 else []
     return cols + [c for c in CONFIG_COLUMNS if c in points.columns and c not in NUMERIC_AXES
                    and points[c].nunique(dropna=False) > 1]
-
-
-def _plain(v):
-    if isinstance(v, (float, np.floating)) and math.isnan(v):
-        return None
-    return v.item() if hasattr(v, "item") else v
-
-
-def label_of(values: dict) -> str:
-    """A short label of config values: ``{"seq_len": 512, "attention": "naive"}`` -> ``T=512 naive``."""
-    parts = []
-    for col, v in values.items():
-        v = _plain(v)
-        if col == "run":
-            if v:
-                parts.append(f"{v}:")
-        elif col in _SELF_NAMED:
-            parts.append(str(v))
-        elif isinstance(v, float) and v.is_integer():
-            parts.append(f"{AXIS_ABBR.get(col, col)}={int(v)}")
-        else:
-            parts.append(f"{AXIS_ABBR.get(col, col)}={v}")
-    return " ".join(parts) if parts else "all points"
 
 
 def point_labels(points: pd.DataFrame) -> pd.Series:

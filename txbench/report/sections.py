@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from txbench.labels import fmt_bytes, fmt_ms, fmt_num, missing
 from txbench.report.data import RunData
 
 __all__ = ["e", "fmt_num", "fmt_ms", "fmt_bytes", "table", "header_html", "findings_html", "failures_html",
@@ -29,37 +30,6 @@ def e(value) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) or v is pd.NA
-
-
-def fmt_num(v, digits: int = 3) -> str:
-    """A number with SI suffix (``12.3k``), ``-`` when missing."""
-    if _missing(v):
-        return "-"
-    v = float(v)
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.{digits}g}{suffix}"
-    return f"{v:.{digits}g}"
-
-
-def fmt_ms(v) -> str:
-    """Milliseconds with 4 significant digits, ``-`` when missing."""
-    return "-" if _missing(v) else f"{float(v):.4g}"
-
-
-def fmt_bytes(v) -> str:
-    """Bytes in binary units (``1.5 GiB``), ``-`` when missing."""
-    if _missing(v):
-        return "-"
-    v = float(v)
-    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(v) >= div:
-            return f"{v / div:.3g} {unit}"
-    return f"{v:.0f} B"
-
-
 def table(headers: list[str], rows: list[list], *, numeric: set[int] = frozenset(), cls: str = "sortable",
           raw: set[int] = frozenset(), msg: set[int] = frozenset()) -> str:
     """A sortable table. A cell is text or ``(text, sort_value)``; columns in ``raw`` hold ready HTML,
@@ -71,7 +41,7 @@ def table(headers: list[str], rows: list[list], *, numeric: set[int] = frozenset
         for i, c in enumerate(row):
             text, key = c if isinstance(c, tuple) else (c, None)
             attrs = ' class="num"' if i in numeric else (' class="msg"' if i in msg else "")
-            if key is not None and not _missing(key):
+            if key is not None and not missing(key):
                 attrs += f' data-v="{key:.6g}"' if isinstance(key, (int, float, np.number)) else f' data-v="{e(key)}"'
             cells.append(f"<td{attrs}>{text if i in raw else e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
@@ -156,7 +126,7 @@ def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
     parts = []
     bad = points[points["status"].isin(_BAD)]
     if len(bad):
-        rows = [[_label(labels, r["uid"]), r["status"], r["point_id"], "" if _missing(r.get("error")) else r["error"]]
+        rows = [[_label(labels, r["uid"]), r["status"], r["point_id"], "" if missing(r.get("error")) else r["error"]]
                 for _, r in bad.iterrows()]
         parts.append(f"<h3>Failed points ({len(bad)})</h3>"
                      + table(["point", "status", "point_id", "message"], rows, msg={3}))
@@ -168,7 +138,7 @@ def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
         for _, r in noisy.iterrows():
             rel = (r["step_ms_iqr"] / r["step_ms_median"]) if r.get("step_ms_median") else float("nan")
             rows.append([_label(labels, r["uid"]), (fmt_ms(r["step_ms_median"]), r["step_ms_median"]),
-                         (f"{100 * rel:.0f}%" if not _missing(rel) else "-", rel), (str(r.get("n_steps", "-")), r.get("n_steps"))])
+                         (f"{100 * rel:.0f}%" if not missing(rel) else "-", rel), (str(r.get("n_steps", "-")), r.get("n_steps"))])
         parts.append(f"<h3>Noisy points ({len(noisy)}): IQR above 10% of the median</h3>"
                      + table(["point", "median step (ms)", "IQR / median", "steps"], rows, numeric={1, 2, 3}))
     if "attention_verified" in points.columns:
@@ -182,7 +152,7 @@ def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
 
 
 def _json_num(v, digits: int = 5):
-    return None if _missing(v) else float(f"{float(v):.{digits}g}")
+    return None if missing(v) else float(f"{float(v):.{digits}g}")
 
 
 #: Columns of each row of :func:`points_data`, in order (the page's JS reads them by position).

@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 from rich.table import Table
 
+from txbench.labels import fmt_bytes, fmt_num, label_columns, missing
+
 __all__ = ["points_table", "varying_axes", "fmt_bytes", "fmt_num"]
 
-_AXES = ["arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "precision", "attention", "device", "threads"]
 _STATUS_STYLE = {"ok": "green", "oom": "magenta", "unsupported": "yellow", "error": "red", "timeout": "red"}
 
 
 def varying_axes(df: pd.DataFrame) -> list[str]:
-    """Config columns that take more than one value in ``df`` (at least seq_len, attention)."""
-    cols = [c for c in _AXES if c in df.columns and df[c].astype(str).nunique() > 1]
-    return cols or [c for c in ("seq_len", "batch_size", "precision", "attention") if c in df.columns]
-
-
-def _ok(v) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
-
-
-def fmt_num(v, digits: int = 3) -> str:
-    if not _ok(v):
-        return "-"
-    v = float(v)
-    if abs(v) >= 1e6:
-        return f"{v / 1e6:.{digits}g}M"
-    if abs(v) >= 1e3:
-        return f"{v / 1e3:.{digits}g}k"
-    return f"{v:.{digits}g}"
-
-
-def fmt_bytes(v) -> str:
-    if not _ok(v):
-        return "-"
-    v = float(v)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(v) < 1024 or unit == "TiB":
-            return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
-        v /= 1024
-    return "-"
+    """Config columns that name the points of ``df``: those that vary, else seq_len, batch, precision, attention."""
+    return label_columns(df)
 
 
 def points_table(df: pd.DataFrame, title: str | None = None) -> Table:
@@ -87,7 +59,7 @@ def points_table(df: pd.DataFrame, title: str | None = None) -> Table:
             ci,
             phases,
             fmt_num(r.get("tokens_per_s")),
-            f"{100 * mfu:.1f}%" if _ok(mfu) else "-",
+            f"{100 * mfu:.1f}%" if not missing(mfu) else "-",
             fmt_bytes(r.get("peak_mem_bytes")),
             note,
         )

@@ -1,0 +1,153 @@
+"""One name per point and one way to write a number, for every command and the report. No torch import.
+
+Labels are built from the field table (:mod:`txbench.fields`): ``T=512 B=8 bf16
+naive`` in ``run``, ``show``, ``analyze``, ``compare``, ``report``, ``export``
+and the pytest plugin alike. Numbers: :func:`fmt_num` (SI suffixes), :func:`fmt_bytes`
+(binary units), :func:`fmt_ms`, :func:`fmt_pct`, :func:`fmt_x`; each writes ``-`` for
+a missing value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+from txbench.fields import BY_NAME, CONFIG_COLUMNS, varying_columns
+
+__all__ = [
+    "DEFAULT_AXES",
+    "FULL_LABEL_FIELDS",
+    "part",
+    "label_of",
+    "full_label",
+    "label_columns",
+    "short_labels",
+    "missing",
+    "fmt_num",
+    "fmt_bytes",
+    "fmt_ms",
+    "fmt_pct",
+    "fmt_x",
+]
+
+#: The axes that name a point when nothing varies between points.
+DEFAULT_AXES = ("seq_len", "batch_size", "precision", "attention")
+#: The fields of :meth:`txbench.config.Point.label`.
+FULL_LABEL_FIELDS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "precision", "attention",
+                     "device")
+
+
+def missing(v) -> bool:
+    """True for None, NaN and pandas' NA."""
+    if v is None:
+        return True
+    try:
+        return bool(v != v)  # NaN and NA are not equal to themselves
+    except (TypeError, ValueError):
+        return False
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def part(col: str, value, *, eq: str = "=") -> str:
+    """One config value as it appears in a label: ``T=512``, ``bf16``, ``lr=0.001``; ``run`` gives ``A:``."""
+    value = _plain(value)
+    if col == "run":
+        return f"{value}:" if value else ""
+    f = BY_NAME.get(col)
+    if f is not None and f.bare:
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and (f is None or f.type is int):
+        value = int(value)
+    name = (f.short or f.name) if f is not None else col
+    return f"{name}{eq}{value}"
+
+
+def label_of(values: Mapping, *, sep: str = " ", eq: str = "=") -> str:
+    """A label of config values in the order given: ``{"seq_len": 512, "attention": "naive"}`` -> ``T=512 naive``."""
+    parts = [part(c, v, eq=eq) for c, v in values.items() if not (missing(v) and c != "run")]
+    parts = [p for p in parts if p]
+    return sep.join(parts) if parts else "all points"
+
+
+def full_label(config: Mapping) -> str:
+    """The label of one point on its own (``decoder d=256 L=4 H=4 T=512 B=8 fp32 sdpa cpu``)."""
+    return label_of({c: config[c] for c in FULL_LABEL_FIELDS if c in config})
+
+
+def label_columns(frame, columns: Iterable[str] = CONFIG_COLUMNS) -> list[str]:
+    """The config columns that name the rows of ``frame``: those that vary, else :data:`DEFAULT_AXES`."""
+    cols = varying_columns(frame, tuple(columns))
+    return cols or [c for c in DEFAULT_AXES if c in frame.columns]
+
+
+def short_labels(frame, *, sep: str = " ", eq: str = "=") -> list[str]:
+    """Short unique labels of the rows of ``frame`` (a DataFrame of config columns, optionally ``point_id``).
+
+    The varying config columns name each row (``T=128 naive``); rows that still
+    share a label get their ``point_id`` appended. With ``sep="-", eq=""`` they
+    are pytest ids and pytest-benchmark names (``T128-naive``: ``-k`` expressions
+    cannot hold ``=``).
+    """
+    cols = label_columns(frame)
+    records = frame[cols].to_dict("records") if cols else [{} for _ in range(len(frame))]
+    labels = [label_of(r, sep=sep, eq=eq) for r in records]
+    if "point_id" in frame.columns and len(set(labels)) < len(labels):
+        labels = [f"{lab}{sep}{pid}" for lab, pid in zip(labels, frame["point_id"])]
+    return labels
+
+
+def fmt_num(v, digits: int = 3) -> str:
+    """A number with an SI suffix: ``12.3k``, ``2.3G``; ``-`` when missing."""
+    if missing(v):
+        return "-"
+    v = float(v)
+    if v == 0 or not math.isfinite(v):
+        return f"{v:g}"
+    # round first so that 999,999 becomes 1M, not 1e+03k
+    v = float(f"{v:.{digits}g}")
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.{digits}g}{suffix}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_bytes(v) -> str:
+    """Bytes in binary units with 3 significant digits (``212 MiB``, ``1.5 GiB``); ``-`` when missing."""
+    if missing(v):
+        return "-"
+    v = float(v)
+    for unit, div in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(v) >= div * 0.9995:  # 1023.9 KiB is written 1 MiB
+            return f"{v / div:.3g} {unit}"
+    return f"{v:.0f} B"
+
+
+def fmt_ms(v, *, unit: bool = False) -> str:
+    """Milliseconds with 4 significant digits (``1234``, ``0.5123``); with ``unit``, ``1.23 s`` past a second."""
+    if missing(v):
+        return "-"
+    v = float(v)
+    if not unit:
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return f"{v / 1000:.3g} s" if abs(v) >= 1000 else f"{v:.3g} ms"
+
+
+def fmt_pct(fraction, *, digits: int | None = None) -> str:
+    """A fraction as a percentage: ``0.123`` -> ``12%`` (one decimal under 9.5%); ``-`` when missing."""
+    if missing(fraction):
+        return "-"
+    p = 100.0 * float(fraction)
+    if digits is not None:
+        return f"{p:.{digits}f}%"
+    return f"{p:.0f}%" if abs(p) >= 9.5 else f"{p:.1f}%"
+
+
+def fmt_x(ratio) -> str:
+    """A ratio as a factor: ``3.1x``, ``12x``; ``-`` when missing."""
+    if missing(ratio):
+        return "-"
+    ratio = float(ratio)
+    return f"{ratio:.0f}x" if ratio >= 9.95 else f"{ratio:.1f}x"
