@@ -6,7 +6,8 @@ never reported as throughput). One warmup and ``steps`` active steps run under
 runs inside ``txbench::step`` and each phase inside ``txbench::phase::<phase>``.
 
 The profiler's raw events (``kineto_results.events()``, an order of magnitude
-cheaper than building ``FunctionEvent`` objects) become :class:`RawEvent`
+cheaper than building ``FunctionEvent`` objects; read through
+:mod:`txbench.torch_compat`) become :class:`RawEvent`
 tuples; :func:`op_rows` rebuilds the call tree per thread and books every
 op's *self* time, so that on CPU the rows of a point add up to the profiled
 step: ops' self time plus the time inside txbench's ranges but outside any op,
@@ -35,6 +36,7 @@ from typing import NamedTuple
 
 from txbench.config import Point
 from txbench.opclass import GENERIC, classify, verify_attention
+from txbench.torch_compat import TorchUnsupported, kineto_events
 
 __all__ = ["profile_point", "record_events", "op_rows", "RawEvent", "OPS_COLUMNS", "OVERHEAD_NAME",
            "PHASE_RANGE", "STEP_RANGE", "REGIONS"]
@@ -331,7 +333,7 @@ def record_events(step, *, steps: int, trace_path: str | None = None) -> list[Ra
     if trace_path:
         Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(trace_path))  # torch gzips when the name ends in .gz
-    return _raw_events(prof.profiler.kineto_results.events(), mem_cuda=cuda)
+    return _raw_events(kineto_events(prof), mem_cuda=cuda)  # may raise TorchUnsupported: profile_point keeps the point
 
 
 def profile_point(step, point: Point, *, steps: int, trace_path: str | None = None) -> tuple[list[dict], dict]:
@@ -344,9 +346,18 @@ def profile_point(step, point: Point, *, steps: int, trace_path: str | None = No
     ``trace_path``) to values. With ``trace_path`` (``.json.gz``) a gzipped
     Chrome trace is written there and ``info["trace_path"]`` is the path
     relative to the run directory (``traces/<file>``).
+
+    When this torch gives no profiler events (:class:`~txbench.torch_compat.TorchUnsupported`),
+    ``ops`` is empty and ``info`` holds only ``trace_path`` and
+    ``measure_notes`` (why), so the point keeps its timing and status.
     """
-    events = record_events(step, steps=steps, trace_path=trace_path)
-    ops, info = op_rows(events, point, cuda=step.device.type == "cuda")
+    try:
+        events = record_events(step, steps=steps, trace_path=trace_path)
+    except TorchUnsupported as exc:
+        # the timing is already measured; losing the op breakdown must not lose the point
+        ops, info = [], {"measure_notes": str(exc)}
+    else:
+        ops, info = op_rows(events, point, cuda=step.device.type == "cuda")
     info["trace_path"] = None
     if trace_path:
         path = Path(trace_path)

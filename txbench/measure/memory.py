@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from txbench.torch_compat import allocation_events
+
 __all__ = ["cpu_step_peak_bytes", "tensor_bytes"]
 
 
@@ -47,22 +49,17 @@ def _live_at_start(step) -> int:
 
 
 def cpu_step_peak_bytes(step) -> int:
-    """Peak bytes of live torch tensors during one training step on CPU (measured)."""
+    """Peak bytes of live torch tensors during one training step on CPU (measured).
+
+    Raises :class:`~txbench.torch_compat.TorchUnsupported` when this torch
+    reports no allocation events.
+    """
     from torch.profiler import ProfilerActivity, profile
 
     start = _live_at_start(step)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step.step()
-    sizes = []
-
-    def walk(node):
-        if node.tag == torch._C._profiler._EventType.Allocation:
-            sizes.append((node.start_time_ns, node.extra_fields.alloc_size))
-        for child in node.children:
-            walk(child)
-
-    for root in prof.profiler.kineto_results.experimental_event_tree():
-        walk(root)
+    sizes = allocation_events(prof)
     sizes.sort()
     running = peak = 0
     for _, size in sizes:

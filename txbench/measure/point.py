@@ -23,6 +23,7 @@ from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.measure.timing import make_timer
 from txbench.record import Record
 from txbench.step import TrainStep, autocast_dtype, precision_reason
+from txbench.torch_compat import TorchUnsupported
 
 __all__ = ["measure_point", "measure_point_keep", "unsupported_reason", "build_step", "is_oom"]
 
@@ -213,8 +214,11 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
             values["peak_mem_reserved_bytes"] = int(torch.cuda.max_memory_reserved(dev))
             values["mem_method"] = "torch.cuda.max_memory_allocated over the measured steps"
         elif cfg.memory:
-            values["peak_mem_bytes"] = int(cpu_step_peak_bytes(step))
-            values["mem_method"] = "live tensors at step start + peak net allocations of one profiled step"
+            try:
+                values["peak_mem_bytes"] = int(cpu_step_peak_bytes(step))
+                values["mem_method"] = "live tensors at step start + peak net allocations of one profiled step"
+            except TorchUnsupported as exc:  # a torch without allocation events costs the figure, not the point
+                values["measure_notes"] = str(exc)
         if values.get("peak_mem_bytes") is not None:
             static = values["param_bytes"] + values["grad_bytes"] + values["optimizer_state_bytes"]
             values["activation_mem_bytes"] = max(values["peak_mem_bytes"] - static, 0)

@@ -64,6 +64,8 @@ def run_point_job(job: dict) -> dict:
             t_prof = time.perf_counter()
             ops, info = profile_point(step, point, steps=job["profile_steps"], trace_path=job.get("trace_path"))
             for k, v in info.items():
+                if k == "measure_notes" and record.measure_notes:  # keep the memory measurement's note too
+                    v = f"{record.measure_notes}; {v}"
                 setattr(record, k, v)
             record.profile_s = time.perf_counter() - t_prof
         del step

@@ -1,0 +1,233 @@
+"""The one place where txbench touches private torch APIs.
+
+txbench supports any ``torch>=2.4``, but two of its measurements read profiler
+internals that torch does not promise to keep: the profiler pass reads kineto's
+raw events (``prof.profiler.kineto_results.events()``), an order of magnitude
+cheaper than torch's ``FunctionEvent`` objects, and the CPU memory measurement
+reads the allocation events of ``experimental_event_tree()``. Keeping those
+calls here means a torch upgrade that moves them breaks one module, never a
+point.
+
+Each capability is one function. It tries the private API first (so results
+stay what they have always been where it works), falls back to a public API
+that carries the same information, and where neither works raises
+:class:`TorchUnsupported`. Callers turn that into a note in the record's
+``measure_notes`` column and keep the rest of the point (its timing, its
+status ``ok``). torch is imported inside the functions, so importing this
+module (as ``txbench.profile`` does) does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from decimal import Decimal
+
+__all__ = ["TorchUnsupported", "kineto_events", "allocation_events"]
+
+# What txbench.profile reads from each kineto event; a torch that drops one of these has changed the API.
+_KINETO_METHODS = ("name", "device_type", "start_ns", "end_ns", "start_thread_id", "end_thread_id",
+                   "sequence_nr", "fwd_thread_id", "correlation_id", "linked_correlation_id", "nbytes",
+                   "is_async")
+_MEMORY = "[memory]"
+
+
+class TorchUnsupported(Exception):
+    """The installed torch lacks what a measurement needs, privately and publicly.
+
+    ``measurement`` names what could not be measured (``"the profiler pass"``),
+    ``missing`` what failed. The message is written to be stored as is in
+    ``Record.measure_notes``.
+    """
+
+    def __init__(self, measurement: str, missing: str):
+        self.measurement, self.missing = measurement, missing
+        # "; " is left to Record.measure_notes, which joins several notes with it
+        super().__init__(f"this torch version ({_torch_version()}) is not supported by {measurement}, "
+                         f"the rest of the point is kept: {missing.replace('; ', ', ')}")
+
+
+def _torch_version() -> str:
+    try:
+        import torch
+
+        return str(torch.__version__)
+    except Exception:  # the message must never hide the failure it reports
+        return "unknown"
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- profiler pass: raw events
+
+
+class _Event:
+    """A kineto event rebuilt from a public ``FunctionEvent``: the methods ``txbench.profile`` reads."""
+
+    __slots__ = ("_name", "_dtype", "_start", "_end", "_thread", "_seq", "_fwd", "_corr", "_linked", "_nbytes",
+                 "_async", "_annotation")
+
+    def __init__(self, name, dtype, start, end, thread, *, seq=-1, fwd=0, corr=0, linked=0, nbytes=0,
+                 is_async=False, annotation=False):
+        self._name, self._dtype, self._start, self._end, self._thread = name, dtype, start, end, thread
+        self._seq, self._fwd, self._corr, self._linked, self._nbytes = seq, fwd, corr, linked, nbytes
+        self._async, self._annotation = is_async, annotation
+
+    def name(self): return self._name
+    def device_type(self): return self._dtype
+    def start_ns(self): return self._start
+    def end_ns(self): return self._end
+    def start_thread_id(self): return self._thread
+    def end_thread_id(self): return self._thread  # FunctionEvent folds a thread change into is_async
+    def sequence_nr(self): return self._seq
+    def fwd_thread_id(self): return self._fwd
+    def correlation_id(self): return self._corr
+    def linked_correlation_id(self): return self._linked
+    def nbytes(self): return self._nbytes
+    def is_async(self): return self._async
+    def is_hidden_event(self): return False  # torch drops hidden events before building FunctionEvents
+    def is_user_annotation(self): return self._annotation
+
+
+def _private_kineto_events(prof) -> list:
+    events = prof.profiler.kineto_results.events()
+    if events:
+        missing = [m for m in _KINETO_METHODS if not callable(getattr(events[0], m, None))]
+        if missing:
+            raise AttributeError(f"kineto events have no {', '.join(missing)}")
+    return events
+
+
+def _ns(us: float) -> int:
+    # FunctionEvent times are kineto's nanoseconds / 1000 as floats; rounding gives the nanoseconds back
+    return round(us * 1000)
+
+
+def _free_instant(fe, start: int, end: int) -> int:
+    """An instant inside ``fe`` and outside its children, so txbench's call tree books memory there to ``fe``."""
+    t = start
+    for cs, ce in sorted((_ns(c.time_range.start), _ns(c.time_range.end)) for c in fe.cpu_children):
+        if cs > t:
+            break
+        t = max(t, ce + 1)
+    return t if t <= end else start
+
+
+def _public_kineto_events(prof) -> list[_Event]:
+    from torch.autograd import DeviceType
+
+    out = []
+    for fe in prof.events():
+        start, end = _ns(fe.time_range.start), _ns(fe.time_range.end)
+        dtype, thread = fe.device_type, fe.thread
+        cpu_mem, dev_mem = fe.cpu_memory_usage, getattr(fe, "device_memory_usage", 0) or 0
+        if fe.name == _MEMORY:  # an allocation outside every op: torch keeps it as an event of its own
+            out += [_Event(_MEMORY, d, start, start, thread, nbytes=n)
+                    for d, n in ((DeviceType.CPU, cpu_mem), (DeviceType.CUDA, dev_mem)) if n]
+            continue
+        out.append(_Event(getattr(fe, "trace_name", None) or fe.name, dtype, start, end, thread,
+                          seq=fe.sequence_nr, fwd=fe.fwd_thread or 0, corr=fe.id,
+                          linked=getattr(fe, "linked_correlation_id", 0) or 0, is_async=fe.is_async,
+                          annotation=bool(getattr(fe, "is_user_annotation", False))))
+        if dtype != DeviceType.CPU or fe.is_async:
+            continue
+        # FunctionEvent only has each op's inclusive memory; its own share becomes one memory event
+        # placed where txbench's call tree gives it to this op and not to one of its children
+        kids = fe.cpu_children
+        self_cpu = cpu_mem - sum(c.cpu_memory_usage for c in kids)
+        self_dev = dev_mem - sum(getattr(c, "device_memory_usage", 0) or 0 for c in kids)
+        if self_cpu or self_dev:
+            t = _free_instant(fe, start, end)
+            out += [_Event(_MEMORY, d, t, t, thread, nbytes=n)
+                    for d, n in ((DeviceType.CPU, self_cpu), (DeviceType.CUDA, self_dev)) if n]
+    return out
+
+
+def kineto_events(prof) -> list:
+    """The raw events of a finished ``torch.profiler.profile`` ``prof``, as kineto events.
+
+    Private path: ``prof.profiler.kineto_results.events()``, returned as is.
+    Public fallback: ``prof.events()`` (``FunctionEvent`` objects), rebuilt into
+    objects with the same methods; times are then relative to the trace start
+    and each op's own memory is one event inside it (torch keeps only per-op
+    sums), which gives the same op rows as the private path except where
+    torch merged an op into a parent of the same name (fewer ``calls``, same
+    self time). Raises :class:`TorchUnsupported` when neither works.
+    """
+    try:
+        return _private_kineto_events(prof)
+    except Exception as exc:  # any failure of a private API means it changed; the public path decides
+        private = _why(exc)
+    try:
+        return _public_kineto_events(prof)
+    except Exception as exc:
+        public = _why(exc)
+    raise TorchUnsupported("the profiler pass",
+                           f"prof.profiler.kineto_results.events() failed ({private}) and so did prof.events() "
+                           f"({public})")
+
+
+# ----------------------------------------------------------------------------- CPU memory: allocation events
+
+
+def _private_allocation_events(prof) -> list[tuple[int, int]]:
+    import torch
+
+    allocation = torch._C._profiler._EventType.Allocation
+    sizes = []
+
+    def walk(node):
+        if node.tag == allocation:
+            sizes.append((node.start_time_ns, node.extra_fields.alloc_size))
+        for child in node.children:
+            walk(child)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
+    return sizes
+
+
+def _trace_ns(ts, base: int) -> int:
+    # the trace writes microseconds with three decimals: Decimal keeps the nanoseconds a float would round
+    return int(Decimal(ts) * 1000) + base
+
+
+def _public_allocation_events(prof) -> list[tuple[int, int]]:
+    with tempfile.TemporaryDirectory(prefix="txbench-mem-") as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as f:
+            trace = json.load(f, parse_float=str)
+    base = int(trace.get("baseTimeNanoseconds", 0) or 0)
+    sizes = [(_trace_ns(e["ts"], base), int(e["args"]["Bytes"]))
+             for e in trace.get("traceEvents", ()) if e.get("name") == _MEMORY]
+    if not sizes:
+        raise LookupError("the Chrome trace holds no [memory] events")
+    return sizes
+
+
+def allocation_events(prof) -> list[tuple[int, int]]:
+    """``(time_ns, bytes)`` of every allocation (positive) and free (negative) seen by ``prof``.
+
+    ``prof`` is a finished ``torch.profiler.profile`` run with
+    ``profile_memory=True``. Private path: the ``Allocation`` nodes of
+    ``prof.profiler.kineto_results.experimental_event_tree()``, in tree order.
+    Public fallback: the ``[memory]`` events of ``prof.export_chrome_trace``
+    (the same events, in trace order, with the same times). Only the order of
+    the times is meaningful. Raises :class:`TorchUnsupported` when neither works.
+    """
+    try:
+        return _private_allocation_events(prof)
+    except Exception as exc:  # any failure of a private API means it changed; the public path decides
+        private = _why(exc)
+    try:
+        return _public_allocation_events(prof)
+    except Exception as exc:
+        public = _why(exc)
+    raise TorchUnsupported("the CPU memory measurement",
+                           f"the allocation events of experimental_event_tree() failed ({private}) and so did the "
+                           f"[memory] events of prof.export_chrome_trace() ({public})")
