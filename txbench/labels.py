@@ -125,13 +125,14 @@ def fmt_bytes(v) -> str:
     return f"{v:.0f} B"
 
 
-def fmt_ms(v, *, unit: bool = False) -> str:
-    """Milliseconds with 4 significant digits (``1234``, ``0.5123``); with ``unit``, ``1.23 s`` past a second."""
+def fmt_ms(v, *, unit: bool = False, digits: int = 4) -> str:
+    """Milliseconds with ``digits`` significant digits (``1234``, ``0.5123``), never in exponent notation;
+    with ``unit``, ``12.3 ms`` or ``1.23 s`` past a second."""
     if missing(v):
         return "-"
     v = float(v)
     if not unit:
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 10**digits else f"{v:.0f}"
     return f"{v / 1000:.3g} s" if abs(v) >= 1000 else f"{v:.3g} ms"
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 from rich.markup import escape
 
-from txbench.cli.app import app, console, handle_errors
+from txbench.cli.app import app, console, handle_errors, print_all
 
 _STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -55,6 +56,11 @@ def analyze(
     if not findings:
         console.print(f"no findings at severity {severity.value} or above")
         return
+    # a grid keeps each sentence indented under its own severity when the terminal wraps it
+    grid = Table.grid(padding=(0, 1, 0, 0))
+    grid.add_column(no_wrap=True)
+    grid.add_column()
     for f in findings:
         style = _STYLE.get(f.severity, "")
-        console.print(f"[{style}]{f.severity:<8}[/] {escape(f.text)} [dim]({f.rule})[/]", soft_wrap=False)
+        grid.add_row(f"[{style}]{f.severity}[/]", f"{escape(f.text)} [dim]({f.rule})[/]")
+    print_all([grid])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import typer
@@ -10,7 +11,7 @@ from rich.console import Console
 
 from txbench.errors import TxbenchError
 
-__all__ = ["app", "console", "err_console", "handle_errors", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = ["app", "console", "err_console", "handle_errors", "term_width", "print_all", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -25,6 +26,21 @@ app = typer.Typer(
 )
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+def term_width() -> int:
+    """Columns to fit tables into: ``$COLUMNS`` when set (CI logs, tests), else the terminal's (80 when not a TTY)."""
+    try:
+        return max(int(os.environ["COLUMNS"]), 40)
+    except (KeyError, ValueError):
+        return console.size.width
+
+
+def print_all(renderables) -> None:
+    """Print each renderable at :func:`term_width`."""
+    width = term_width()
+    for r in renderables:
+        console.print(r, width=width, soft_wrap=False)
 
 
 def handle_errors(fn):

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from txbench.cli.app import app, console, err_console, handle_errors
+from txbench.cli.app import app, err_console, handle_errors, print_all, term_width
 from txbench.report.compare_text import render_json, render_markdown, render_table
 
 __all__ = ["compare", "EXIT_REGRESSION"]
@@ -88,17 +88,15 @@ def compare(
                       allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value,
                       units=units.value)
     if fmt == Format.table:
-        items = render_table(df, show_all=show_all)
         if output:
             from rich.console import Console
 
             with open(output, "w") as fh:
                 file_console = Console(file=fh, width=160, highlight=False)
-                for item in items:
+                for item in render_table(df, show_all=show_all, width=160):
                     file_console.print(item)
         else:
-            for item in items:
-                console.print(item)
+            print_all(render_table(df, show_all=show_all, width=term_width()))
     else:
         text = render_markdown(df, show_all=show_all) if fmt == Format.markdown else render_json(df) + "\n"
         if output:

@@ -6,9 +6,8 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
-
-from txbench.cli.app import app, console, handle_errors
+from txbench.cli.app import app, handle_errors, print_all, term_width
+from txbench.report.terminal import Column, fit_table
 
 
 @app.command("list")
@@ -43,9 +42,9 @@ def list_(
     if as_json:
         print(json.dumps(rows, indent=1))
         return
-    t = Table(title=f"availability (head_dim={head_dim}, {'causal' if causal else 'non-causal'}, torch {torch.__version__})")
-    for c in ("device", "precision", "attention", "available", "reason"):
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(r["device"], r["precision"], r["attention"], "[green]yes[/]" if r["available"] else "[yellow]no[/]", r["reason"] or "")
-    console.print(t)
+    cols = [Column(c, [r[c] for r in rows]) for c in ("device", "precision", "attention")]
+    avail = ["yes" if r["available"] else "no" for r in rows]
+    cols.append(Column("available", avail, styles=["green" if a == "yes" else "yellow" for a in avail]))
+    cols.append(Column("reason", [r["reason"] or "" for r in rows], note=True))
+    title = f"availability (head_dim={head_dim}, {'causal' if causal else 'non-causal'}, torch {torch.__version__})"
+    print_all(fit_table(cols, term_width(), title=title))

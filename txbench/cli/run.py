@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors
+from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors, print_all, term_width
 from txbench.report.terminal import fmt_bytes, fmt_num, points_table
 
 SetOpt = Annotated[
@@ -125,7 +125,7 @@ def run(
         }))
     else:
         if not quiet and len(df):
-            console.print(points_table(df, title=f"{s.name}: {len(df)} points"))
+            print_all(points_table(df, title=f"{s.name}: {len(df)} points", width=term_width()))
         console.print(f"[bold]results[/]  {result.run_dir}")
         if not quiet:
             console.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()))

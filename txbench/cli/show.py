@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from txbench.cli.app import app, console, handle_errors
+from txbench.cli.app import app, handle_errors, print_all, term_width
 from txbench.report.terminal import points_table
 
 
@@ -31,4 +31,5 @@ def show(
         print(df[cols].to_json(orient="records"))
         return
     meta = df.attrs.get("txbench", {})
-    console.print(points_table(df, title=f"{meta.get('suite', '')} {meta.get('run_id', '')} on {meta.get('device', '')}"))
+    title = f"{meta.get('suite', '')} {meta.get('run_id', '')} on {meta.get('device', '')}"
+    print_all(points_table(df, title=title, width=term_width()))

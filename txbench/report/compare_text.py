@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-from rich.table import Table
+from rich.markup import escape
 
-from txbench.report.terminal import fmt_bytes, fmt_num
+from txbench.labels import fmt_bytes, fmt_num
+from txbench.report.terminal import Column, fit_table
 
 __all__ = ["render_table", "render_markdown", "render_json", "method_note", "MARKDOWN_TAG"]
 
@@ -76,34 +77,39 @@ def _run_name(ident: dict) -> str:
     return f"{name} ({commit[:12]})" if commit else name
 
 
-def render_table(df, *, show_all: bool = False) -> list:
-    """Rich renderables for the terminal: warnings, the table of rows to show, the summary, unmatched points."""
+def render_table(df, *, show_all: bool = False, width: int = 200) -> list:
+    """Rich renderables for the terminal: warnings, the table of rows to show (fitted to ``width``, notes as
+    footnotes), the summary and the unmatched points."""
     meta = df.attrs["compare"]
     out = []
     for m in meta["mismatches"]:
-        out.append(f"[magenta]not comparable:[/] {m}")
+        out.append(f"[magenta]not comparable:[/] {escape(str(m))}")
     for w in meta["warnings"]:
-        out.append(f"[yellow]note:[/] runs differ in {w}")
+        out.append(f"[yellow]note:[/] runs differ in {escape(str(w))}")
     for a in meta.get("advice", []):
-        out.append(f"[yellow]note:[/] {a}")
-    rows = _rows(df, show_all)
-    if len(rows):
-        t = Table(title=f"{_run_name(meta['baseline'])} -> {_run_name(meta['candidate'])}", header_style="bold")
-        for col, justify in (("point", "left"), ("metric", "left"), ("baseline", "right"), ("candidate", "right"),
-                             ("change [95% CI]", "right"), ("p", "right"), ("verdict", "left"), ("note", "left")):
-            t.add_column(col, justify=justify, overflow="fold", no_wrap=col in ("metric", "verdict", "baseline", "candidate"))
-        for r in rows.itertuples():
-            style = _STYLE.get(r.verdict, "")
-            t.add_row(r.label, r.metric, _value(r.metric, r.baseline_median), _value(r.metric, r.candidate_median),
-                      _change(r), _p(r.p_adjusted), f"[{style}]{r.verdict}[/]", str(r.note))
-        out.append(t)
+        out.append(f"[yellow]note:[/] {escape(str(a))}")
+    rows = list(_rows(df, show_all).itertuples())
+    if rows:
+        verdicts = [r.verdict for r in rows]
+        cols = [
+            Column("point", [str(r.label) for r in rows]),
+            Column("metric", [r.metric for r in rows]),
+            Column("baseline", [_value(r.metric, r.baseline_median) for r in rows], "right", drop=2),
+            Column("candidate", [_value(r.metric, r.candidate_median) for r in rows], "right", drop=1),
+            Column("change [95% CI]", [_change(r) for r in rows], "right"),
+            Column("p", [_p(r.p_adjusted) for r in rows], "right", drop=3),
+            Column("verdict", verdicts, styles=[_STYLE.get(v, "") for v in verdicts]),
+            Column("note", [" ".join(str(r.note or "").split()) for r in rows], note=True),
+        ]
+        title = f"{_run_name(meta['baseline'])} -> {_run_name(meta['candidate'])}"
+        out += fit_table(cols, width, title=title)
     elif len(df):
         out.append("[green]no changes beyond the thresholds[/] (--all shows every point)")
     out.append(f"[bold]summary[/] {_summary(df, meta)}")
     if (df["verdict"] == "inconclusive").any():
         out.append(f"[yellow]inconclusive[/]: {_INCONCLUSIVE_HINT}")
     for u in meta["unmatched"]:
-        out.append(f"[yellow]{u['side']}:[/] {u['label']} ({u['point_id']}, {u['status']})")
+        out.append(f"[yellow]{u['side']}:[/] {escape(str(u['label']))} ({u['point_id']}, {u['status']})")
     return out
 
 
