@@ -11,7 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors, print_all, term_width
-from txbench.report.terminal import fmt_bytes, fmt_num, points_table
+from txbench.labels import fmt_bytes, fmt_ms, fmt_num
+from txbench.report.terminal import points_table
 
 SetOpt = Annotated[
     Optional[list[str]],
@@ -53,7 +54,8 @@ class _RichProgress:
 
     def on_point_end(self, index, point, rec):
         if rec.get("status") == "ok":
-            self.last = f"last: {rec['step_ms_median']:.4g} ms, {fmt_num(rec.get('tokens_per_s'))} tok/s, {fmt_bytes(rec.get('peak_mem_bytes'))}"
+            self.last = (f"last: {fmt_ms(rec['step_ms_median'])} ms, {fmt_num(rec.get('tokens_per_s'))} tok/s, "
+                         f"{fmt_bytes(rec.get('peak_mem_bytes'))}")
         else:
             self.last = f"last: [red]{rec.get('status')}[/]"
         if self.progress:
