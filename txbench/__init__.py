@@ -26,6 +26,7 @@ __all__ = [
     "validate_point",
     "measure_point",
     "build_step",
+    "attention_core",
     "TxbenchError",
     "PointError",
     "SuiteError",
@@ -33,7 +34,8 @@ __all__ = [
     "CompareError",
 ]
 
-_LAZY = {"measure_point": "txbench.measure.point", "build_step": "txbench.measure.point"}
+_LAZY = {"measure_point": "txbench.measure.point", "build_step": "txbench.measure.point",
+         "attention_core": "txbench.attention"}
 
 
 def __getattr__(name):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from txbench.config import ATTENTIONS
 
-__all__ = ["ATTENTIONS", "attention_core", "check_attention", "sdpa_context", "SDPA_BACKENDS"]
+__all__ = ["ATTENTIONS", "attention_core", "attention_fn", "check_attention", "sdpa_context", "SDPA_BACKENDS"]
 
 # name -> SDPBackend attribute name
 SDPA_BACKENDS = {
@@ -91,7 +91,21 @@ def _causal_block_mask(T: int, S: int, device: str):
     return create_block_mask(causal, None, None, T, S, device=device)
 
 
-def attention_core(name: str):
+def attention_core(q, k, v, *, impl: str = "sdpa", causal: bool = True, dropout_p: float = 0.0):
+    """softmax(Q K^T / sqrt(hd)) V with txbench's implementation ``impl``, for a user model's attention.
+
+    ``q``: (B, H, T, hd), ``k``/``v``: (B, H, S, hd). A factory model that calls this
+    follows the point's ``attention`` axis (pass ``impl=point.attention``): ``naive``
+    materialises the scores, ``sdpa`` lets PyTorch choose, ``sdpa_math``/``sdpa_flash``/
+    ``sdpa_efficient``/``sdpa_cudnn`` force one SDPA backend (verified by the profiler
+    pass), ``flex`` is FlexAttention. ``mha`` has projections of its own and is not a core.
+    """
+    fn = attention_fn(impl)
+    with sdpa_context(impl):
+        return fn(q, k, v, causal, dropout_p)
+
+
+def attention_fn(name: str):
     """The function ``f(q, k, v, causal, dropout_p) -> out`` for implementation ``name``.
 
     ``mha`` has no core function: ``model.Attention`` wraps ``nn.MultiheadAttention``.
@@ -126,7 +140,7 @@ def _probe(name: str, device: str, dtype: torch.dtype, causal: bool, head_dim: i
     dev = torch.device(device)
     if name == "mha":
         return None
-    fn = attention_core(name)
+    fn = attention_fn(name)
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (
         torch.randn(1, 2, 64, head_dim, generator=g).to(dev, dtype).requires_grad_() for _ in range(3)

@@ -6,6 +6,7 @@ The sweep expands a suite into points; the worker turns a point into a record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,10 @@ class ModelConfig:
     tied_embeddings: bool = True  # LM head shares the token embedding matrix (as GPT-2)
     causal: bool = True  # causal mask on the (decoder) self-attention; the encoder is never causal
     bias: bool = True  # biases in Linear layers and norms
+    # arch "hf": fields of the transformers config class, {"model_type": ...} first (docs/suites.md)
+    hf: dict = field(default_factory=dict)
+    factory: str = ""  # arch "factory": "module:function" that builds the model (docs/suites.md)
+    factory_args: dict = field(default_factory=dict)  # keyword arguments of the factory
 
     @property
     def head_dim(self) -> int:
@@ -120,6 +125,8 @@ class Point:
             raise PointError([(k, "unknown field") for k in unknown])
         by_section: dict[str, dict] = {s: {} for s in _fields.SECTIONS}
         for k, v in d.items():
+            if k in _fields.DICT_FIELDS:  # a row read back from Parquet holds JSON text
+                v = _fields.from_json(v)
             by_section[_fields.BY_NAME[k].section][k] = v
         return cls(model=ModelConfig(**by_section["model"]), train=TrainConfig(**by_section["train"]),
                    **by_section["point"])
@@ -134,7 +141,8 @@ class Point:
 def _check_table() -> None:
     """The dataclasses and the field table name the same fields with the same defaults (checked at import)."""
     for section, cls in (("point", Point), ("model", ModelConfig), ("train", TrainConfig)):
-        declared = {f.name: f.default for f in fields(cls) if f.name not in ("model", "train")}
+        declared = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                    for f in fields(cls) if f.name not in ("model", "train")}
         table = {f.name: f.default for f in _fields.section_fields(section)}
         if declared.keys() != table.keys():
             raise RuntimeError(f"txbench.fields and {cls.__name__} disagree on {sorted(declared.keys() ^ table.keys())}")

@@ -30,6 +30,10 @@ __all__ = [
     "identity",
     "check_value",
     "varying_columns",
+    "DICT_FIELDS",
+    "split_axis",
+    "to_json",
+    "from_json",
 ]
 
 #: Sections of a point: ``point`` fields sit at the top of :class:`~txbench.config.Point`,
@@ -43,7 +47,7 @@ class PointField:
 
     name: str  # attribute, suite key, sweep axis and Parquet column
     section: str  # one of SECTIONS
-    type: type  # int, float, str or bool
+    type: type  # int, float, str, bool or dict (a mapping of names to scalars, stored as JSON text)
     default: object
     title: str  # axis title with unit, for charts and docs
     choices: tuple | None = None  # allowed values (None: any value of the type)
@@ -66,8 +70,9 @@ class PointField:
         return f"{self.short or self.name}={value}"
 
 
-_ARCHS = ("decoder", "encoder_decoder")
-_ATTENTIONS = ("naive", "mha", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")
+_ARCHS = ("decoder", "encoder_decoder", "hf", "factory")
+_ATTENTIONS = ("naive", "mha", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex",
+               "flash_attention_2", "flash_attention_3")
 _PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _NORMS = ("layernorm", "rmsnorm")
 _OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -96,7 +101,13 @@ FIELDS: tuple[PointField, ...] = (
     PointField("weight_decay", "train", float, 0.1, "weight decay", ge=0),
     PointField("seed", "train", int, 0, "seed of weights and tokens"),
     PointField("threads", "point", int, None, "CPU threads", gt=0, nullable=True, numeric_axis=True),
+    # the user's own model (docs/suites.md); added after schema 1, so in point_id only when set
+    PointField("hf", "model", dict, {}, "Hugging Face config fields", legacy_id=False),
+    PointField("factory", "model", str, "", "model factory (module:function)", legacy_id=False),
+    PointField("factory_args", "model", dict, {}, "factory keyword arguments", legacy_id=False),
 )
+#: Fields whose values are mappings; ``hf.num_key_value_heads`` is a sweep axis that sets one key.
+DICT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.type is dict)
 BY_NAME: dict[str, PointField] = {f.name: f for f in FIELDS}
 #: Columns of points.parquet that describe a point's configuration, in display order.
 CONFIG_COLUMNS: tuple[str, ...] = tuple(f.name for f in FIELDS)
@@ -133,6 +144,11 @@ def check_value(f: PointField, value) -> str | None:
     """Why ``value`` is not allowed for field ``f``, or None when it is."""
     if value is None:
         return None if f.nullable else "must be set, got None"
+    if f.type is dict:
+        if not isinstance(value, dict):
+            return f"must be a mapping of names to values, got {value!r}"
+        bad = [k for k, v in value.items() if not isinstance(k, str) or isinstance(v, (dict, list))]
+        return f"keys must be names and values scalars; not allowed: {', '.join(map(str, bad))}" if bad else None
     if f.type is bool:
         if not isinstance(value, bool):
             return f"must be true or false, got {value!r}"
@@ -152,6 +168,32 @@ def check_value(f: PointField, value) -> str | None:
     if f.lt is not None and not value < f.lt:
         return f"must be < {f.lt:g}, got {value}"
     return None
+
+
+def split_axis(axis: str) -> tuple[str, str | None]:
+    """``"hf.num_key_value_heads"`` -> ``("hf", "num_key_value_heads")``; a plain field gives ``(name, None)``."""
+    head, dot, key = axis.partition(".")
+    if dot and head in DICT_FIELDS and key:
+        return head, key
+    return axis, None
+
+
+def to_json(value: dict) -> str:
+    """A mapping field as stored in Parquet: compact JSON with sorted keys (``""`` for an empty mapping)."""
+    import json
+
+    return json.dumps(value, sort_keys=True, separators=(",", ":")) if value else ""
+
+
+def from_json(text) -> dict:
+    """Inverse of :func:`to_json`; a mapping passes through, empty or missing text gives ``{}``."""
+    import json
+
+    if isinstance(text, dict):
+        return dict(text)
+    if text is None or text != text or text == "":
+        return {}
+    return json.loads(text)
 
 
 def varying_columns(frame, columns=CONFIG_COLUMNS) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from txbench.fields import BY_NAME, CONFIG_COLUMNS, varying_columns
+from txbench.fields import BY_NAME, CONFIG_COLUMNS, DICT_FIELDS, from_json, varying_columns
 
 __all__ = [
     "DEFAULT_AXES",
@@ -33,8 +33,8 @@ __all__ = [
 #: The axes that name a point when nothing varies between points.
 DEFAULT_AXES = ("seq_len", "batch_size", "precision", "attention")
 #: The fields of :meth:`txbench.config.Point.label`.
-FULL_LABEL_FIELDS = ("arch", "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "precision", "attention",
-                     "device")
+FULL_LABEL_FIELDS = ("arch", "hf", "factory", "factory_args", "d_model", "n_layers", "n_heads", "seq_len",
+                     "batch_size", "precision", "attention", "device")
 
 
 def missing(v) -> bool:
@@ -51,11 +51,30 @@ def _plain(v):
     return v.item() if hasattr(v, "item") else v
 
 
+#: Short names of common keys of mapping fields (``hf``, ``factory_args``) in labels.
+DICT_KEY_SHORT = {"num_key_value_heads": "kv", "num_attention_heads": "H", "hidden_size": "d",
+                  "num_hidden_layers": "L", "intermediate_size": "ffn", "num_experts": "experts"}
+
+
+def _dict_part(value, eq: str) -> str:
+    # {"model_type": "llama", "num_key_value_heads": 2} -> "llama kv=2"
+    items = from_json(value)
+    out = [str(items.pop("model_type"))] if "model_type" in items else []
+    out += [f"{DICT_KEY_SHORT.get(k, k)}{eq}{_plain(v)}" for k, v in sorted(items.items())]
+    return " ".join(out)
+
+
 def part(col: str, value, *, eq: str = "=") -> str:
-    """One config value as it appears in a label: ``T=512``, ``bf16``, ``lr=0.001``; ``run`` gives ``A:``."""
+    """One config value as it appears in a label: ``T=512``, ``bf16``, ``lr=0.001``; ``run`` gives ``A:``.
+
+    Mapping fields show their keys (``llama kv=2``); a factory shows its function (``models:build``)."""
     value = _plain(value)
     if col == "run":
         return f"{value}:" if value else ""
+    if col in DICT_FIELDS:
+        return _dict_part(value, eq)
+    if col == "factory":
+        return str(value).rsplit(".", 1)[-1]
     f = BY_NAME.get(col)
     if f is not None and f.bare:
         return str(value)
@@ -67,7 +86,7 @@ def part(col: str, value, *, eq: str = "=") -> str:
 
 def label_of(values: Mapping, *, sep: str = " ", eq: str = "=") -> str:
     """A label of config values in the order given: ``{"seq_len": 512, "attention": "naive"}`` -> ``T=512 naive``."""
-    parts = [part(c, v, eq=eq) for c, v in values.items() if not (missing(v) and c != "run")]
+    parts = [part(c, v, eq=eq) for c, v in values.items() if not (not isinstance(v, dict) and missing(v) and c != "run")]
     parts = [p for p in parts if p]
     return sep.join(parts) if parts else "all points"
 

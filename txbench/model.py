@@ -18,10 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from txbench.attention import attention_core, sdpa_context
+from txbench.attention import attention_fn, sdpa_context
 from txbench.config import ModelConfig
 
-__all__ = ["ModelConfig", "Transformer", "make_batch", "annotate_regions"]
+__all__ = ["ModelConfig", "Transformer", "make_batch", "annotate_regions", "regions_enabled"]
 
 _ANNOTATE = False
 
@@ -35,6 +35,11 @@ def annotate_regions(enabled: bool = True):
         yield
     finally:
         _ANNOTATE = old
+
+
+def regions_enabled() -> bool:
+    """Whether :func:`annotate_regions` is active: model parts (and hooked modules) open region ranges."""
+    return _ANNOTATE
 
 
 def _region(name: str):
@@ -63,7 +68,7 @@ class Attention(nn.Module):
             self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
             self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
             self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-            self.core = attention_core(impl)
+            self.core = attention_fn(impl)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 
 from txbench.config import Point
-from txbench.fields import BY_NAME, FIELDS
+from txbench.fields import BY_NAME, FIELDS, to_json
 
 __all__ = ["STATUSES", "FINAL_STATUSES", "Record", "column_types"]
 
@@ -63,6 +63,7 @@ class Record:
     flops_per_step: float | None = None  # analytic, see txbench.measure.flops
     attn_flops_per_step: float | None = None
     flops_counter_per_step: float | None = None  # torch.utils.flop_counter.FlopCounterMode
+    attn_flops_causal_per_step: float | None = None  # counted attention, causal calls halved (FlashAttention's)
     flops_check_note: str | None = None
     tflops_per_s: float | None = None
     peak_tflops: float | None = None
@@ -110,7 +111,9 @@ class Record:
     def to_dict(self) -> dict:
         """The Parquet row: identity, every config column of the field table, then the measurements."""
         out = {"point_id": self.point_id, "status": self.status, "error": self.error}
-        out.update({f.name: self.config.get(f.name, f.default) for f in FIELDS})
+        for f in FIELDS:
+            v = self.config.get(f.name, f.default)
+            out[f.name] = to_json(v) if f.type is dict else v
         for f in dataclasses.fields(self):
             if f.name not in _HEAD:
                 out[f.name] = copy.deepcopy(getattr(self, f.name)) if f.type.startswith("list") else getattr(self, f.name)
@@ -130,6 +133,7 @@ def column_types() -> dict[str, object]:
     hints = typing.get_type_hints(Record)
     out: dict[str, object] = {"point_id": hints["point_id"], "status": hints["status"], "error": hints["error"]}
     for f in FIELDS:
-        out[f.name] = f.type | None if f.nullable else f.type
+        tp = str if f.type is dict else f.type  # mappings are stored as JSON text
+        out[f.name] = tp | None if f.nullable else tp
     out.update({f.name: hints[f.name] for f in dataclasses.fields(Record) if f.name not in _HEAD})
     return out

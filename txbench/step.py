@@ -26,6 +26,7 @@ import contextlib
 
 import torch
 
+from txbench.attention import sdpa_context
 from txbench.config import Point
 from txbench.model import Transformer, make_batch
 
@@ -85,11 +86,18 @@ class TrainStep:
         self.point = point
         self.device = torch.device(point.device)
         _set_tf32(point.precision == "tf32")
-        with self.device:  # parameters are created on the device: no host copy of a large model
-            self.model = Transformer(point.model, attention=point.attention, seed=point.train.seed)
+        self.user = None  # the user's model (arch hf or factory), see txbench.usermodels
+        if point.model.arch in ("hf", "factory"):
+            from txbench.usermodels import build_user_model
+
+            self.user = build_user_model(point, self.device)
+            self.model, self.batch = self.user.module, self.user.batch
+        else:
+            with self.device:  # parameters are created on the device: no host copy of a large model
+                self.model = Transformer(point.model, attention=point.attention, seed=point.train.seed)
+            self.batch = make_batch(point.model, point.batch_size, point.seq_len, self.device, seed=point.train.seed)
         self.model.train()
         self.optimizer, self.optimizer_impl = _make_optimizer(self.model, point)
-        self.batch = make_batch(point.model, point.batch_size, point.seq_len, self.device, seed=point.train.seed)
         self.amp_dtype = _AUTOCAST.get(point.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if point.precision == "fp16" else None
 
@@ -98,15 +106,22 @@ class TrainStep:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _backend(self):
+        # the reference model forces its SDPA backend itself; any other model gets it around the step
+        return sdpa_context(self.point.attention) if self.user is not None else contextlib.nullcontext()
+
     def fwd(self) -> torch.Tensor:
-        with self._autocast():
+        with self._autocast(), self._backend():
+            if self.user is not None:
+                return self.user.loss(self.model, self.batch)
             return self.model(self.batch)
 
     def bwd(self, loss: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        with self._backend():
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
 
     def opt(self) -> None:
         if self.scaler is not None:

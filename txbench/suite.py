@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from txbench.config import MeasureConfig, Point, validate_point
 from txbench.errors import PointError, SuiteError
-from txbench.fields import BY_NAME, PointField, section_fields
+from txbench.fields import BY_NAME, DICT_FIELDS, PointField, section_fields, split_axis, to_json
 
 __all__ = ["Suite", "load_suite", "parse_suite", "apply_overrides", "AXES", "slug"]
 
@@ -37,6 +37,8 @@ class _Strict(BaseModel):
 
 def _pydantic_field(f: PointField):
     """(annotation, FieldInfo) of a suite key, from the field table."""
+    if f.type is dict:
+        return dict[str, _SCALAR], Field(default_factory=dict, description=f.title)
     tp = Literal[f.choices] if f.choices else f.type
     if f.nullable:
         tp = tp | None
@@ -90,8 +92,20 @@ class Suite(_Strict):
             values = dict(zip(names, combo))
             if any(_matches(ex, values) for ex in self.exclude):
                 continue
-            out.append(Point.from_dict({**base, **values}))
+            out.append(Point.from_dict(_merge(base, values)))
         return out
+
+
+def _merge(base: dict, values: dict) -> dict:
+    """The flat config of one combination: sweep values over the sections; ``hf.x`` axes set one key."""
+    out = {**base, **{k: dict(v) for k, v in base.items() if isinstance(v, dict)}}
+    for axis, v in values.items():
+        name, key = split_axis(axis)
+        if key is None:
+            out[name] = v
+        else:
+            out[name] = {**out.get(name, {}), key: v}
+    return out
 
 
 def _matches(rule: dict, values: dict) -> bool:
@@ -162,14 +176,15 @@ def _check_sweep(raw: dict) -> list[tuple[str, str]]:
     if not isinstance(sweep, dict):
         return [("sweep", "must be a mapping of axis name -> list of values")]
     for axis, values in sweep.items():
-        if axis not in AXES:
-            problems.append((f"sweep.{axis}", f"unknown axis{_suggest(axis, AXES)} (axes: {', '.join(AXES)})"))
+        if axis not in AXES and split_axis(axis)[1] is None:
+            problems.append((f"sweep.{axis}", f"unknown axis{_suggest(axis, AXES)} (axes: {', '.join(AXES)}, "
+                             f"and {', '.join(d + '.<key>' for d in DICT_FIELDS)})"))
             continue
         if isinstance(values, list) and not values:
             problems.append((f"sweep.{axis}", "empty axis: give at least one value"))
         if isinstance(values, list) and len(set(map(repr, values))) != len(values):
             problems.append((f"sweep.{axis}", "repeated values"))
-        choices = BY_NAME[axis].choices
+        choices = BY_NAME[split_axis(axis)[0]].choices
         for i, v in enumerate(values if choices and isinstance(values, list) else []):
             if v not in choices:
                 problems.append((f"sweep.{axis}[{i}]", f"unknown value {v!r}{_suggest(v, choices)}; allowed: {', '.join(choices)}"))
@@ -195,16 +210,24 @@ def _value_problems(suite: Suite) -> list[tuple[str, str]]:
     device = "cpu" if suite.device == "auto" else suite.device
     names = list(suite.sweep)
     base = {**suite.model.model_dump(), **suite.train.model_dump(), "device": device}
-    seen = set()
+    seen: set = set()
+    checked: set = set()
     for combo in itertools.product(*(suite.sweep[n] for n in names)):
         values = dict(zip(names, combo))
         if any(_matches(ex, values) for ex in suite.exclude):
             continue
         try:
-            validate_point(Point.from_dict({**base, **values}))
+            point = Point.from_dict(_merge(base, values))
+            validate_point(point)
+            _user_model_problems(point, checked)
         except (PointError, TypeError, ValueError) as e:
             for fld, msg in getattr(e, "problems", [("sweep", str(e))]):
-                if fld in values:
+                if fld.startswith("model.") and fld[len("model."):] in values:  # a swept hf.x or factory_args.x
+                    axis = fld[len("model."):]
+                    path = f"sweep.{axis}[{suite.sweep[axis].index(values[axis])}]"
+                elif fld.startswith("model."):
+                    path = fld
+                elif fld in values:
                     path = f"sweep.{fld}[{suite.sweep[fld].index(values[fld])}]"
                 else:
                     section = "model" if fld in _MODEL_FIELDS else "train" if fld in _TRAIN_FIELDS else "sweep"
@@ -214,6 +237,24 @@ def _value_problems(suite: Suite) -> list[tuple[str, str]]:
                     seen.add((path, msg))
                     problems.append((path, msg))
     return problems
+
+
+def _user_model_problems(point: Point, checked: set) -> None:
+    """Raise PointError for what is wrong with a Hugging Face config or a factory, once per distinct model."""
+    m = point.model
+    if m.arch not in ("hf", "factory"):
+        return
+    key = (m.arch, to_json(m.hf), m.factory)
+    if key in checked:
+        return
+    checked.add(key)
+    if m.arch == "factory" and not m.factory:
+        raise PointError([("model.factory", "arch: factory needs factory: module:function, e.g. my_project.models:build")])
+    from txbench.usermodels import factory_problems, hf_problems  # imports torch: only for such suites
+
+    problems = hf_problems(point) if m.arch == "hf" else factory_problems(point)
+    if problems:
+        raise PointError(problems)
 
 
 def _with_context(fld: str, msg: str, values: dict, suite: Suite) -> str:
@@ -247,6 +288,11 @@ def parse_suite(raw: Any, source: str = "suite") -> Suite:
 
 
 def _set_path(raw: dict, dotted: str, value) -> None:
+    if dotted.startswith("sweep.") and dotted.count(".") > 1:  # sweep.hf.num_key_value_heads is one axis
+        if not isinstance(raw.get("sweep"), dict):
+            raw["sweep"] = {}
+        raw["sweep"][dotted[len("sweep."):]] = value
+        return
     parts = dotted.split(".")
     cur = raw
     for p in parts[:-1]:

@@ -8,6 +8,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from txbench.errors import TxbenchError
 
@@ -51,7 +52,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TxbenchError as e:
-            err_console.print(f"[bold red]error:[/] {e}", markup=True, soft_wrap=True, highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, soft_wrap=True, highlight=False)
             raise typer.Exit(e.exit_code) from None
         except BrokenPipeError:
             sys.stderr.close()

@@ -27,3 +27,9 @@ def validate(
     points = s.points("cpu" if s.device == "auto" else s.device)
     axes = ", ".join(f"{k}={v}" for k, v in s.sweep.items())
     console.print(f"[green]ok[/] {suite}: suite {s.name!r}, {len(points)} points ({axes})")
+    factories = sorted({p.model.factory for p in points if p.model.arch == "factory"})
+    if factories:
+        from txbench.usermodels import factory_module_file
+
+        for target in factories:
+            console.print(f"factory {target} imports {factory_module_file(target)}: running this suite runs that code")

@@ -14,7 +14,7 @@ import time
 import torch
 
 from txbench._faults import fault_for
-from txbench.attention import check_attention
+from txbench.attention import SDPA_BACKENDS, check_attention
 from txbench.config import MeasureConfig, Point, validate_point
 from txbench.measure.calibrate import peak_tflops
 from txbench.measure.flops import step_flops
@@ -24,6 +24,7 @@ from txbench.measure.timing import make_timer
 from txbench.record import Record
 from txbench.step import TrainStep, autocast_dtype, precision_reason
 from txbench.torch_compat import TorchUnsupported
+from txbench.usermodels import user_model_flops
 
 __all__ = ["measure_point", "measure_point_keep", "unsupported_reason", "build_step", "is_oom"]
 
@@ -38,6 +39,10 @@ def unsupported_reason(point: Point) -> str | None:
         return reason
     m = point.model
     dtype = autocast_dtype(point.precision)
+    if m.arch in ("hf", "factory"):
+        return _user_model_reason(point, dev, dtype)
+    if point.attention.startswith("flash_attention_"):
+        return f"{point.attention} is a Hugging Face attn_implementation: it needs arch: hf"
     causal_flags = {m.causal} if m.arch == "decoder" else {m.causal, False}
     for causal in sorted(causal_flags):
         reason = check_attention(point.attention, dev, dtype, causal, m.head_dim)
@@ -47,6 +52,36 @@ def unsupported_reason(point: Point) -> str | None:
     if point.attention == "flex" and m.dropout:
         return "flex attention has no dropout; set dropout: 0"
     return None
+
+
+def _user_model_reason(point: Point, dev: torch.device, dtype: torch.dtype) -> str | None:
+    from txbench.usermodels import hf_attention_reason, hf_task
+
+    m = point.model
+    if m.arch == "hf":
+        reason = hf_attention_reason(point)
+        if reason or point.attention.startswith("flash_attention_"):
+            return reason
+        from transformers import AutoConfig
+
+        task = hf_task(m.hf.get("model_type", ""), AutoConfig.for_model(m.hf["model_type"]))
+        causal_flags = {"causal_lm": {True}, "masked_lm": {False}, "seq2seq": {True, False}}[task]
+    else:
+        if point.attention in ("mha", "flash_attention_2", "flash_attention_3"):
+            return (f"{point.attention} is not an attention a factory model can be given; call "
+                    "txbench.attention_core(q, k, v, impl=...) with naive, sdpa*, or flex")
+        causal_flags = {bool(m.causal)}
+    for causal in sorted(causal_flags):
+        reason = check_attention(point.attention, dev, dtype, causal, m.head_dim)
+        if reason:
+            kind = "causal" if causal else "non-causal"
+            return f"{point.attention} cannot train {kind} attention in {dtype} on {dev.type}: {reason}"
+    return None
+
+
+def _no_kernel(exc: BaseException) -> bool:
+    # SDPA with one backend forced raises this when the model's masks or shapes rule the backend out
+    return isinstance(exc, RuntimeError) and "No available kernel" in str(exc)
 
 
 def build_step(point: Point) -> TrainStep:
@@ -109,29 +144,26 @@ def _warmup(step, timer, cfg: MeasureConfig) -> tuple[int, float]:
 
 
 def _flop_counter(step) -> float | None:
-    try:
-        from torch.utils.flop_counter import FlopCounterMode
-    except ImportError:
-        return None
-    with FlopCounterMode(display=False) as fc:
-        loss = step.fwd()
-        step.bwd(loss)
-    step.opt()
-    return float(fc.get_total_flops())
+    from txbench.measure.flop_formulas import count_step_flops
+
+    step.flop_count = count_step_flops(step)  # the attention terms, for the record
+    return step.flop_count["total"]
 
 
 def _flops_note(point: Point, analytic: float, counted: float | None) -> str | None:
+    if counted is None:
+        if point.attention == "flex":
+            return ("no count: FlopCounterMode cannot run FlexAttention's higher-order op in this torch "
+                    "(https://github.com/pytorch/pytorch/issues/134385)")
+        return "no count: the step could not run under FlopCounterMode"
     if not counted:
-        return "FlopCounterMode unavailable or counted nothing"
+        return "FlopCounterMode counted nothing"
     ratio = counted / analytic
     note = f"FlopCounterMode / analytic = {ratio:.4f}"
     if abs(ratio - 1) <= 0.01:
         return note + " (agree within 1%)"
-    if point.device == "cpu" and point.attention in ("sdpa", "sdpa_flash"):
-        return note + " (FlopCounterMode does not count the CPU flash SDPA kernel)"
-    if point.attention == "flex":
-        return note + " (FlopCounterMode does not count FlexAttention's compiled kernel)"
-    return note + " (FlopCounterMode counts only the kernels it has formulas for; causal masking is never halved)"
+    return note + (" (the count holds only ops with a FLOP formula: matmuls, convolutions and attention kernels, "
+                   "fused attention backward at 2x forward; see docs/methodology.md)")
 
 
 def measure_point(point: Point, measure: MeasureConfig | None = None) -> Record:
@@ -223,19 +255,31 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
             static = values["param_bytes"] + values["grad_bytes"] + values["optimizer_state_bytes"]
             values["activation_mem_bytes"] = max(values["peak_mem_bytes"] - static, 0)
         # FLOPs, MFU
-        fl = step_flops(**point.to_dict())
-        values.update(fl)
+        fl = step_flops(**point.to_dict()) if step.user is None else user_model_flops(point, step.user)
         counted = _flop_counter(step)
         values["flops_counter_per_step"] = counted
-        values["flops_check_note"] = _flops_note(point, fl["flops_per_step"], counted)
-        values["tflops_per_s"] = fl["flops_per_step"] / med_s / 1e12
+        values["attn_flops_causal_per_step"] = step.flop_count["attention_causal"]
+        if fl is None:  # a factory model has no closed form: the counted figure is the step's FLOPs
+            fl = {"flops_per_step": counted, "attn_flops_per_step": None}
+            values["flops_check_note"] = ("no closed form for a factory model: flops_per_step is "
+                                          "FlopCounterMode's count with txbench's formulas for the ops it misses")
+        else:
+            values["flops_check_note"] = _flops_note(point, fl["flops_per_step"], counted)
+        values.update(fl)
+        values["tflops_per_s"] = fl["flops_per_step"] / med_s / 1e12 if fl["flops_per_step"] else None
         peak, source = peak_tflops(dev, point.precision, autocast_dtype(point.precision))
         values["peak_tflops"], values["peak_source"] = peak, source
-        values["mfu"] = values["tflops_per_s"] / peak if peak else None
+        values["mfu"] = values["tflops_per_s"] / peak if peak and values["tflops_per_s"] else None
         values["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
         values["wall_s"] = time.perf_counter() - t_start
         return Record.for_point(point, "ok", None, **values), step
     except Exception as exc:
+        if _no_kernel(exc) and point.attention in SDPA_BACKENDS:
+            step = None
+            _free(dev)
+            reason = (f"{point.attention} cannot run this model's attention (its masks or shapes rule the backend "
+                      f"out): {str(exc).strip().splitlines()[0][:300]}")
+            return Record.for_point(point, "unsupported", reason, wall_s=time.perf_counter() - t_start, **base), None
         if not is_oom(exc):
             raise
         peak = int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else None

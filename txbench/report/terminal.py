@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from txbench.fields import BY_NAME
-from txbench.labels import fmt_bytes, fmt_ms, fmt_num, fmt_pct, label_columns, missing
+from txbench.fields import BY_NAME, DICT_FIELDS
+from txbench.labels import fmt_bytes, fmt_ms, fmt_num, fmt_pct, label_columns, missing, part
 
 __all__ = ["Column", "fit_table", "points_table", "varying_axes", "label_value", "fmt_bytes", "fmt_num"]
 
@@ -157,6 +157,8 @@ def _ci(r) -> str:
 
 def label_value(col: str, v) -> str:
     """A config value as a table cell (integers without ``.0``, ``-`` when missing)."""
+    if col in DICT_FIELDS or col == "factory":
+        return part(col, v) or "-"
     if missing(v):
         return "-"
     if hasattr(v, "item"):
