@@ -28,6 +28,8 @@ self time. See docs/profiling.md.
 
 from __future__ import annotations
 
+import contextlib
+
 import re
 from bisect import bisect_right
 from collections import defaultdict
@@ -309,6 +311,7 @@ def record_events(step, *, steps: int, trace_path: str | None = None) -> list[Ra
     from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
     from txbench.model import annotate_regions
+    from txbench.regions import annotate_modules
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -316,8 +319,11 @@ def record_events(step, *, steps: int, trace_path: str | None = None) -> list[Ra
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     # repeat=1: one cycle, so the events are still there when the context exits
     sched = schedule(wait=0, warmup=1, active=steps, repeat=1)
-    with annotate_regions(), profile(activities=activities, schedule=sched, profile_memory=True,
-                                     record_shapes=True) as prof:
+    # any model but the reference one gets its regions from its modules, only for this pass:
+    # the hooks would cost a few microseconds per module call in the timed steps
+    hooks = annotate_modules(step.model) if getattr(step, "user", None) is not None else contextlib.nullcontext()
+    with hooks, annotate_regions(), profile(activities=activities, schedule=sched, profile_memory=True,
+                                            record_shapes=True) as prof:
         for _ in range(1 + steps):
             with record_function(STEP_RANGE):
                 with record_function(PHASE_RANGE + "forward"):

@@ -104,6 +104,7 @@ def hf_config(point: Point):
     kwargs: dict[str, Any] = {
         "hidden_size": d, "num_hidden_layers": m.n_layers, "num_attention_heads": h,
         "intermediate_size": m.ffn_mult * d, "vocab_size": m.vocab_size, "max_position_embeddings": m.max_seq_len,
+        "use_cache": False,  # training: no key/value cache built in every step
     }
     if model_type == "gpt2":  # GPT-2 names its MLP width n_inner and ids sit at the end of its 50k vocabulary
         kwargs.update(n_inner=m.ffn_mult * d, bos_token_id=m.vocab_size - 1, eos_token_id=m.vocab_size - 1)
