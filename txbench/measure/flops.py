@@ -10,6 +10,9 @@ Convention (written out in docs/methodology.md):
   (as nanoGPT and PaLM's MFU do). FlashAttention's benchmarks halve the
   attention term for causal masks; ``attn_flops_per_step`` is recorded
   separately so either convention can be computed from the results.
+  The counted attention term with only causal attention halved (in the
+  encoder-decoder, decoder self-attention alone) is ``attn_flops_causal_per_step``
+  (``txbench.measure.flop_formulas.count_step_flops``).
 - Backward = 2 x forward for every matmul (gradients w.r.t. inputs and weights).
   This is the model's algorithmic count without recomputation; FlashAttention
   counts 2.5 x for its backward because its kernel recomputes Q K^T.
