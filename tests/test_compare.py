@@ -9,15 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
+from factories import failed_record, ok_record, point, steps, write_run
 from txbench.analysis.compare import MIN_SAMPLES, compare_samples, has_regression, unmatched_points
 from txbench.analysis.compare import compare_runs as _compare_runs
 from txbench.analysis.verdict import block_labels, holm
 from txbench.analysis.thresholds import Rules, load_rules, parse_rules, parse_threshold
 from txbench.cli import app
-from txbench.config import ModelConfig, Point
 from txbench.errors import CompareError
-from txbench.record import Record
-from txbench.store import write_points
 
 runner = CliRunner()
 
@@ -32,42 +30,12 @@ def cli(*args):
     return runner.invoke(app, ["compare", *map(str, args), "--block-s", "0"])
 
 
-MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=128)
-
-
-def samples(median: float, rel_sd: float = 0.02, n: int = 40, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    return list(median * (1 + rel_sd * rng.standard_normal(n)))
-
-
-def point(seq_len: int = 64, attention: str = "naive") -> Point:
-    return Point(seq_len=seq_len, batch_size=2, attention=attention, model=MODEL)
-
-
-def record(p: Point, status: str = "ok", step=None, mem: int = 1_000_000, error: str | None = None) -> dict:
-    if status != "ok":
-        return Record.for_point(p, status, error or f"{status} happened").to_dict()
-    step = step if step is not None else samples(10.0)
-    third = [s / 3 for s in step]
-    return Record.for_point(
-        p, "ok", step_ms_samples=step, step_ms_median=float(np.median(step)), fwd_ms_samples=third,
-        bwd_ms_samples=third, opt_ms_samples=third, peak_mem_bytes=mem, n_steps=len(step),
-    ).to_dict()
-
-
-def write_run(path, records, device_name="AMD EPYC", device="cpu", run_id=None):
-    meta = {"suite": "t", "run_id": run_id or path.name, "device": device,
-            "env": {"device_name": device_name, "torch_version": "2.x", "hostname": "vm"}}
-    write_points(path / "points.parquet", records, meta)
-    return path
-
-
 @pytest.fixture
 def runs(tmp_path):
     """Write a baseline and a candidate run from lists of records; returns their directories."""
 
-    def _make(base_records, cand_records, **cand_meta):
-        return write_run(tmp_path / "base", base_records), write_run(tmp_path / "cand", cand_records, **cand_meta)
+    def _make(base_records, cand_records, env=None):
+        return write_run(tmp_path / "base", base_records), write_run(tmp_path / "cand", cand_records, env=env)
 
     return _make
 
@@ -76,7 +44,7 @@ def runs(tmp_path):
 
 
 def test_clear_regression():
-    r = compare_samples(samples(10.0, seed=1), samples(12.0, seed=2), threshold=0.05)
+    r = compare_samples(steps(10.0, seed=1), steps(12.0, seed=2), threshold=0.05)
     assert r["verdict"] == "regression"
     assert r["ratio"] == pytest.approx(1.2, rel=0.03)
     assert 1.0 < r["ratio_ci_low"] < r["ratio"] < r["ratio_ci_high"]
@@ -84,13 +52,13 @@ def test_clear_regression():
 
 
 def test_clear_improvement():
-    r = compare_samples(samples(10.0, seed=1), samples(8.0, seed=2), threshold=0.05)
+    r = compare_samples(steps(10.0, seed=1), steps(8.0, seed=2), threshold=0.05)
     assert r["verdict"] == "improvement"
     assert r["ratio_ci_high"] < 1.0
 
 
 def test_identical_samples_are_unchanged():
-    s = samples(10.0)
+    s = steps(10.0)
     r = compare_samples(s, s)
     assert r["verdict"] == "unchanged"
     assert r["ratio"] == 1.0 and r["p_value"] == pytest.approx(1.0)
@@ -104,26 +72,26 @@ def test_too_few_samples_is_inconclusive_with_steps_needed():
 
 
 def test_huge_noise_is_inconclusive_and_says_how_many_steps():
-    r = compare_samples(samples(10.0, rel_sd=0.5, n=20, seed=3), samples(11.0, rel_sd=0.5, n=20, seed=4))
+    r = compare_samples(steps(10.0, rel_sd=0.5, n=20, seed=3), steps(11.0, rel_sd=0.5, n=20, seed=4))
     assert r["verdict"] == "inconclusive"
     assert r["steps_needed"] is None or r["steps_needed"] > 20
     assert "too noisy" in r["note"]
 
 
 def test_significant_change_below_threshold_is_not_a_regression():
-    r = compare_samples(samples(10.0, rel_sd=0.005, n=200, seed=5), samples(10.2, rel_sd=0.005, n=200, seed=6))
+    r = compare_samples(steps(10.0, rel_sd=0.005, n=200, seed=5), steps(10.2, rel_sd=0.005, n=200, seed=6))
     assert r["p_value"] < 0.05
     assert r["verdict"] == "unchanged"
 
 
 def test_bootstrap_ci_is_reproducible():
-    a, b = samples(10.0, rel_sd=0.1, seed=7), samples(10.5, rel_sd=0.1, seed=8)
+    a, b = steps(10.0, rel_sd=0.1, seed=7), steps(10.5, rel_sd=0.1, seed=8)
     assert compare_samples(a, b) == compare_samples(a, b)
 
 
 def test_tokens_per_s_is_inverted(runs):
     p = point()
-    base, cand = runs([record(p, step=samples(10.0, seed=1))], [record(p, step=samples(13.0, seed=2))])
+    base, cand = runs([ok_record(p, steps(10.0, seed=1))], [ok_record(p, steps(13.0, seed=2))])
     df = compare_runs(base, cand, metrics=("step_ms", "tokens_per_s"))
     by = df.set_index("metric")
     assert by.loc["step_ms", "verdict"] == "regression" and by.loc["step_ms", "ratio"] > 1.25
@@ -133,8 +101,8 @@ def test_tokens_per_s_is_inverted(runs):
 
 def test_memory_is_compared_without_a_test(runs):
     p = point()
-    s = samples(10.0)
-    base, cand = runs([record(p, step=s, mem=1_000_000)], [record(p, step=s, mem=1_050_000)])
+    s = steps(10.0)
+    base, cand = runs([ok_record(p, s, peak_mem_bytes=1_000_000)], [ok_record(p, s, peak_mem_bytes=1_050_000)])
     row = compare_runs(base, cand, metrics=("peak_mem_bytes",)).iloc[0]
     assert row["verdict"] == "regression" and row["threshold"] == 0.01
     assert row["ratio"] == pytest.approx(1.05)
@@ -169,7 +137,7 @@ def test_drift_within_runs_is_not_a_regression(runs):
     # two runs of the same code on a drifting machine: per step, the drift looks like a significant +7%
     a, b = drift(600, 4), drift(600, 104)
     p = point()
-    base, cand = runs([record(p, step=list(a))], [record(p, step=list(b))])
+    base, cand = runs([ok_record(p, list(a))], [ok_record(p, list(b))])
     per_step = compare_runs(base, cand).iloc[0]
     assert per_step["verdict"] == "regression" and per_step["p_value"] < 1e-10
     blocked = _compare_runs(base, cand).iloc[0]  # default: 1.5 s blocks
@@ -180,14 +148,14 @@ def test_drift_within_runs_is_not_a_regression(runs):
 
 def test_blocked_gate_still_catches_a_25_percent_slowdown(runs):
     p = point()
-    base, cand = runs([record(p, step=list(drift(600, 0)))], [record(p, step=list(drift(600, 200, slow=1.25)))])
+    base, cand = runs([ok_record(p, list(drift(600, 0)))], [ok_record(p, list(drift(600, 200, slow=1.25)))])
     row = _compare_runs(base, cand).iloc[0]
     assert row["verdict"] == "regression" and row["ratio_ci_low"] > 1.0
 
 
 def test_too_few_blocks_says_measure_longer(runs):
     p = point()
-    base, cand = runs([record(p, step=samples(10.0, n=300, seed=1))], [record(p, step=samples(20.0, n=300, seed=2))])
+    base, cand = runs([ok_record(p, steps(10.0, n=300, seed=1))], [ok_record(p, steps(20.0, n=300, seed=2))])
     row = _compare_runs(base, cand).iloc[0]  # 3 s of steps: 2 blocks of 1.5 s per side
     assert row["verdict"] == "inconclusive" and row["blocks_baseline"] == 2
     assert "too few blocks" in row["note"] and "max_s" in row["note"]
@@ -196,9 +164,9 @@ def test_too_few_blocks_says_measure_longer(runs):
 
 def test_pooled_rounds_add_blocks(runs, tmp_path):
     p = point()
-    base, cand = runs([record(p, step=list(drift(300, 1)))], [record(p, step=list(drift(300, 2)))])
-    base2 = write_run(tmp_path / "base2", [record(p, step=list(drift(300, 3)))])
-    cand2 = write_run(tmp_path / "cand2", [record(p, step=list(drift(300, 4)))])
+    base, cand = runs([ok_record(p, list(drift(300, 1)))], [ok_record(p, list(drift(300, 2)))])
+    base2 = write_run(tmp_path / "base2", [ok_record(p, list(drift(300, 3)))])
+    cand2 = write_run(tmp_path / "cand2", [ok_record(p, list(drift(300, 4)))])
     one_df, two_df = _compare_runs(base, cand), _compare_runs([base, base2], [cand, cand2], units="blocks")
     # a single run per side cannot see drift between runs, and the comparison says so
     assert "alternating rounds" in one_df.attrs["compare"]["advice"][0] and not two_df.attrs["compare"]["advice"]
@@ -216,7 +184,7 @@ def test_pooled_rounds_add_blocks(runs, tmp_path):
 def _rounds(tmp_path, name, medians, seed):
     """One run directory per round, the point's steps around each round's median (a per-round noise level)."""
     p = point()
-    return [write_run(tmp_path / f"{name}{i}", [record(p, step=samples(m, rel_sd=0.05, n=200, seed=seed + i))])
+    return [write_run(tmp_path / f"{name}{i}", [ok_record(p, steps(m, rel_sd=0.05, n=200, seed=seed + i))])
             for i, m in enumerate(medians)]
 
 
@@ -245,8 +213,8 @@ def test_holm_adjusts_over_all_timed_rows(runs):
     pts = [point(s) for s in (32, 64, 128, 256)]
     base_recs, cand_recs = [], []
     for i, pt in enumerate(pts):
-        base_recs.append(record(pt, step=samples(10.0, rel_sd=0.2, n=12, seed=10 + i)))
-        cand_recs.append(record(pt, step=samples(11.2, rel_sd=0.2, n=12, seed=20 + i)))
+        base_recs.append(ok_record(pt, steps(10.0, rel_sd=0.2, n=12, seed=10 + i)))
+        cand_recs.append(ok_record(pt, steps(11.2, rel_sd=0.2, n=12, seed=20 + i)))
     base, cand = runs(base_recs, cand_recs)
     alone = compare_runs(base, cand, correction="none")
     family = compare_runs(base, cand)
@@ -262,8 +230,10 @@ def test_holm_adjusts_over_all_timed_rows(runs):
 def test_status_changes_are_verdicts(runs):
     pa, pb, pc, pd_ = point(32), point(64), point(128), point(256)
     base, cand = runs(
-        [record(pa), record(pb, "oom"), record(pc, "unsupported"), record(pd_)],
-        [record(pa, "oom"), record(pb), record(pc, "unsupported"), record(pd_, "error", error="boom")],
+        [ok_record(pa, steps(10.0)), failed_record(pb, "oom"), failed_record(pc, "unsupported"),
+         ok_record(pd_, steps(10.0))],
+        [failed_record(pa, "oom"), ok_record(pb, steps(10.0)), failed_record(pc, "unsupported"),
+         failed_record(pd_, "error", "boom")],
     )
     df = compare_runs(base, cand).set_index("point_id")
     assert (df["metric"] == "status").all()
@@ -276,7 +246,8 @@ def test_status_changes_are_verdicts(runs):
 
 def test_points_in_one_run_only_are_listed(runs):
     pa, pb, pc = point(32), point(64), point(128)
-    base, cand = runs([record(pa), record(pb)], [record(pb), record(pc)])
+    base, cand = runs([ok_record(pa, steps(10.0)), ok_record(pb, steps(10.0))],
+                      [ok_record(pb, steps(10.0)), ok_record(pc, steps(10.0))])
     df = compare_runs(base, cand)
     assert list(df["point_id"]) == [pb.point_id]
     un = unmatched_points(base, cand)
@@ -286,24 +257,24 @@ def test_points_in_one_run_only_are_listed(runs):
 
 def test_different_devices_are_refused_unless_allowed(runs):
     p = point()
-    base, cand = runs([record(p, step=samples(10.0, seed=1))], [record(p, step=samples(20.0, seed=2))],
-                      device_name="NVIDIA H100")
+    base, cand = runs([ok_record(p, steps(10.0, seed=1))], [ok_record(p, steps(20.0, seed=2))],
+                      env={"device_name": "NVIDIA H100"})
     with pytest.raises(CompareError, match="device_name"):
         compare_runs(base, cand)
     df = compare_runs(base, cand, allow_mismatch=True)
     assert list(df["verdict"]) == ["not_comparable"]
     assert "regression" in df["note"].iloc[0]
     assert not has_regression(df)
-    base, cand = runs([record(p)], [record(p, "oom")], device_name="NVIDIA H100")
+    base, cand = runs([ok_record(p, steps(10.0))], [failed_record(p, "oom")], env={"device_name": "NVIDIA H100"})
     assert list(compare_runs(base, cand, allow_mismatch=True)["verdict"]) == ["not_comparable"]
 
 
 def test_runs_of_one_side_are_pooled(runs, tmp_path):
     pa, pb = point(32), point(64)
-    base, cand = runs([record(pa, step=samples(10.0, n=10, seed=1)), record(pb)],
-                      [record(pa, step=samples(10.0, n=10, seed=2)), record(pb)])
-    base2 = write_run(tmp_path / "base2", [record(pa, step=samples(10.0, n=10, seed=3)), record(pb, "oom")])
-    cand2 = write_run(tmp_path / "cand2", [record(pa, step=samples(10.0, n=10, seed=4)), record(pb)])
+    base, cand = runs([ok_record(pa, steps(10.0, n=10, seed=1)), ok_record(pb, steps(10.0))],
+                      [ok_record(pa, steps(10.0, n=10, seed=2)), ok_record(pb, steps(10.0))])
+    base2 = write_run(tmp_path / "base2", [ok_record(pa, steps(10.0, n=10, seed=3)), failed_record(pb, "oom")])
+    cand2 = write_run(tmp_path / "cand2", [ok_record(pa, steps(10.0, n=10, seed=4)), ok_record(pb, steps(10.0))])
     df = compare_runs([base, base2], [cand, cand2]).set_index("point_id")
     assert df.loc[pa.point_id, "n_baseline"] == 20 and df.loc[pa.point_id, "n_candidate"] == 20
     # a point that failed in any round of a side counts as failing there
@@ -312,7 +283,7 @@ def test_runs_of_one_side_are_pooled(runs, tmp_path):
                               "--and-candidate", str(cand2), "--format", "json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["baseline"]["run_id"] == "base+base2"
-    other = write_run(tmp_path / "gpu", [record(pa)], device_name="NVIDIA H100")
+    other = write_run(tmp_path / "gpu", [ok_record(pa, steps(10.0))], env={"device_name": "NVIDIA H100"})
     with pytest.raises(CompareError, match="pooled"):
         compare_runs([base, other], cand)
 
@@ -323,8 +294,8 @@ def test_runs_of_one_side_are_pooled(runs, tmp_path):
 def test_thresholds_global_per_metric_and_per_point(runs):
     naive, flash = point(64, "naive"), point(64, "sdpa_flash")
     base, cand = runs(
-        [record(naive, step=samples(10.0, seed=1)), record(flash, step=samples(10.0, seed=3))],
-        [record(naive, step=samples(11.0, seed=2)), record(flash, step=samples(11.0, seed=4))],
+        [ok_record(naive, steps(10.0, seed=1)), ok_record(flash, steps(10.0, seed=3))],
+        [ok_record(naive, steps(11.0, seed=2)), ok_record(flash, steps(11.0, seed=4))],
     )
 
     def verdicts(**kw):
@@ -392,8 +363,8 @@ def test_rules_file(tmp_path):
 def test_cli_exit_codes_and_formats(runs, tmp_path):
     pa, pb = point(32), point(64)
     base, cand = runs(
-        [record(pa, step=samples(10.0, seed=1)), record(pb, step=samples(10.0, seed=3))],
-        [record(pa, step=samples(10.0, seed=1)), record(pb, step=samples(13.0, seed=4))],
+        [ok_record(pa, steps(10.0, seed=1)), ok_record(pb, steps(10.0, seed=3))],
+        [ok_record(pa, steps(10.0, seed=1)), ok_record(pb, steps(13.0, seed=4))],
     )
     res = cli(str(base), str(base))
     assert res.exit_code == 0, res.output
@@ -421,7 +392,7 @@ def test_cli_exit_codes_and_formats(runs, tmp_path):
 
 def test_cli_usage_and_input_errors_exit_2(runs, tmp_path):
     p = point()
-    base, cand = runs([record(p)], [record(p)], device_name="NVIDIA H100")
+    base, cand = runs([ok_record(p, steps(10.0))], [ok_record(p, steps(10.0))], env={"device_name": "NVIDIA H100"})
     res = cli(str(base), str(cand))
     assert res.exit_code == 2 and "--allow-mismatch" in res.output
     res = cli(str(base), str(cand), "--allow-mismatch", "--all")
@@ -440,7 +411,7 @@ def test_cli_usage_and_input_errors_exit_2(runs, tmp_path):
 
 def test_cli_fail_on_inconclusive(runs):
     p = point()
-    base, cand = runs([record(p, step=[10.0, 10.2, 9.8])], [record(p, step=[10.1, 10.0, 9.9])])
+    base, cand = runs([ok_record(p, [10.0, 10.2, 9.8])], [ok_record(p, [10.1, 10.0, 9.9])])
     assert cli(str(base), str(cand)).exit_code == 0
     assert cli(str(base), str(cand), "--fail-on-inconclusive").exit_code == 1
 

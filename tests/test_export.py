@@ -7,37 +7,28 @@ import statistics
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
+from factories import failed_record, ok_record, point, steps, write_run
 from txbench.cli import app
-from txbench.config import ModelConfig, Point
 from txbench.export import pytest_benchmark_json
-from txbench.record import Record
-from txbench.store import write_points
 
 runner = CliRunner()
-MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=128)
 
 
 def _run(tmp_path, with_ok: bool = True):
-    rng = np.random.default_rng(0)
     recs = []
     for seq_len in (32, 64):
-        p = Point(seq_len=seq_len, batch_size=2, attention="naive", model=MODEL)
-        step = list(seq_len / 8 * (1 + 0.05 * rng.standard_normal(12)))
-        recs.append(Record.for_point(p, "ok", step_ms_samples=step, step_ms_median=float(np.median(step)),
-                                     tokens_per_s=1e3, flops_per_step=1e9, timer="perf_counter_ns").to_dict()
-                    if with_ok else Record.for_point(p, "oom", "out of memory").to_dict())
-    p = Point(seq_len=128, batch_size=2, attention="naive", model=MODEL)
-    recs.append(Record.for_point(p, "oom", "out of memory").to_dict())
-    meta = {"suite": "tiny", "run_id": "r1", "device": "cpu",
-            "env": {"device_name": "AMD EPYC", "hostname": "vm", "python": "3.11.7", "cpu_model": "AMD EPYC",
-                    "cpu_count": 2, "os": "Linux-6.1-x86_64-with-glibc2.36", "git_commit": "abc123+dirty"}}
-    write_points(tmp_path / "run" / "points.parquet", recs, meta)
-    return tmp_path / "run", recs
+        p = point(seq_len)
+        recs.append(ok_record(p, steps(seq_len / 8, n=12, rel_sd=0.05, seed=seq_len), tokens_per_s=1e3,
+                              flops_per_step=1e9, timer="perf_counter_ns")
+                    if with_ok else failed_record(p, "oom", "out of memory"))
+    recs.append(failed_record(point(128), "oom", "out of memory"))
+    env = {"device_name": "AMD EPYC", "hostname": "vm", "python": "3.11.7", "cpu_model": "AMD EPYC", "cpu_count": 2,
+           "os": "Linux-6.1-x86_64-with-glibc2.36", "git_commit": "abc123+dirty"}
+    return write_run(tmp_path / "run", recs, suite="tiny", run_id="r1", env=env), recs
 
 
 def test_json_shape_and_stats(tmp_path):

@@ -1,7 +1,7 @@
 """`txbench report`: content, escaping, self-containment, comparisons and trace links (no browser needed).
 
-Runs are written by hand with ``txbench.store`` (fast, exact numbers); one
-test renders a real tiny ``txbench run``. The browser checks are in
+Runs are written by hand with tests/factories.py (fast, exact numbers); two
+tests render real tiny ``txbench run`` sweeps. The browser checks are in
 test_report_browser.py.
 """
 
@@ -16,84 +16,33 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
+from factories import failed_record, ok_record, point, steps, write_run
+from txbench.analysis.compare import compare_runs
 from txbench.cli.app import app
-from txbench.config import ModelConfig, Point
-from txbench.record import Record
+from txbench.errors import CompareError
 from txbench.report.html import render_report, write_report
-from txbench.report.ratios import bootstrap_ratio
-from txbench.store import OPS_FILE, POINTS_FILE, write_points, write_table
+from txbench.store import POINTS_FILE, write_points
 
 runner = CliRunner()
 XSS = "<script>alert(1)</script>"
-MODEL = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=128)
-OPS = [("aten::mm", "gemm", "forward", "mlp", 0.35), ("aten::mm", "gemm", "backward", "mlp", 0.25),
-       ("aten::_softmax", "attention", "forward", "attention", 0.15), ("aten::native_layer_norm", "norm", "forward", "norm", 0.05),
-       ("aten::_fused_adamw_", "optimizer", "optimizer", None, 0.12), ("[python overhead]", "other", "other", None, 0.08)]
-
-
-def _point(**kw) -> Point:
-    return Point(device="cpu", model=kw.pop("model", MODEL), **kw)
-
-
-def _ok(p: Point, step_ms: float, *, seed: int = 0, n: int = 15, **extra) -> dict:
-    rng = np.random.default_rng(seed)
-    s = step_ms * (1 + 0.01 * rng.standard_normal(n))
-    med = float(np.median(s))
-    tokens = p.seq_len * p.batch_size
-    values = dict(
-        step_ms_median=med, step_ms_ci_low=med * 0.99, step_ms_ci_high=med * 1.01, step_ms_samples=s.tolist(),
-        step_ms_iqr=float(np.subtract(*np.quantile(s, [0.75, 0.25]))), n_steps=n, noisy=False,
-        fwd_ms_median=0.3 * med, bwd_ms_median=0.6 * med, opt_ms_median=0.1 * med, tokens_per_s=tokens / med * 1e3,
-        tflops_per_s=1e-3 * tokens / med, mfu=0.01 * tokens / med, peak_mem_bytes=int(2**20 * p.seq_len * p.batch_size),
-        profiled_step_ms=med * 1.1, attention_kernel=p.attention, attention_verified=True,
-    )
-    values.update(extra)
-    return Record.for_point(p, "ok", **values).to_dict()
-
-
-def _failed(p: Point, status: str, message: str) -> dict:
-    return Record.for_point(p, status, message).to_dict()
-
-
-def _ops(records: list[dict]) -> list[dict]:
-    rows = []
-    for r in records:
-        if r["status"] == "ok":
-            rows += [{"point_id": r["point_id"], "name": n, "phase": ph, "category": c, "region": reg, "device": "cpu",
-                      "self_ms": share * r["profiled_step_ms"], "total_ms": share * r["profiled_step_ms"], "calls": 2.0,
-                      "self_mem_bytes": None} for n, c, ph, reg, share in OPS]
-    return rows
-
-
-def make_run(root: Path, records: list[dict], *, name: str = "handmade", description: str = "a handmade run",
-             ops: bool = True, run_id: str = "20250101T000000Z-0000", env: dict | None = None) -> Path:
-    """A run directory as a sweep writes it: points.parquet, ops.parquet, suite.yaml, env.json."""
-    run = root / re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") / run_id
-    run.mkdir(parents=True)
-    env = env or {"txbench_version": "0.1.0", "torch_version": "2.13.0+cpu", "python": "3.11", "device": "cpu"}
-    (run / "suite.yaml").write_text(yaml.safe_dump({"name": name, "description": description, "sweep": {}}))
-    (run / "env.json").write_text(json.dumps(env))
-    write_points(run / POINTS_FILE, records, {"suite": name, "run_id": run_id, "device": "cpu", "env": env})
-    if ops:
-        write_table(run / OPS_FILE, pa.Table.from_pylist(_ops(records)), {"suite": name})
-    return run
+#: Step noise of the report's runs: 15 steps, 1% spread, so fitted exponents and CIs come out as designed.
+TIGHT = {"n": 15, "rel_sd": 0.01}
 
 
 def seq_len_run(root: Path, **kw) -> Path:
     """seq_len 64..1024 x {naive, sdpa_flash}; naive ~T^2, flash ~T^1; naive OOMs at T=2048."""
     recs = []
     for t in (64, 128, 256, 512, 1024):
-        recs.append(_ok(_point(seq_len=t, batch_size=2, attention="naive"), 0.001 * t**2, seed=t))
-        recs.append(_ok(_point(seq_len=t, batch_size=2, attention="sdpa_flash"), 0.05 * t, seed=t + 1))
-    recs.append(_failed(_point(seq_len=2048, batch_size=2, attention="naive"), "oom", "DefaultCPUAllocator: can't allocate memory"))
-    recs.append(_ok(_point(seq_len=2048, batch_size=2, attention="sdpa_flash"), 0.05 * 2048, seed=9))
-    return make_run(root, recs, **kw)
+        recs.append(ok_record(point(t, "naive"), steps(0.001 * t**2, seed=t, **TIGHT)))
+        recs.append(ok_record(point(t, "sdpa_flash"), steps(0.05 * t, seed=t + 1, **TIGHT)))
+    recs.append(failed_record(point(2048, "naive"), "oom", "DefaultCPUAllocator: can't allocate memory"))
+    recs.append(ok_record(point(2048, "sdpa_flash"), steps(0.05 * 2048, seed=9, **TIGHT)))
+    return write_run(root, recs, ops=True, **kw)
 
 
 def json_block(page: str, block_id: str):
@@ -162,9 +111,9 @@ def test_scaling_chart_log_axes_fit_in_legend_and_failed_points_marked(tmp_path)
 
 
 def test_untrusted_strings_are_escaped_everywhere(tmp_path):
-    recs = [_ok(_point(seq_len=t, batch_size=2), 1.0 * t, seed=t) for t in (64, 128)]
-    recs.append(_failed(_point(seq_len=256, batch_size=2), "error", f"RuntimeError: {XSS} </script><b>pwned</b>"))
-    run = make_run(tmp_path, recs, name=XSS, description="<img src=x onerror=alert(2)>",
+    recs = [ok_record(point(t, "sdpa"), steps(1.0 * t, seed=t, **TIGHT)) for t in (64, 128)]
+    recs.append(failed_record(point(256, "sdpa"), "error", f"RuntimeError: {XSS} </script><b>pwned</b>"))
+    run = write_run(tmp_path / "run", recs, suite=XSS, description="<img src=x onerror=alert(2)>", ops=True,
                    env={"torch_version": XSS, "device": "cpu", "env_vars": {"X": "</script>"}})
     page = render_report([run])
     assert XSS not in page and "<img src=x" not in page and "<b>pwned</b>" not in page
@@ -213,9 +162,9 @@ def test_top_ops_match_the_analysis_and_trace_links_are_relative(tmp_path):
 
 
 def test_two_numeric_axes_give_a_heatmap_and_a_dropdown(tmp_path):
-    recs = [_ok(_point(seq_len=t, batch_size=b, attention=a), 0.01 * t * b, seed=t + b)
+    recs = [ok_record(point(t, a, batch_size=b), steps(0.01 * t * b, seed=t + b, **TIGHT))
             for t in (64, 128, 256) for b in (1, 2, 4) for a in ("naive", "sdpa_flash")]
-    figs = figures(render_report([make_run(tmp_path, recs)]))
+    figs = figures(render_report([write_run(tmp_path, recs, ops=True)]))
     heat = figs["chart-heatmap"]
     assert heat["data"][0]["type"] == "heatmap" and len(heat["layout"]["updatemenus"][0]["buttons"]) == 2  # one per attention
     step = figs["chart-scaling-seq_len"]
@@ -224,21 +173,12 @@ def test_two_numeric_axes_give_a_heatmap_and_a_dropdown(tmp_path):
 
 
 def test_run_without_numeric_axis_draws_bars_and_without_ops_says_so(tmp_path):
-    recs = [_ok(_point(seq_len=128, batch_size=2, attention=a), ms, seed=i)
+    recs = [ok_record(point(128, a), steps(ms, seed=i, **TIGHT))
             for i, (a, ms) in enumerate((("naive", 5.0), ("sdpa_math", 4.0), ("sdpa_flash", 2.0)))]
-    page = render_report([make_run(tmp_path, recs, ops=False)])
+    page = render_report([write_run(tmp_path, recs)])
     figs = figures(page)
     assert figs["chart-scaling-config"]["data"][0]["type"] == "bar"
     assert "chart-categories" not in figs and "no profiler data" in page.lower()
-
-
-def test_bootstrap_ratio_brackets_the_true_ratio():
-    rng = np.random.default_rng(1)
-    a = 10 * (1 + 0.02 * rng.standard_normal(40))
-    b = 15 * (1 + 0.02 * rng.standard_normal(40))
-    ratio, lo, hi = bootstrap_ratio(a, b)
-    assert lo < ratio < hi and 1.4 < lo and hi < 1.6
-    assert np.isnan(bootstrap_ratio([1.0], [2.0])[1])
 
 
 @pytest.mark.slow
@@ -246,9 +186,9 @@ def test_two_runs_are_compared_point_by_point(tmp_path):
     base = seq_len_run(tmp_path / "a", run_id="20250101T000000Z-aaaa")
     recs = []
     for t in (64, 128, 256, 512, 1024):  # B: naive 1.5x slower, flash unchanged
-        recs.append(_ok(_point(seq_len=t, batch_size=2, attention="naive"), 0.0015 * t**2, seed=100 + t))
-        recs.append(_ok(_point(seq_len=t, batch_size=2, attention="sdpa_flash"), 0.05 * t, seed=t + 1))
-    cand = make_run(tmp_path / "b", recs, run_id="20250102T000000Z-bbbb")
+        recs.append(ok_record(point(t, "naive"), steps(0.0015 * t**2, seed=100 + t, **TIGHT)))
+        recs.append(ok_record(point(t, "sdpa_flash"), steps(0.05 * t, seed=t + 1, **TIGHT)))
+    cand = write_run(tmp_path / "b", recs, run_id="20250102T000000Z-bbbb", ops=True)
     out = tmp_path / "cmp.html"
     r = runner.invoke(app, ["report", str(base), str(cand), "-o", str(out)])
     assert r.exit_code == 0, r.output
@@ -263,28 +203,82 @@ def test_two_runs_are_compared_point_by_point(tmp_path):
     assert any(n.startswith("A: naive") for n in legend) and any(n.startswith("B: naive") for n in legend)
 
 
-def _slower_b(tmp_path: Path, env: dict | None = None) -> tuple[Path, Path]:
-    base = seq_len_run(tmp_path / "a", run_id="20250101T000000Z-aaaa")
-    recs = [_ok(_point(seq_len=t, batch_size=2, attention="naive"), 0.0015 * t**2, seed=100 + t) for t in (64, 128, 256)]
-    return base, make_run(tmp_path / "b", recs, run_id="20250102T000000Z-bbbb", env=env)
+def compare_table(page: str, pair: str) -> list[dict]:
+    """The rows of the comparison table under the heading that starts with ``pair``, as {header: cell text}."""
+    start = page.index(f"<h3>{pair}")
+    body = page[start:page.index("</table>", start)]
+    head = [htmllib.unescape(h) for h in re.findall(r"<th(?: [^>]*)?>(.*?)</th>", body)]
+    return [dict(zip(head, (htmllib.unescape(c) for c in re.findall(r"<td(?: [^>]*)?>(.*?)</td>", tr))))
+            for tr in re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>", 1)[1])]
 
 
-def test_ratios_fall_back_to_the_reports_bootstrap(tmp_path, monkeypatch):
-    base, cand = _slower_b(tmp_path)
-    monkeypatch.setitem(sys.modules, "txbench.analysis.compare", None)  # as if txbench compare were not installed
+def assert_report_matches_compare(page: str, base: Path, cand: Path) -> pd.DataFrame:
+    """The report's table of B vs A holds exactly the rows, verdicts, ratios and method of ``txbench compare``."""
+    from txbench.report.compare_text import method_note
+
+    df = compare_runs(base, cand, metrics=("step_ms", "peak_mem_bytes"))  # txbench compare's default rows
+    rows = compare_table(page, "Run B vs run A")
+    assert [(r["point"], r["metric"], r["verdict"]) for r in rows] == list(zip(df["label"], df["metric"], df["verdict"]))
+    assert [r["ratio"] for r in rows] == ["-" if np.isnan(x) else f"{x:.3f}" for x in df["ratio"]]
+    assert [r["note"] for r in rows] == list(df["note"])
+    assert htmllib.escape(method_note(df.attrs["compare"])) in page
+    return df
+
+
+def _mixed_pair(tmp_path: Path, cand_env: dict | None = None) -> tuple[Path, Path]:
+    """Two runs whose points get every verdict: 120 steps of ~100 ms per point (8 blocks of 1.5 s a side)."""
+    def ok(t, a, ms, seed, n=120):
+        return ok_record(point(t, a), steps(ms, n=n, rel_sd=0.01, seed=seed))
+
+    base = [ok(64, "naive", 100.0, 1), ok(64, "sdpa_flash", 100.0, 2), ok(128, "naive", 100.0, 3),
+            ok(128, "sdpa_flash", 10.0, 4, n=15), ok(256, "naive", 100.0, 5), failed_record(point(256, "sdpa_flash"))]
+    cand = [ok(64, "naive", 150.0, 11), ok(64, "sdpa_flash", 100.0, 12), ok(128, "naive", 70.0, 13),
+            ok(128, "sdpa_flash", 10.0, 14, n=15), failed_record(point(256, "naive")), failed_record(point(256, "sdpa_flash"))]
+    return (write_run(tmp_path / "a", base, run_id="20250101T000000Z-aaaa"),
+            write_run(tmp_path / "b", cand, run_id="20250102T000000Z-bbbb", env=cand_env))
+
+
+def test_comparison_shows_the_verdicts_of_txbench_compare(tmp_path):
+    base, cand = _mixed_pair(tmp_path)
     page = render_report([base, cand], out_dir=tmp_path)
+    df = assert_report_matches_compare(page, base, cand)
+    step = df[df["metric"] == "step_ms"].set_index("label")["verdict"].to_dict()
+    assert step == {"T=64 naive": "regression", "T=64 sdpa_flash": "unchanged", "T=128 naive": "improvement",
+                    "T=128 sdpa_flash": "inconclusive"}
+    status = df[df["metric"] == "status"].set_index("label")["verdict"].to_dict()
+    assert status == {"T=256 naive": "regression", "T=256 sdpa_flash": "skipped"}
+    # the chart plots the same step-time ratios, colored by the same verdicts
     ratio = figures(page)["chart-ratio-B"]
-    assert [t["name"] for t in ratio["data"]] == ["slower"] and all(1.4 < y < 1.6 for y in arr(ratio["data"][0]["y"]))
-    assert "computed by the report" in page
+    plotted = {(x, t["name"]): y for t in ratio["data"] for x, y in zip(arr(t["x"]), arr(t["y"]))}
+    assert {k[0]: k[1] for k in plotted} == step
+    assert all(v == pytest.approx(df.set_index(["label", "metric"]).loc[(k[0], "step_ms"), "ratio"], rel=1e-3)
+               for k, v in plotted.items())
+    assert "Not comparable" not in page
 
 
-def test_ratios_of_runs_from_different_devices_say_why(tmp_path):
-    pytest.importorskip("txbench.analysis.compare")
-    base, cand = _slower_b(tmp_path, env={"device": "cpu", "device_name": "Another CPU", "torch_version": "2.13"})
+def test_runs_that_are_not_comparable_say_why(tmp_path):
+    base, cand = _mixed_pair(tmp_path, cand_env={"device_name": "Another CPU"})
+    with pytest.raises(CompareError, match="not comparable"):  # what txbench compare says without --allow-mismatch
+        compare_runs(base, cand)
     page = render_report([base, cand], out_dir=tmp_path)
-    # txbench compare refuses timings from different devices; the report still shows its own ratios and says why
-    assert "chart-ratio-B" in figures(page)
-    assert "txbench compare refused this pair" in page and "Another CPU" in page
+    assert re.search(r"<b>Not comparable</b>: the runs differ in device_name: &#x27;AMD EPYC&#x27; vs &#x27;Another CPU&#x27;", page)
+    rows = compare_table(page, "Run B vs run A")
+    assert {r["verdict"] for r in rows} == {"not_comparable", "skipped"}  # failing on both sides stays skipped
+    assert all("the samples say" in r["note"] for r in rows if r["verdict"] == "not_comparable")
+    assert {t["name"] for t in figures(page)["chart-ratio-B"]["data"]} == {"not_comparable"}
+
+
+def test_a_pair_compare_runs_refuses_shows_the_reason(tmp_path, monkeypatch):
+    import txbench.report.html as report_html
+
+    def refuse(*args, **kw):
+        raise CompareError("runs pooled on one side differ (device: 'cpu' vs 'cuda')")
+
+    monkeypatch.setattr(report_html, "compare_runs", refuse)
+    base, cand = _mixed_pair(tmp_path)
+    page = render_report([base, cand], out_dir=tmp_path)
+    assert "<h3>Run B vs run A: not comparable</h3>" in page and "device: &#x27;cpu&#x27; vs &#x27;cuda&#x27;" in page
+    assert "chart-ratio-B" not in figures(page)  # nothing recomputed in its place
 
 
 def test_errors_are_messages_not_tracebacks(tmp_path):
@@ -315,3 +309,19 @@ def test_report_of_a_real_run(write_suite, tmp_path):
     assert all(any(len(arr(t.get("x") if t.get("x") is not None else t.get("z") or [])) for t in f["data"]) for f in figs.values())
     pts = json_block(page, "txb-points")["rows"]
     assert len(pts) == 4 and {r[2] for r in pts} == {"ok"}
+
+
+@pytest.mark.slow
+def test_report_of_two_real_runs_shows_what_compare_decides(write_suite, tmp_path):
+    suite = write_suite("tiny")
+    dirs = []
+    for side in ("a", "b"):
+        r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp_path / side), "--json", "--no-report",
+                                "--no-profile"])
+        assert r.exit_code == 0, r.output
+        dirs.append(Path(json.loads(r.stdout.strip().splitlines()[-1])["run_dir"]))
+    out = tmp_path / "ab.html"
+    r = runner.invoke(app, ["report", *map(str, dirs), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    df = assert_report_matches_compare(out.read_text(), *dirs)
+    assert len(df) == 8 and set(df["metric"]) == {"step_ms", "peak_mem_bytes"}  # 4 points, both default metrics

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
 from browser import ARTIFACTS, open_page, require_browser, wait_for_charts
+from factories import failed_record, ok_record, point, steps, write_run
 from txbench.cli.app import app
 
 pytestmark = pytest.mark.browser
@@ -96,7 +97,9 @@ def test_report_renders_offline_in_chromium(real_run, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         # a narrow window: nothing wider than the screen
         page.set_viewport_size({"width": 420, "height": 900})
-        page.wait_for_timeout(500)
+        # plotly redraws responsive charts on the resize event, after a debounce: wait until every one has
+        page.wait_for_function("Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                               ".every(d => d._fullLayout && d._fullLayout.width <= window.innerWidth)", timeout=10000)
         assert page.evaluate("document.documentElement.scrollWidth") <= 420 + 2
         page.screenshot(path=str(ARTIFACTS / "report-narrow.png"), full_page=False)
         page.emulate_media(media="print")
@@ -107,14 +110,10 @@ def test_report_renders_offline_in_chromium(real_run, tmp_path):
 @pytest.mark.slow
 def test_hostile_results_run_nothing(tmp_path):
     """Suite name, description, environment, error messages and op names full of HTML: all text, no dialog."""
-    from test_report import _failed, _ok, _point, make_run  # the same run builders as the non-browser tests
-
-    recs = [_ok(_point(seq_len=t, batch_size=2, attention=a), 0.01 * t, seed=t)
-            for t in (64, 128, 256) for a in ("naive", "sdpa_flash")]
-    recs.append(_failed(_point(seq_len=512, batch_size=2, attention="naive"), "error",
-                        f"RuntimeError: {XSS}</script><svg onload=alert(3)>"))
-    run = make_run(tmp_path / "results", recs, name=XSS, description="<img src=x onerror=alert(2)>",
-                   env={"torch_version": "<img src=y onerror=alert(4)>", "device": "cpu"})
+    recs = [ok_record(point(t, a), steps(0.01 * t, seed=t)) for t in (64, 128, 256) for a in ("naive", "sdpa_flash")]
+    recs.append(failed_record(point(512, "naive"), "error", f"RuntimeError: {XSS}</script><svg onload=alert(3)>"))
+    run = write_run(tmp_path / "results", recs, suite=XSS, description="<img src=x onerror=alert(2)>", ops=True,
+                    env={"torch_version": "<img src=y onerror=alert(4)>"})
     import pyarrow as pa
     import pyarrow.parquet as pq
 

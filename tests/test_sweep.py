@@ -36,6 +36,23 @@ def _json_out(r) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _wait_for(proc: subprocess.Popen, condition, timeout_s: float, what: str):
+    """``condition()``'s first truthy value, polled while ``proc`` runs; fails with its output if it exits or times out first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the process exited with code {proc.returncode} before {what}\n"
+                        f"stdout:\n{out.decode()[-2000:]}\nstderr:\n{err.decode()[-2000:]}")
+        time.sleep(0.2)
+    proc.kill()
+    out, err = proc.communicate()
+    pytest.fail(f"not within {timeout_s:g} s: {what}\nstdout:\n{out.decode()[-2000:]}\nstderr:\n{err.decode()[-2000:]}")
+
+
 @pytest.mark.slow
 def test_ci_suite_end_to_end(tmp_path):
     r = _run([REPO / "suites" / "ci.yaml", "--results-dir", tmp_path, "--json", "--no-report",
@@ -109,17 +126,15 @@ def test_interrupt_then_resume_completes_without_duplicates(write_suite, tmp_pat
         [sys.executable, "-m", "txbench", "run", str(suite), "--results-dir", str(tmp_path), "--quiet", "--no-report"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    deadline = time.time() + 120
-    pq_files = []
-    while time.time() < deadline:
-        pq_files = list(tmp_path.glob("resume/*/points.parquet"))
-        if pq_files and 1 <= len(load_points(pq_files[0])) < 4:
-            break
-        time.sleep(0.2)
+
+    def partly_written():
+        files = list(tmp_path.glob("resume/*/points.parquet"))
+        return files[0] if files and 1 <= len(load_points(files[0])) < 4 else None
+
+    points_file = _wait_for(proc, partly_written, 120, "some but not all of the 4 points were written")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert pq_files, err.decode()
-    first = load_points(pq_files[0])
+    first = load_points(points_file)
     assert proc.returncode == 130, (proc.returncode, err.decode()[-2000:])
     assert b"--resume" in err
     assert 1 <= len(first) < 4

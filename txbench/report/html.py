@@ -9,23 +9,27 @@ from ``file://`` offline and can be mailed or attached to a CI job as is.
 
 from __future__ import annotations
 
-import importlib
+import base64
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.io as pio
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from txbench.analysis.breakdown import category_shares, phase_split
+from txbench.analysis.compare import compare_runs, verdict_counts
+from txbench.analysis.findings import find
 from txbench.analysis.scaling import numeric_axes
-from txbench.errors import StoreError
+from txbench.errors import StoreError, TxbenchError
+from txbench.report.compare_text import method_note
 from txbench.report.data import AXIS_TITLES, RunData, combined_points, line_columns, load_report_runs, point_labels
 from txbench.report.figures import sweep_figure
 from txbench.report.figures_time import categories_figure, heatmap_figure, phases_figure, ratio_figure
-from txbench.report.ratios import run_ratios
-from txbench.report.sections import e, failures_html, findings_html, fmt_ms, header_html, points_data, points_html, table
+from txbench.report.sections import (e, failures_html, findings_html, fmt_bytes, fmt_ms, header_html, points_data,
+                                     points_html, table)
 from txbench.report.template import page
 from txbench.report.topops import ops_data, top_ops_section, trace_href
 
@@ -36,15 +40,6 @@ _OWN_COLUMNS = ("run", "uid")  # added by txbench.report.data; analysis function
 
 def _stored(points: pd.DataFrame) -> pd.DataFrame:
     return points.drop(columns=[c for c in _OWN_COLUMNS if c in points.columns])
-
-
-def _find(run: RunData):
-    """The run's findings, or None when txbench.analysis.findings is not installed."""
-    try:
-        find = importlib.import_module("txbench.analysis.findings").find
-    except (ImportError, AttributeError):
-        return None
-    return find(_stored(run.points), run.ops)
 
 
 class _Figures:
@@ -62,8 +57,80 @@ class _Figures:
 
     def json(self) -> str:
         """Every figure as ``[{"id", "fig"}]`` JSON (plotly's encoder: numpy arrays, NaN as null)."""
-        body = ",".join(f'{{"id":"{fid}","fig":{pio.to_json(fig, validate=False)}}}' for fid, fig in self.items)
+        body = ",".join(f'{{"id":"{fid}","fig":{pio.to_json(_fig_dict(fig), validate=False)}}}' for fid, fig in self.items)
         return f"[{body}]"
+
+
+def _fig_dict(fig):
+    """What ``pio.to_json(fig)`` encodes, built without ``Figure.to_dict``'s deep copy of every figure.
+
+    ``to_dict`` deep-copies the figure (plotly_white template included) and then
+    walks the copy to turn numpy arrays into plotly.js typed arrays; on a
+    2,000-point report that was a quarter of a second. This builds the same
+    dict by copying only the containers on the way. Anything unexpected (an
+    older plotly, animation frames) takes plotly's own path.
+    """
+    data, lay = getattr(fig, "_data", None), getattr(fig, "_layout", None)
+    if _TYPED is None or not isinstance(data, list) or not isinstance(lay, dict) or getattr(fig, "_frame_objs", None):
+        return fig
+    return {"data": _typed(data), "layout": _typed(lay)}
+
+
+try:  # plotly's own conversion of one array, so the output stays byte for byte what to_dict gives
+    from _plotly_utils.utils import is_homogeneous_array as _is_array, is_skipped_key as _skipped
+    from _plotly_utils.utils import to_typed_array_spec as _TYPED
+except ImportError:  # pragma: no cover - other plotly layouts
+    _TYPED = None
+
+
+_SHORT_TYPES = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
+                "float32": "f4", "float64": "f8"}
+
+
+def _typed_array(v: np.ndarray):
+    """plotly's ``to_typed_array_spec`` of a numeric array, without its per-array dataframe-library probing.
+
+    64-bit integers are narrowed to the smallest type that holds them (as
+    plotly does: plotly.js has no 64-bit integer arrays); other arrays go to
+    plotly's own conversion.
+    """
+    if v.size == 0:
+        return v
+    if v.dtype.str[1:] in ("i8", "u8") and v.dtype.isnative:
+        for t in (("int8", "int16", "int32") if v.dtype.kind == "i" else ("uint8", "uint16", "uint32")):
+            info = np.iinfo(t)
+            if v.max() <= info.max and v.min() >= info.min:
+                v = v.astype(t)
+                break
+        else:
+            return v
+    short = _SHORT_TYPES.get(str(v.dtype))
+    if short is None:
+        return _TYPED(v)
+    spec = {"dtype": short, "bdata": base64.b64encode(np.ascontiguousarray(v)).decode("ascii")}
+    if v.ndim > 1:
+        spec["shape"] = str(v.shape)[1:-1]
+    return spec
+
+
+def _typed(obj):
+    """A copy of ``obj`` with plotly's ``convert_to_base64`` applied: dict values that are arrays become typed arrays."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(v, (dict, list, tuple)):
+                out[k] = v if _skipped(k) else _typed(v)
+            elif v is None or isinstance(v, (str, bool, int, float)) or _skipped(k):
+                out[k] = v
+            elif isinstance(v, np.ndarray) and v.dtype.kind in "uif":
+                out[k] = _typed_array(v)
+            else:
+                out[k] = _TYPED(v) if _is_array(v) else v
+        return out
+    if isinstance(obj, (list, tuple)):
+        # arrays directly inside a list stay arrays, as in plotly's walk (it only replaces dict values)
+        return type(obj)(_typed(v) if isinstance(v, (dict, list, tuple)) else v for v in obj)
+    return obj
 
 
 def _has(points: pd.DataFrame, col: str) -> bool:
@@ -129,28 +196,67 @@ def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> 
     return "".join(parts)
 
 
-def _compare_section(runs: list[RunData], labels: pd.Series, figs: _Figures) -> str:
-    base = runs[0]
-    parts = []
-    for cand in runs[1:]:
-        ratios, source = run_ratios(_stored(base.points), _stored(cand.points), base.run_dir, cand.run_dir)
-        ratios["label"] = [labels.get(f"{cand.label}:{p}", p).split(" ", 1)[-1] for p in ratios["point_id"]]
-        only_a = sorted(set(base.points["point_id"]) - set(cand.points["point_id"]))
-        only_b = sorted(set(cand.points["point_id"]) - set(base.points["point_id"]))
-        parts.append(f"<h3>Run {e(cand.label)} vs run {e(base.label)} ({len(ratios)} matched points)</h3>"
-                     f'<p class="note">Per point: median step time of {e(cand.label)} / {e(base.label)}; {e(source)}.</p>')
-        parts.append(figs.add(f"chart-ratio-{cand.label}", ratio_figure(ratios, f"Run {cand.label} vs run {base.label}: "
-                                                                               "step time ratio per point"), f"ratio:{cand.label}"))
-        rows = [[r.label, r.verdict, (f"{r.ratio:.3f}" if pd.notna(r.ratio) else "-", r.ratio),
-                 (f"[{r.ratio_ci_low:.3f}, {r.ratio_ci_high:.3f}]" if pd.notna(r.ratio_ci_low) else "-", r.ratio_ci_low),
-                 (fmt_ms(r.baseline_median), r.baseline_median), (fmt_ms(r.candidate_median), r.candidate_median),
-                 f"{r.baseline_status} / {r.candidate_status}", r.note or ""] for r in ratios.itertuples(index=False)]
-        parts.append(table(["point", "verdict", "ratio", "95% CI", f"{base.label} ms", f"{cand.label} ms", "status",
-                            "note"], rows, numeric={2, 3, 4, 5}))
-        if only_a or only_b:
-            parts.append(f'<p class="note">Not matched: {len(only_a)} point(s) only in run {e(base.label)}, '
-                         f"{len(only_b)} only in run {e(cand.label)}.</p>")
+#: The rows ``txbench compare`` gives by default, so that the report and the CI gate show the same table.
+COMPARE_METRICS = ("step_ms", "peak_mem_bytes")
+
+
+def _value(metric: str, v) -> tuple[str, float]:
+    if pd.isna(v):
+        return "-", v
+    return (fmt_bytes(v) if metric.endswith("_bytes") else f"{fmt_ms(v)} ms"), v
+
+
+def _ci(lo, hi) -> tuple[str, float]:
+    # memory is deterministic: its "interval" is the ratio itself, as in txbench compare's tables
+    return ("-" if pd.isna(lo) or lo == hi else f"[{lo:.3f}, {hi:.3f}]"), lo
+
+
+def _p(v) -> tuple[str, float]:
+    return ("-" if pd.isna(v) else "<0.001" if v < 0.001 else f"{v:.3f}"), v
+
+
+def _pct(v) -> tuple[str, float]:
+    return ("-" if pd.isna(v) else f"{100 * v:g}%"), v
+
+
+def _pair_section(base: RunData, cand: RunData, figs: _Figures) -> str:
+    """One candidate run against the baseline, exactly as ``txbench compare BASE CAND --all`` decides it."""
+    pair = f"Run {cand.label} vs run {base.label}"
+    try:
+        # runs from different devices or schemas still get their rows, each marked not_comparable with the reason
+        df = compare_runs(base.run_dir, cand.run_dir, metrics=COMPARE_METRICS, allow_mismatch=True)
+    except TxbenchError as err:
+        return f'<h3>{e(pair)}: not comparable</h3><p class="note">{e(err)}</p>'
+    meta = df.attrs["compare"]
+    counts = ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in verdict_counts(df).items() if n) or "nothing to compare"
+    parts = [f"<h3>{e(pair)} ({meta['matched']} matched points)</h3>"]
+    if meta["mismatches"]:
+        parts.append(f'<p class="note"><b>Not comparable</b>: the runs differ in {e("; ".join(meta["mismatches"]))}. '
+                     "Timings from different devices or result schemas say nothing about the code: every row with "
+                     "something to compare is marked not_comparable, its note saying what the samples alone would say.</p>")
+    notes = [f"runs differ in {w}" for w in meta["warnings"]] + list(meta.get("advice", []))
+    parts += [f'<p class="note">Note: {e(n)}.</p>' for n in notes]
+    parts.append(f'<p class="note">Ratio: {e(cand.label)} / {e(base.label)} per point and metric; {e(counts)}. '
+                 f"{e(method_note(meta))}</p>")
+    parts.append(figs.add(f"chart-ratio-{cand.label}",
+                          ratio_figure(df[df["metric"] == "step_ms"], f"{pair}: step time ratio per point"),
+                          f"ratio:{cand.label}"))
+    rows = [[r.label, r.metric, r.verdict, ("-" if pd.isna(r.ratio) else f"{r.ratio:.3f}", r.ratio),
+             _ci(r.ratio_ci_low, r.ratio_ci_high), _p(r.p_adjusted), _pct(r.threshold),
+             _value(r.metric, r.baseline_median), _value(r.metric, r.candidate_median),
+             f"{r.status_baseline} / {r.status_candidate}", r.note or ""]
+            for r in df.itertuples(index=False)]
+    parts.append(table(["point", "metric", "verdict", "ratio", "95% CI", "p", "threshold", base.label, cand.label,
+                        "status", "note"], rows, numeric={3, 4, 5, 6, 7, 8}))
+    sides = [u["side"] for u in meta["unmatched"]]
+    if sides:
+        parts.append(f'<p class="note">Not matched: {sides.count("baseline only")} point(s) only in run {e(base.label)}, '
+                     f'{sides.count("candidate only")} only in run {e(cand.label)}.</p>')
     return "".join(parts)
+
+
+def _compare_section(runs: list[RunData], figs: _Figures) -> str:
+    return "".join(_pair_section(runs[0], cand, figs) for cand in runs[1:])
 
 
 def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
@@ -176,17 +282,12 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
     # sections that own charts are built first so that findings can link to them
     sweep = _sweep_section(points, figs)
     time_ = _time_section(runs, points, figs)
-    compare = _compare_section(runs, labels, figs) if len(runs) > 1 else ""
+    compare = _compare_section(runs, figs) if len(runs) > 1 else ""
     figs.anchors.setdefault("failures", "failures")
     findings = []
     for run in runs:
-        found = _find(run)
         title = f"<h3>Run {e(run.label)}: {e(run.name)}</h3>" if len(runs) > 1 else ""
-        if found is None:
-            findings.append(f'{title}<p class="note">Findings are not available: this txbench has no '
-                            "<code>txbench.analysis.findings</code> module.</p>")
-        else:
-            findings.append(findings_html(found, figs.anchors, title=title))
+        findings.append(findings_html(find(_stored(run.points), run.ops), figs.anchors, title=title))
     body.append('<section id="findings"><h2>Findings</h2>' + "".join(findings) + "</section>")
     if compare:
         body.append(f'<section id="compare"><h2>Run comparison</h2>{compare}</section>')
