@@ -3,15 +3,24 @@
 Synthesises a run of ~2,000 points (seq_len x batch x attention x precision,
 with OOM, unsupported and error points, per-step samples and ~20 profiler ops
 per point), writes it with ``txbench.store`` exactly as a sweep would, renders
-it with ``txbench.report.html.write_report`` and prints the figures. Goals:
-at most 5 s and under 8 MB with plotly.js embedded.
+it with ``txbench.report.html.write_report`` and prints the figures, then times
+``txbench.analysis.findings.find`` on its own. Goals (medians): the whole
+report in at most 3 s, ``find`` in at most 1 s, the file under 8 MB with
+plotly.js embedded.
+
+``--save-output DIR`` writes the findings (JSON) and the report's text there;
+``--check-output DIR`` exits with status 1 unless both are identical (same
+sentences, same order, same bytes of HTML) to what was saved: run it before
+and after a change that should only make the report faster.
 
     python benchmarks/report_render.py [--points-per-axis 10] [--repeat 3] [--keep DIR]
+        [--save-output DIR | --check-output DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -23,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import yaml
 
+from txbench.analysis.findings import find, load_run
 from txbench.config import ModelConfig, Point
 from txbench.record import Record
 from txbench.report.html import write_report
@@ -32,6 +42,7 @@ ATTENTIONS = ("naive", "sdpa_math", "sdpa_flash", "sdpa_efficient", "flex")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 SEQ_LENS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192, 16384)
 BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+GOAL_REPORT_S, GOAL_FIND_S, GOAL_SIZE_MB = 3.0, 1.0, 8.0
 PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}
 MEM_LIMIT_BYTES = 80 * 2**30
 # (name, category, phase, region, share of the step before attention scaling)
@@ -130,11 +141,48 @@ def synth_run(run_dir: Path, n_axis: int = 10, seed: int = 0) -> tuple[int, int]
     return len(records), len(ops)
 
 
-def main() -> None:
+def _outputs(run_dir: Path, findings, report: Path) -> dict[str, str]:
+    """The findings as JSON and the report's text, with the run's own path (it changes per run) written RUN_DIR."""
+    text = report.read_text(encoding="utf-8")
+    for form in {str(run_dir), str(run_dir).replace("&", "&amp;")}:
+        text = text.replace(form, "RUN_DIR")
+    return {"findings.json": json.dumps([dataclasses.asdict(f) for f in findings], indent=1, sort_keys=True),
+            "report.html": text}
+
+
+def _check(saved: Path, now: dict[str, str]) -> bool:
+    """Compare ``now`` with the files saved in ``saved``; print where they first differ."""
+    same = True
+    for name, text in now.items():
+        old = (saved / name).read_text(encoding="utf-8")
+        if old == text:
+            print(f"check: {name} identical to {saved / name}")
+            continue
+        same = False
+        if name == "findings.json":
+            a, b = json.loads(old), json.loads(text)
+            print(f"check: findings differ ({len(a)} saved, {len(b)} now)")
+            for i, (fa, fb) in enumerate(zip(a, b)):
+                if fa != fb:
+                    keys = [k for k in fa if fa.get(k) != fb.get(k)]
+                    print(f"  first difference at finding {i} ({', '.join(keys)}):\n    saved: {fa['text']}\n    now:   {fb['text']}")
+                    break
+        else:
+            i = next((k for k, (x, y) in enumerate(zip(old, text)) if x != y), min(len(old), len(text)))
+            print(f"check: {name} differs from character {i}:\n  saved: {old[max(0, i - 80):i + 80]!r}\n"
+                  f"  now:   {text[max(0, i - 80):i + 80]!r}")
+    return same
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points-per-axis", type=int, default=10, help="seq_len and batch values (points = 20 x this squared)")
-    ap.add_argument("--repeat", type=int, default=3, help="renders to time (the median is reported)")
+    ap.add_argument("--repeat", type=int, default=3, help="renders and find() calls to time (medians are reported)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run and the reports in this directory")
+    out_args = ap.add_mutually_exclusive_group()
+    out_args.add_argument("--save-output", type=Path, metavar="DIR", help="write the findings and the report's text here")
+    out_args.add_argument("--check-output", type=Path, metavar="DIR",
+                          help="exit 1 unless the findings and the report's text equal those saved in DIR")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="txbench-report-bench-"))
     run_dir = base / "synthetic" / "20250101T000000Z-0000"
@@ -151,28 +199,36 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         rows.append((cdn, statistics.median(times), min(times), out.stat().st_size))
     # the findings rules run inside the render: time them alone to see whose seconds they are
+    points, ops = load_run(run_dir)
     find_s = []
-    try:
-        from txbench.analysis.findings import find, load_run
-
-        points, ops = load_run(run_dir)
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            n_findings = len(find(points, ops))
-            find_s.append(time.perf_counter() - t0)
-    except ImportError:
-        n_findings = 0
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        findings = find(points, ops)
+        find_s.append(time.perf_counter() - t0)
+    f = statistics.median(find_s)
     print(f"synthetic run: {n_points} points, {n_ops} op rows ({run_dir})")
     print(f"{'plotly.js':<10} {'render s (median)':>18} {'min s':>7} {'file MB':>8}")
     for cdn, med, mn, size in rows:
         print(f"{'cdn' if cdn else 'embedded':<10} {med:>18.2f} {mn:>7.2f} {size / 1e6:>8.2f}")
-    if find_s:
-        f = statistics.median(find_s)
-        print(f"of which txbench.analysis.findings.find: {f:.2f} s ({n_findings} findings); "
-              f"the report itself: {rows[0][1] - f:.2f} s")
+    # timed apart from the renders (it runs inside each): on a loaded machine the two medians come from different minutes
+    print(f"{'find()':<10} {f:>18.2f} {min(find_s):>7.2f}   ({len(findings)} findings, timed alone after the renders)")
+    print(f"against the goals: report {rows[0][1]:.2f} s / {GOAL_REPORT_S:g} s = {rows[0][1] / GOAL_REPORT_S:.2f}, "
+          f"find {f:.2f} s / {GOAL_FIND_S:g} s = {f / GOAL_FIND_S:.2f}, "
+          f"file {rows[0][3] / 1e6:.2f} MB / {GOAL_SIZE_MB:g} MB = {rows[0][3] / 1e6 / GOAL_SIZE_MB:.2f} (at most 1 meets a goal)")
+    status = 0
+    if args.save_output or args.check_output:
+        now = _outputs(run_dir, findings, base / "report.html")
+        if args.save_output:
+            args.save_output.mkdir(parents=True, exist_ok=True)
+            for name, text in now.items():
+                (args.save_output / name).write_text(text, encoding="utf-8")
+            print(f"saved the findings and the report's text in {args.save_output}")
+        elif not _check(args.check_output, now):
+            status = 1
     if args.keep is None:
         shutil.rmtree(base)
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -42,11 +42,29 @@ def default_device(ops: pd.DataFrame) -> pd.Series:
     return has_cuda.map({True: "cuda", False: "cpu"}).rename("device")
 
 
+def _per_value(col: pd.Series, fn) -> pd.Series:
+    """``fn(col)`` for an elementwise ``fn``, worked out once per distinct value of ``col`` and spread back.
+
+    Device and point id columns hold a few (or a few thousand) distinct
+    strings over tens of thousands of op rows; string work and lookups per
+    row took longer than the shares themselves.
+    """
+    codes, uniques = pd.factorize(col, use_na_sentinel=False)
+    res = fn(pd.Series(uniques, dtype=col.dtype))
+    return pd.Series(res.to_numpy()[codes], index=col.index, dtype=res.dtype, name=col.name)
+
+
+def _device_type(devices: pd.Series) -> np.ndarray:
+    """Per row, the device type: ``cuda:0`` -> ``cuda``."""
+    return _per_value(devices, lambda d: d.astype(str).str.split(":").str[0]).to_numpy(dtype=object)
+
+
 def _on_device(ops: pd.DataFrame, device: str | None) -> pd.DataFrame:
-    dev = ops["device"].astype(str).str.split(":").str[0]
+    dev = pd.Series(_device_type(ops["device"]), index=ops.index)
     if device is not None:
         return ops[dev == device].assign(device=device)
-    chosen = ops["point_id"].map(default_device(ops))
+    per_point = default_device(ops)
+    chosen = _per_value(ops["point_id"], lambda p: p.map(per_point))
     return ops[dev == chosen].assign(device=chosen[dev == chosen])
 
 

@@ -8,11 +8,24 @@ Pure pandas, no torch.
 
 from __future__ import annotations
 
+import functools
 
+import numpy as np
 import pandas as pd
 
 from txbench.analysis.breakdown import phase_split
-from txbench.analysis.findings_ops import category_trends, hotspots, top_categories
+from txbench.analysis.findings_ops import (
+    _axes,
+    _columns,
+    _ok_rows,
+    _rows,
+    _sorted_groups,
+    _varying,
+    category_trends,
+    hotspots,
+    shared_frames,
+    top_categories,
+)
 from txbench.analysis.wording import (
     BWD_FWD_HIGH,
     BWD_FWD_LOW,
@@ -32,7 +45,6 @@ from txbench.analysis.wording import (
     _is,
     _label,
     _ms,
-    _ok,
     _pct,
     _range,
     _records,
@@ -55,11 +67,11 @@ __all__ = [
 # ---------------------------------------------------------------- rules on points.parquet
 def unverified_kernels(points, ops=None) -> list[Finding]:
     """Critical: the attention kernel that ran is not the one requested (``attention_verified`` False)."""
-    df = _ok(points)
+    df = _ok_rows(points)
     if "attention_verified" not in df.columns:
         return []
     bad = df[df["attention_verified"].map(lambda v: _is(v, False))]
-    axes = [c for c in varying_config(points) if c != "attention"]
+    axes = [c for c in _varying(points) if c != "attention"]
     out = []
     bad = bad.assign(_ran=bad["attention_kernel"].fillna("unknown") if "attention_kernel" in bad.columns else "unknown")
     for (req, ran), g in bad.groupby(["attention", "_ran"]):
@@ -76,7 +88,8 @@ def failures(points, ops=None) -> list[Finding]:
     """Failed points per status (oom, error, timeout, unsupported) with their count and first message."""
     if "status" not in points.columns:
         return []
-    bad, axes, out = points[points["status"] != "ok"], varying_config(points), []
+    axes, out = _varying(points), []
+    bad = _columns(points, ["point_id", *axes, "status", "error"])[points["status"] != "ok"]
     for status, g in sorted(bad.groupby("status"), key=lambda kv: -len(kv[1])):
         msgs = g["error"].dropna().astype(str) if "error" in g.columns else pd.Series(dtype=str)
         first = msgs.iloc[0].strip().splitlines()[0][:200] if len(msgs) else "no message"
@@ -94,36 +107,44 @@ def feasibility_frontier(points, ops=None) -> list[Finding]:
     if "status" not in points.columns or (points["status"] == "ok").all():
         return []
     out = []
-    for axis in numeric_axes(points):
-        keys = [c for c in varying_config(points) if c != axis]
+    status = points["status"].to_numpy(dtype=object)
+    is_ok = status == "ok"
+    pids = [str(p) for p in points["point_id"]]
+    for axis in _axes(points):
+        keys = [c for c in _varying(points) if c != axis]
+        raw = points[axis].to_numpy(dtype=object)  # the values as stored, for the sentence
+        x = pd.to_numeric(points[axis], errors="coerce").to_numpy(dtype="float64")
+        order, spans, gkeys = _sorted_groups(points, keys, by=points[axis].to_numpy())
         parts, ids, ev, any_fail = [], [], [], False
-        for key, g in _groups(points, keys):
-            g = g.sort_values(axis)
-            ok, bad = g[g["status"] == "ok"], g[g["status"] != "ok"]
+        for (a, b), key in zip(spans, gkeys):
+            pos = order[a:b]
+            ok, bad = pos[is_ok[pos]], pos[~is_ok[pos]]
             name = _ctx(key).strip(" ()") or "the model"
-            if ok.empty:
-                parts.append(f"{name} ran at no {_ABBR.get(axis, axis)} ({', '.join(sorted(set(bad['status'])))})")
+            if not len(ok):
+                parts.append(f"{name} ran at no {_ABBR.get(axis, axis)} ({', '.join(sorted(set(status[bad])))})")
             else:
-                top = ok[axis].max()
-                above = bad[bad[axis] > top]
-                if above.empty:
-                    parts.append(f"{name} up to {_val(axis, top)} (all ran)")
+                known = ok[~np.isnan(x[ok])]
+                top, shown = (x[known].max(), raw[known[np.argmax(x[known])]]) if len(known) else (np.nan, np.nan)
+                above = bad[x[bad] > top]
+                if not len(above):
+                    parts.append(f"{name} up to {_val(axis, shown)} (all ran)")
                     continue
-                f = above.iloc[0]
-                parts.append(f"{name} up to {_val(axis, top)}, {_val(axis, f[axis])} fails ({f['status']})")
+                f = above[0]
+                parts.append(f"{name} up to {_val(axis, shown)}, {_val(axis, raw[f])} fails ({status[f]})")
             any_fail = True
-            ids += _ids(bad)
-            ev += _records(g, ["point_id", *keys, axis, "status", "peak_mem_bytes"])
+            ids += [pids[i] for i in bad]
+            ev.append(pos)
         if any_fail:
             text = f"Feasibility frontier along {axis}: " + "; ".join(parts) + "."
-            out.append(Finding("frontier", "info", text, {"axis": axis}, ids, f"memory:{axis}", ev))
+            rows = _columns(points, ["point_id", *keys, axis, "status", "peak_mem_bytes"]).iloc[np.concatenate(ev)]
+            out.append(Finding("frontier", "info", text, {"axis": axis}, ids, f"memory:{axis}", _records(rows)))
     return out[:MAX_PER_RULE]
 
 
 def scaling(points, ops=None) -> list[Finding]:
     """Power-law exponents of step time and peak memory along each numeric axis, per configuration."""
     out = []
-    for axis in numeric_axes(_ok(points)):
+    for axis in _axes(_ok_rows(points)):
         ab = _ABBR.get(axis, axis)
         for metric, chart, noun, fmt in (("step_ms_median", "scaling", "step time", _ms),
                                          ("peak_mem_bytes", "memory", "peak memory", _bytes)):
@@ -132,36 +153,55 @@ def scaling(points, ops=None) -> list[Finding]:
                 continue
             keys = [c for c in fits.columns[: list(fits.columns).index("axis")]]
             cmp = [c for c in keys if c in _COMPARE]
-            for ctx, g in _groups(fits, [c for c in keys if c not in _COMPARE]):
-                g = g.sort_values("exponent", ascending=False)
-                clauses = []
-                for _, r in g.iterrows():
-                    who = f" with {_label(r, cmp)}" if cmp else ""
-                    loose = f", loose fit r²={r['r2']:.2f}" if r["r2"] < LOOSE_FIT_R2 else ""
-                    clauses.append(f"~{ab}^{r['exponent']:.1f}{who} ({fmt(r['y_min'])} to {fmt(r['y_max'])}{loose})")
-                r0 = g.iloc[0]
-                text = f"{noun.capitalize()} scales as " + ", ".join(clauses) + f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}."
-                ids = sorted({p for lst in g["point_ids"] for p in lst})
-                out.append((float(g["exponent"].max()), Finding(
-                    "scaling", "info", text, {"axis": axis, "metric": metric, **ctx}, ids, f"{chart}:{axis}",
-                    _records(g.drop(columns=["point_ids"])))))
+            order, spans, ctxs = _sorted_groups(fits, [c for c in keys if c not in _COMPARE])
+            expo = pd.to_numeric(fits["exponent"], errors="coerce")
+            for (a, b), ctx in zip(spans, ctxs):
+                pos = order[a:b]
+                # the sentence and its evidence are only built for the findings that are kept
+                out.append((float(expo.iloc[pos].max()),
+                            functools.partial(_scaling_finding, fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx)))
     out.sort(key=lambda t: -t[0])
-    return [f for _, f in out[:MAX_PER_RULE]]
+    return [build() for _, build in out[:MAX_PER_RULE]]
+
+
+def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx) -> Finding:
+    g = fits.iloc[pos].sort_values("exponent", ascending=False)
+    clauses = []
+    for r in _rows(g, range(len(g)), g.columns):
+        who = f" with {_label(r, cmp)}" if cmp else ""
+        loose = f", loose fit r²={r['r2']:.2f}" if r["r2"] < LOOSE_FIT_R2 else ""
+        clauses.append(f"~{ab}^{r['exponent']:.1f}{who} ({fmt(r['y_min'])} to {fmt(r['y_max'])}{loose})")
+    r0 = g.iloc[0]
+    text = f"{noun.capitalize()} scales as " + ", ".join(clauses) + f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}."
+    ids = sorted({p for lst in g["point_ids"] for p in lst})
+    return Finding("scaling", "info", text, {"axis": axis, "metric": metric, **ctx}, ids, f"{chart}:{axis}",
+                   _records(g.drop(columns=["point_ids"])))
 
 
 def _winner_rows(ok: pd.DataFrame, cmp: list[str], ctx: list[str]) -> pd.DataFrame:
+    # numbers as the row-by-row version met them: the winner's as numpy scalars (a zero step divides to inf rather
+    # than raising), the others' memory as plain objects (None stays None)
+    step = pd.to_numeric(ok["step_ms_median"], errors="coerce").to_numpy(dtype="float64")
+    mem = ok["peak_mem_bytes"].to_numpy(dtype=object) if "peak_mem_bytes" in ok.columns else np.full(len(ok), None)
+    mem_w = ok["peak_mem_bytes"].to_numpy() if "peak_mem_bytes" in ok.columns else mem
+    noisy = (ok["noisy"] == True).to_numpy(dtype=bool) if "noisy" in ok.columns else np.zeros(len(ok), dtype=bool)  # noqa: E712
+    pids = [str(p) for p in ok["point_id"]]
+    # one label per implementation/precision, not one per row
+    who = ok.groupby(cmp, dropna=False, sort=False).ngroup().to_numpy()
+    firsts = np.unique(who, return_index=True)[1]
+    names = dict(zip(who[firsts].tolist(), (_label(r, cmp) for r in _rows(ok, firsts, cmp))))
+    label = [names[c] for c in who.tolist()]
+    order, spans, keys = _sorted_groups(ok, ctx, by=ok["step_ms_median"].to_numpy())
     rows = []
-    for key, g in _groups(ok, ctx):
-        if len(g.drop_duplicates(cmp)) < 2:
+    for (a, b), key in zip(spans, keys):
+        pos = order[a:b].tolist()
+        if len(set(who[pos].tolist())) < 2:
             continue
-        g = g.sort_values("step_ms_median")
-        w = g.iloc[0]
-        others = [{"who": _label(o, cmp), "speedup": o["step_ms_median"] / w["step_ms_median"],
-                   "mem_ratio": (o["peak_mem_bytes"] / w["peak_mem_bytes"]) if pd.notna(o.get("peak_mem_bytes")) and w.get("peak_mem_bytes") else None}
-                  for _, o in g.iloc[1:].iterrows()]
-        rows.append({**key, "winner": _label(w, cmp), "margin": others[0]["speedup"], "others": others,
-                     "point_ids": _ids(g), "step_ms": float(w["step_ms_median"]),
-                     "noisy": bool((g["noisy"] == True).any()) if "noisy" in g.columns else False})  # noqa: E712
+        w, wm = pos[0], mem_w[pos[0]]
+        others = [{"who": label[o], "speedup": step[o] / step[w],
+                   "mem_ratio": (mem[o] / wm) if pd.notna(mem[o]) and wm else None} for o in pos[1:]]
+        rows.append({**key, "winner": label[w], "margin": others[0]["speedup"], "others": others,
+                     "point_ids": [pids[i] for i in pos], "step_ms": float(step[w]), "noisy": bool(noisy[pos].any())})
     return pd.DataFrame(rows)
 
 
@@ -177,7 +217,7 @@ def _versus(row) -> str:
 
 def winners(points, ops=None) -> list[Finding]:
     """Fastest attention/precision per point with speedup and memory saving, and crossovers along each axis."""
-    ok = _ok(points)
+    ok = _ok_rows(points)
     ok = ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce").notna()] if "step_ms_median" in ok.columns else ok.iloc[0:0]
     varying = varying_config(ok)
     cmp = [c for c in _COMPARE if c in varying]
@@ -193,8 +233,7 @@ def winners(points, ops=None) -> list[Finding]:
             if axis is None:
                 r = fam.iloc[0]
                 text = f"{r['winner']} is the fastest{_ctx(key)}: {_versus(r)}."
-                out.append((r["margin"], Finding("winners", "info", text, key, r["point_ids"], "winners",
-                                                 _records(fam.drop(columns=["others"])))))
+                out.append((r["margin"], functools.partial(_winner_finding, text, key, r["point_ids"], fam, ["others"])))
                 continue
             fam = fam.sort_values(axis)
             decisive = fam[fam["margin"] >= DECISIVE_SPEEDUP]
@@ -217,10 +256,14 @@ def winners(points, ops=None) -> list[Finding]:
             if fam["noisy"].any():
                 text += " Some of these points are noisy, so close rankings are uncertain."
             ids = sorted({p for lst in fam["point_ids"] for p in lst})
-            out.append((mag, Finding("winners", "info", text, {"axis": axis, **key}, ids, "winners",
-                                     _records(fam.drop(columns=["others", "point_ids"])))))
+            out.append((mag, functools.partial(_winner_finding, text, {"axis": axis, **key}, ids, fam, ["others", "point_ids"])))
     out.sort(key=lambda t: -t[0])
-    return [f for _, f in out[:MAX_PER_RULE]]
+    # the evidence is only serialised for the findings that are kept
+    return [build() for _, build in out[:MAX_PER_RULE]]
+
+
+def _winner_finding(text, scope, ids, fam, drop) -> Finding:
+    return Finding("winners", "info", text, scope, ids, "winners", _records(fam.drop(columns=drop)))
 
 
 def phases(points, ops=None) -> list[Finding]:
@@ -228,9 +271,9 @@ def phases(points, ops=None) -> list[Finding]:
     ps = phase_split(points)
     if ps.empty:
         return []
-    cfg = _ok(points).drop_duplicates("point_id").set_index("point_id")
+    cfg = _ok_rows(points).drop_duplicates("point_id").set_index("point_id")
     ps = ps.join(cfg, on="point_id")
-    axes, out = varying_config(points), []
+    axes, out = _varying(points), []
     steady = ps[ps["noisy"] != True] if "noisy" in ps.columns and (ps["noisy"] != True).any() else ps  # noqa: E712
     for sel, worst_first, what in (
         (steady["bwd_fwd_ratio"] > BWD_FWD_HIGH, False, "high"),
@@ -269,11 +312,11 @@ def gpu_idle(points, ops=None) -> list[Finding]:
     """GPU idle share above 30% of the profiled step: launch-bound (silent on CPU, where the column is null)."""
     if "gpu_idle_share" not in points.columns:
         return []
-    df = _ok(points)
+    df = _ok_rows(points)
     g = df[pd.to_numeric(df["gpu_idle_share"], errors="coerce") > GPU_IDLE_HIGH].sort_values("gpu_idle_share", ascending=False)
     if g.empty:
         return []
-    w, axes = g.iloc[0], varying_config(points)
+    w, axes = g.iloc[0], _varying(points)
     launches = f", {w['kernel_launches_per_step']:.0f} kernel launches per step" if pd.notna(w.get("kernel_launches_per_step")) else ""
     text = (f"The GPU is idle {_pct(w['gpu_idle_share'])} of the profiled step at {_where(w, axes)}{launches} "
             f"({len(g)} of {len(df)} points above {_pct(GPU_IDLE_HIGH)}): the step is launch-bound. "
@@ -284,7 +327,7 @@ def gpu_idle(points, ops=None) -> list[Finding]:
 
 def noisy_points(points, ops=None) -> list[Finding]:
     """Points whose step times spread by more than 10% (IQR/median): their comparisons are uncertain."""
-    df = _ok(points)
+    df = _ok_rows(points)
     if "noisy" not in df.columns:
         return []
     g = df[df["noisy"] == True].copy()  # noqa: E712  (None/NaN must not count)
@@ -292,7 +335,7 @@ def noisy_points(points, ops=None) -> list[Finding]:
         return []
     g["iqr_rel"] = g["step_ms_iqr"] / g["step_ms_median"]
     g = g.sort_values("iqr_rel", ascending=False)
-    axes = varying_config(points)
+    axes = _varying(points)
     worst = ", ".join(f"{_where(r, axes)} (IQR {_pct(r['iqr_rel'])} of the median)" for _, r in g.head(3).iterrows())
     text = (f"{len(g)} of {len(df)} points {'is' if len(g) == 1 else 'are'} noisy (IQR above {_pct(NOISY_IQR_REL)} of the median step): {worst}. "
             f"Their medians and the comparisons built on them are uncertain; rerun on an idle machine or raise measure.max_s.")
@@ -301,11 +344,13 @@ def noisy_points(points, ops=None) -> list[Finding]:
 
 def mfu(points, ops=None) -> list[Finding]:
     """Achieved TFLOP/s and MFU against the device peak, per device and precision (CPU peak is measured)."""
-    df = _ok(points)
+    df = _ok_rows(points)
     if "tflops_per_s" not in df.columns:
         return []
+    axes, out = _varying(points), []
+    df = _columns(df, ["point_id", *axes, "device", "precision", "tflops_per_s", "mfu", "peak_tflops", "peak_source",
+                       "device_name"])
     df = df[pd.to_numeric(df["tflops_per_s"], errors="coerce").notna()]
-    axes, out = varying_config(points), []
     for key, g in _groups(df, [c for c in ("device", "precision") if c in df.columns]):
         t = g["tflops_per_s"].astype(float)
         ach = _range(t.min(), t.max(), lambda v: f"{v:.3g}") + " TFLOP/s"
@@ -336,8 +381,10 @@ FINDING_RULES = (unverified_kernels, failures, gpu_idle, category_trends, hotspo
 def find(points: pd.DataFrame, ops: pd.DataFrame | None = None) -> list[Finding]:
     """All findings of a run, most important first (severity, then rule order, then magnitude within a rule)."""
     found, seen = [], set()
-    for rank, rule in enumerate(FINDING_RULES):
-        for i, f in enumerate(rule(points, ops)):
+    with shared_frames():  # the rules share the ok points, varying columns and category shares of these frames
+        results = [rule(points, ops) for rule in FINDING_RULES]
+    for rank, result in enumerate(results):
+        for i, f in enumerate(result):
             if f.text not in seen:  # two groupings can produce the same sentence
                 seen.add(f.text)
                 found.append((SEVERITIES.index(f.severity), rank, i, f))

@@ -6,6 +6,12 @@ Pure pandas, no torch.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import itertools
+
+import numpy as np
 import pandas as pd
 
 from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares
@@ -26,6 +32,7 @@ from txbench.analysis.wording import (
     _label,
     _move,
     _ok,
+    _plain,
     _pct,
     _range,
     _records,
@@ -35,14 +42,132 @@ from txbench.analysis.wording import (
 from txbench.analysis.scaling import numeric_axes, varying_config
 from txbench.analysis.types import Finding
 
-__all__ = ["category_trends", "hotspots", "top_categories"]
+__all__ = ["category_trends", "hotspots", "top_categories", "shared_frames"]
+
+# ---------------------------------------------------------------- shared by the rules of one find() call
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("txbench_findings_shared", default=None)
+
+
+@contextlib.contextmanager
+def shared_frames():
+    """Within the block, what several rules derive from the same points and ops frames is derived once.
+
+    :func:`txbench.analysis.findings.find` runs a dozen rules on one pair of
+    frames; each rule alone recomputing the ok points, the varying columns and
+    the category shares cost most of a second on a 2,000-point run. Outside
+    the block every call computes afresh, so a rule called on its own sees the
+    frames as they are then.
+    """
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _memo(fn, *frames):
+    """``fn(*frames)``, once per ``shared_frames`` block and identical arguments; callers must not mutate it."""
+    cache = _SHARED.get()
+    if cache is None:
+        return fn(*frames)
+    key = (fn, *map(id, frames))
+    hit = cache.get(key)
+    # the cache holds the arguments too, so an id cannot be reused by another frame while it lives
+    if hit is None or any(a is not b for a, b in zip(hit[0], frames)):
+        hit = cache[key] = (frames, fn(*frames))
+    return hit[1]
+
+
+def _ok_rows(points):
+    return _memo(_ok, points)
+
+
+def _varying(df) -> list[str]:
+    return list(_memo(varying_config, df))
+
+
+def _axes(df) -> list[str]:
+    return list(_memo(numeric_axes, df))
+
+
+class _Row(dict):
+    """One row as a plain dict that the wording helpers read like a pandas row (``row.index``, ``row[c]``, ``.get``).
+
+    Reading values off pandas rows (``iterrows``, ``iloc[i]``) costs tens of
+    microseconds each; a dict costs nothing. ``to_dict("records")`` gives plain
+    Python values, which the wording helpers write exactly as they write the
+    numpy scalars of a pandas row.
+    """
+
+    @property
+    def index(self):
+        return self.keys()
+
+
+def _columns(df: pd.DataFrame, cols) -> pd.DataFrame:
+    """``df`` with only those of ``cols`` it has (once each, in that order): filter and group fewer columns."""
+    return df[[c for c in dict.fromkeys(cols) if c in df.columns]]
+
+
+def _rows(df: pd.DataFrame, positions, cols) -> list[_Row]:
+    """Rows at ``positions`` of ``df`` (only ``cols``) as :class:`_Row` dicts."""
+    return [_Row(r) for r in _columns(df, cols).iloc[np.asarray(positions, dtype=np.intp)].to_dict("records")]
+
+
+def _sort_order(values: np.ndarray) -> np.ndarray:
+    """Positions that sort ``values`` as ``DataFrame.sort_values`` on one column does, ties and NaN included.
+
+    pandas sorts one column with numpy's (unstable) quicksort and puts NaN
+    last; doing the same on the same values keeps tied rows in the order the
+    rules always gave them.
+    """
+    mask = np.asarray(pd.isna(values), dtype=bool)
+    idx = np.arange(len(values))
+    return np.concatenate([idx[~mask][values[~mask].argsort(kind="quicksort")], idx[mask]])
+
+
+def _sorted_groups(df: pd.DataFrame, keys: list[str], by: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, int]], list[dict]]:
+    """``df``'s rows grouped by ``keys`` in one pass: the order, each group's span in it, and each group's key.
+
+    Groups come in the order of ``_groups`` (``groupby(keys, sort=True,
+    dropna=False)``), keys as the same plain values; within a group rows are
+    in the order ``g.sort_values`` gives by the values ``by`` (a column as
+    stored), else in their order in ``df``. ``order[a:b]`` are the row
+    positions of one group.
+    """
+    n = len(df)
+    codes = df.groupby(keys, dropna=False, sort=True).ngroup().to_numpy() if keys else np.zeros(n, dtype=np.intp)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    spans = [(int(a), int(b)) for a, b in zip(np.r_[0, bounds], np.r_[bounds, n])] if n else []
+    if by is not None:
+        for a, b in spans:
+            seg = order[a:b]
+            order[a:b] = seg[_sort_order(by[seg])]
+    cols = {k: df[k].to_numpy(dtype=object) for k in keys}
+    key_dicts = [{k: _plain(cols[k][order[a]]) for k in keys} for a, _ in spans]
+    return order, spans, key_dicts
+
+
+def _isin(col: pd.Series, values: pd.Series) -> np.ndarray:
+    """``col.isin(values)``, looked up once per distinct value of ``col`` (a point's id repeats on each of its ops)."""
+    codes, uniques = pd.factorize(col, use_na_sentinel=False)
+    wanted = set(values.dropna().tolist())
+    missing = bool(values.isna().any())  # isin matches a missing value to a missing value
+    keep = np.fromiter((missing if pd.isna(u) else u in wanted for u in uniques), dtype=bool, count=len(uniques))
+    return keep[codes]
+
 
 def _shares(points, ops) -> tuple[pd.DataFrame, list[str]]:
     """Category shares per ok point in wide form, joined to the point's config; and the category columns."""
+    return _memo(_shares_of, points, ops)
+
+
+def _shares_of(points, ops) -> tuple[pd.DataFrame, list[str]]:
     if ops is None or ops.empty:
         return pd.DataFrame(), []
-    ok = _ok(points)
-    cs = category_shares(ops[ops["point_id"].isin(ok["point_id"])])
+    ok = _ok_rows(points)
+    cs = category_shares(ops[_isin(ops["point_id"], ok["point_id"])])
     if cs.empty:
         return pd.DataFrame(), []
     wide = cs.pivot_table(index="point_id", columns="category", values="share", aggfunc="sum", fill_value=0.0)
@@ -87,13 +212,31 @@ def category_trends(points, ops=None) -> list[Finding]:
         return []
     # a category with a hotspot finding already has its range and remedy stated there
     hot = {c for c, (limit, _) in HOTSPOTS.items() if c in cats and df[f"{c}_share"].max() >= limit}
+    shares = [f"{c}_share" for c in cats]
     out = []
-    for axis in numeric_axes(df):
-        keys = [c for c in varying_config(df) if c != axis]
+    for axis in _axes(df):
+        keys = [c for c in _varying(df) if c != axis]
         cmp = [c for c in keys if c in _COMPARE]
-        for ctx, fam in _groups(df, [c for c in keys if c not in _COMPARE]):
-            series = [g.sort_values(axis) for _, g in _groups(fam, cmp) if g[axis].nunique() >= 2]
-            ends = [(g.iloc[0], g.iloc[-1]) for g in series]
+        ctx_keys = [c for c in keys if c not in _COMPARE]
+        x = pd.to_numeric(df[axis], errors="coerce").to_numpy(dtype="float64")
+        # one grouping for every family (ctx) and series (cmp) instead of a filter per group
+        order, spans, gkeys = _sorted_groups(df, ctx_keys + cmp, by=df[axis].to_numpy())
+        families: list[tuple[dict, list[np.ndarray]]] = []
+        for (a, b), key in zip(spans, gkeys):
+            ctx = {c: key[c] for c in ctx_keys}
+            if not families or families[-1][0] != ctx:
+                families.append((ctx, []))
+            pos = order[a:b]
+            xs = x[pos]
+            if len(np.unique(xs[~np.isnan(xs)])) >= 2:
+                families[-1][1].append(pos)
+        # the first and last point of every series, read in one go
+        rows = iter(_rows(df, [i for _, series in families for pos in series for i in (pos[0], pos[-1])],
+                          [*cmp, axis, *shares]))
+        for ctx, series in families:
+            if not series:
+                continue
+            ends = [(next(rows), next(rows)) for _ in series]
             for cat in (c for c in cats if c not in hot):
                 sc = f"{cat}_share"
                 grow = [(a, b) for a, b in ends if b[sc] - a[sc] >= TREND_MIN_DELTA and b[sc] >= TREND_MIN_SHARE]
@@ -101,15 +244,23 @@ def category_trends(points, ops=None) -> list[Finding]:
                     continue
                 grow.sort(key=lambda e: -e[1][sc])
                 top = max(b[sc] for _, b in grow)
-                takes_over = any(_top_category(b, cats) == cat for _, b in grow)
-                # GEMMs taking over is the healthy, compute-bound direction: worth saying, not a warning
-                sev = "warning" if cat != "gemm" and (top >= DOMINANT_SHARE or takes_over) else "info"
-                ev = _records(pd.concat(series), ["point_id", *keys, axis, sc])
-                ids = sorted({p for g in series for p in _ids(g)})
-                text = _trend_text(cat, axis, ends, grow, cmp, cats, ctx)
-                out.append((top, Finding("category_trend", sev, text, {"axis": axis, "category": cat, **ctx}, ids, "categories", ev)))
+                # the sentence and its evidence are only built for the findings that are kept
+                out.append((top, functools.partial(_trend_finding, df, cats, cat, axis, keys, cmp, ctx, series, ends, grow)))
     out.sort(key=lambda t: -t[0])
-    return [f for _, f in out[:MAX_PER_RULE]]
+    return [build() for _, build in out[:MAX_PER_RULE]]
+
+
+def _trend_finding(df, cats, cat, axis, keys, cmp, ctx, series, ends, grow) -> Finding:
+    sc = f"{cat}_share"
+    top = max(b[sc] for _, b in grow)
+    takes_over = any(_top_category(b, cats) == cat for _, b in grow)
+    # GEMMs taking over is the healthy, compute-bound direction: worth saying, not a warning
+    sev = "warning" if cat != "gemm" and (top >= DOMINANT_SHARE or takes_over) else "info"
+    rows = _columns(df, ["point_id", *keys, axis, sc]).iloc[np.concatenate(series)]
+    ev = _records(rows)
+    ids = sorted(set(_ids(rows)))
+    text = _trend_text(cat, axis, ends, grow, cmp, cats, ctx)
+    return Finding("category_trend", sev, text, {"axis": axis, "category": cat, **ctx}, ids, "categories", ev)
 
 
 def hotspots(points, ops=None) -> list[Finding]:
@@ -117,7 +268,7 @@ def hotspots(points, ops=None) -> list[Finding]:
     df, cats = _shares(points, ops)
     if df.empty:
         return []
-    axes, out = varying_config(df), []
+    axes, out = _varying(df), []
     for cat, (limit, remedy) in HOTSPOTS.items():
         sc = f"{cat}_share"
         if cat not in cats or df[sc].max() < limit:
@@ -147,10 +298,13 @@ def top_categories(points, ops=None) -> list[Finding]:
     df, cats = _shares(points, ops)
     if df.empty:
         return []
-    axes = numeric_axes(df)
-    keys = [c for c in varying_config(df) if c not in axes]
+    axes = _axes(df)
+    keys = [c for c in _varying(df) if c not in axes]
+    shares = [c + "_share" for c in cats]
+    df = _columns(df, ["point_id", *keys, *axes, *shares])
     out = []
-    for key, g in _groups(df, keys):
+    # one finding per group and only the first MAX_PER_RULE are kept: the other groups need no sentence
+    for key, g in itertools.islice(_groups(df, keys), MAX_PER_RULE):
         g = g.sort_values(axes) if axes else g
         ends = [g.iloc[0]] if len(g) == 1 else [g.iloc[0], g.iloc[-1]]
         parts = []
@@ -161,7 +315,7 @@ def top_categories(points, ops=None) -> list[Finding]:
         who = _ctx(key).strip(" ()")
         text = f"Where the step goes{' with ' + who if who else ''}: " + "; ".join(parts) + "."
         out.append(Finding("top_categories", "info", text, key, _ids(g), "categories",
-                           _records(g, ["point_id", *keys, *axes, *[c + "_share" for c in cats]])))
+                           _records(g, ["point_id", *keys, *axes, *shares])))
     return out[:MAX_PER_RULE]
 
 

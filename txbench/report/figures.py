@@ -275,8 +275,15 @@ def sweep_figure(points: pd.DataFrame, metric: str | Metric, axis: str | None, *
     errors = _error_bars(df, m, y_all)
     if errors is not None and np.isnan(errors[0][ok]).all():
         errors = None
-    fail_text = np.array([_failure_text(s, axis, x) for s, x in zip(status, x_all)], dtype=object)
-    fail_hover = np.array(_failure_hover(df), dtype=object)
+    # labels and hover texts of failed points only: the ok ones never draw them
+    failed = np.flatnonzero(status != "ok")
+    fail_text, fail_hover = np.empty(len(df), dtype=object), np.empty(len(df), dtype=object)
+    fail_text[failed] = [_failure_text(status[i], axis, x_all[i]) for i in failed]
+    fail_hover[failed] = _failure_hover(df[[c for c in ("error",) if c in df.columns]].iloc[failed])
+    # sig() is elementwise: round each column once rather than once per line and slice
+    y_sig = sig(y_all)
+    if errors is not None:
+        err_hi, err_lo = sig(np.nan_to_num(errors[0]), 3), sig(np.nan_to_num(errors[1]), 3)
     xs = np.unique(x_all[~np.isnan(x_all)]) if axis else np.array([])
     log_x = bool(axis) and len(xs) > 0 and xs.min() > 0 and xs.max() / xs.min() > LOG_SPAN
     log_y = log_x and m.log_y and ok.any() and (y_all[ok] > 0).all()
@@ -301,11 +308,11 @@ def sweep_figure(points: pd.DataFrame, metric: str | Metric, axis: str | None, *
                 bad = bad[np.argsort(x_all[bad], kind="stable")]
             fit = fit_exponent(x_all[good], y_all[good]) if axis and m.fit and len(good) >= 3 else None
             exp = fit[0] if fit else None
-            p = {"x": x_all[good], "y": sig(y_all[good]), "visible": bool(len(good)),
+            p = {"x": x_all[good], "y": y_sig[good], "visible": bool(len(good)),
                  "name": esc(f"{name} (~{ab}^{exp:.1f})" if exp is not None else name)}
             if errors is not None:
-                p["error_y.array"] = sig(np.nan_to_num(errors[0][good]), 3)
-                p["error_y.arrayminus"] = sig(np.nan_to_num(errors[1][good]), 3)
+                p["error_y.array"] = err_hi[good]
+                p["error_y.arrayminus"] = err_lo[good]
             props.append(p)
             rank = fail_rank.get(name, 0)
             yf = y_fail * 1.35**rank if log_y else y_fail + 0.07 * y_top * rank

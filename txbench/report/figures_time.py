@@ -27,9 +27,9 @@ CATEGORY_COLORS = dict(zip(CATEGORIES, (
 # bar charts put their legend at the side: below the plot it would collide with rotated point labels
 _SIDE_LEGEND = {"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top"}
 _PHASE_COLORS = {"forward": "#1f77b4", "backward": "#ff7f0e", "optimizer": "#2ca02c"}
-#: Verdict colors of run comparisons (txbench.analysis.compare verdicts, plus the report's own).
+#: One color per verdict of :func:`txbench.analysis.compare.compare_runs`.
 VERDICT_COLORS = {"regression": "#d62728", "improvement": "#2ca02c", "unchanged": "#7f7f7f", "inconclusive": "#ff7f0e",
-                  "slower": "#d62728", "faster": "#2ca02c", "within CI": "#7f7f7f"}
+                  "skipped": "#c7c7c7", "not_comparable": "#9467bd"}
 
 
 def _bar_slices(points: pd.DataFrame) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
@@ -48,9 +48,10 @@ def categories_figure(points: pd.DataFrame, shares: pd.DataFrame) -> go.Figure:
     ``shares`` is :func:`txbench.analysis.breakdown.category_shares` output with
     a ``uid`` column (``run:point_id``). Points without profiler rows are left out.
     """
-    pts = points[points["uid"].isin(set(shares["uid"]))].reset_index(drop=True) if len(shares) else points.iloc[0:0]
+    # the distinct values, not set(column): iterating an Arrow-backed column value by value cost more than the chart
+    pts = points[points["uid"].isin(shares["uid"].unique())].reset_index(drop=True) if len(shares) else points.iloc[0:0]
     slc, xlab = _bar_slices(pts)
-    present = set(shares["category"]) if len(shares) else set()
+    present = set(shares["category"].unique()) if len(shares) else set()
     cats = [c for c in CATEGORIES if c in present] + sorted(present - set(CATEGORIES))
     if len(shares):
         wide = shares.pivot_table(index="uid", columns="category", values="share", aggfunc="sum").reindex(
@@ -165,7 +166,9 @@ def _si(v: float) -> str:
 def ratio_figure(ratios: pd.DataFrame, title: str) -> go.Figure:
     """Per-point ratio (candidate/baseline) of median step time with its CI, one color per verdict.
 
-    ``ratios`` columns: ``label``, ``ratio``, ``ratio_ci_low``, ``ratio_ci_high``, ``verdict``.
+    ``ratios``: the ``step_ms`` rows of a :func:`txbench.analysis.compare.compare_runs` table (columns
+    ``label``, ``ratio``, ``ratio_ci_low``, ``ratio_ci_high``, ``verdict`` are used); rows without a
+    ratio (status changes) are left out.
     """
     traces = []
     df = ratios.dropna(subset=["ratio"]).sort_values("label")
