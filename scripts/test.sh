@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Set up (see scripts/setup.sh --test) and run the whole test suite, CPU-only tests included.
+# Set up (see scripts/setup.sh --test), lint with ruff (pyproject.toml), then run the whole test
+# suite, CPU-only tests included.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -x -k suite`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
+python3 -m ruff check .
 export TXBENCH_CACHE_DIR="${TXBENCH_CACHE_DIR:-$PWD/.pytest-cache-txbench}"
 set +e
 python3 -m pytest -q -ra "$@"
