@@ -21,6 +21,8 @@ __all__ = [
     "label_of",
     "full_label",
     "label_columns",
+    "model_names",
+    "MODEL_FIELDS",
     "short_labels",
     "missing",
     "fmt_num",
@@ -86,7 +88,9 @@ def part(col: str, value, *, eq: str = "=") -> str:
 
 def label_of(values: Mapping, *, sep: str = " ", eq: str = "=") -> str:
     """A label of config values in the order given: ``{"seq_len": 512, "attention": "naive"}`` -> ``T=512 naive``."""
-    parts = [part(c, v, eq=eq) for c, v in values.items() if not (not isinstance(v, dict) and missing(v) and c != "run")]
+    parts = [
+        part(c, v, eq=eq) for c, v in values.items() if not (not isinstance(v, dict) and missing(v) and c != "run")
+    ]
     parts = [p for p in parts if p]
     return sep.join(parts) if parts else "all points"
 
@@ -94,6 +98,25 @@ def label_of(values: Mapping, *, sep: str = " ", eq: str = "=") -> str:
 def full_label(config: Mapping) -> str:
     """The label of one point on its own (``decoder d=256 L=4 H=4 T=512 B=8 fp32 sdpa cpu``)."""
     return label_of({c: config[c] for c in FULL_LABEL_FIELDS if c in config})
+
+
+#: The fields that name a model (the reference model's arch, or the user's model, and its size).
+MODEL_FIELDS = ("arch", "hf", "factory", "factory_args", "d_model", "n_layers", "n_heads", "vocab_size")
+
+
+def model_names(frame) -> list[str]:
+    """One name per distinct model in ``frame`` (rows with config columns): ``llama kv=2 d=256 L=4 H=8 V=8192``."""
+    cols = [c for c in MODEL_FIELDS if c in frame.columns]
+    if not cols or not len(frame):
+        return []
+    names = []
+    for row in frame[cols].drop_duplicates().to_dict("records"):
+        if row.get("arch") in ("hf", "factory"):
+            row.pop("arch")  # the family or the factory names the model better than "hf"
+        name = label_of(row)
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def label_columns(frame, columns: Iterable[str] = CONFIG_COLUMNS) -> list[str]:

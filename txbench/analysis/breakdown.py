@@ -37,7 +37,8 @@ CATEGORY_LABELS = {
 
 
 def default_device(ops: pd.DataFrame) -> pd.Series:
-    """Per point_id, the device whose rows measure the step: ``cuda`` when the point has GPU kernel rows, else ``cpu``."""
+    """Per point_id, the device whose rows measure the step: ``cuda`` when the point has GPU kernel rows,
+    else ``cpu``."""
     has_cuda = ops.assign(_cuda=ops["device"].astype(str).str.startswith("cuda")).groupby("point_id")["_cuda"].any()
     return has_cuda.map({True: "cuda", False: "cpu"}).rename("device")
 

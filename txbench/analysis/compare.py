@@ -42,9 +42,9 @@ import pandas as pd
 
 from txbench.analysis.thresholds import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
 from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, UNITS, _pct, block_labels, decide, holm, sample_stats
+from txbench.errors import CompareError
 from txbench.fields import CONFIG_COLUMNS
 from txbench.labels import short_labels
-from txbench.errors import CompareError
 from txbench.store import load_points
 
 __all__ = [
@@ -90,7 +90,8 @@ def _pool(frames: list[pd.DataFrame]) -> pd.DataFrame:
         diff = [f"{k}: {ids[0][k]!r} vs {other[k]!r}" for k in ("schema_version", "device", "device_name")
                 if ids[0][k] != other[k]]
         if diff:
-            raise CompareError("runs pooled on one side differ (" + "; ".join(diff) + "); pool runs of one machine only")
+            raise CompareError("runs pooled on one side differ (" + "; ".join(diff)
+                               + "); pool runs of one machine only")
     rows: dict[str, dict] = {}
     for frame in frames:
         for rec in frame.to_dict("records"):
@@ -146,7 +147,8 @@ def _identity(df: pd.DataFrame) -> dict:
 
 def _mismatches(base: dict, cand: dict) -> tuple[list[str], list[str]]:
     """(reasons the runs are not comparable, differences worth a warning)."""
-    hard = [f"{k}: {base[k]!r} vs {cand[k]!r}" for k in ("schema_version", "device", "device_name") if base[k] != cand[k]]
+    hard = [f"{k}: {base[k]!r} vs {cand[k]!r}" for k in ("schema_version", "device", "device_name")
+            if base[k] != cand[k]]
     soft = [
         f"{k}: {base[k]!r} vs {cand[k]!r}"
         for k in ("torch_version", "torch_threads", "hostname")
@@ -284,8 +286,9 @@ def compare_runs(
     Columns: point_id, metric, label, the config columns, baseline_median,
     candidate_median, ratio, ratio_ci_low, ratio_ci_high, p_value, p_adjusted,
     threshold, verdict, note, n_baseline, n_candidate, blocks_baseline,
-    blocks_candidate, steps_needed, status_baseline, status_candidate. ``df.attrs["compare"]`` holds the two runs' identities,
-    the mismatches, warnings and the unmatched points (see :func:`unmatched_points`).
+    blocks_candidate, steps_needed, status_baseline, status_candidate.
+    ``df.attrs["compare"]`` holds the two runs' identities, the mismatches, warnings and the unmatched points
+    (see :func:`unmatched_points`).
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -342,7 +345,8 @@ def compare_runs(
     out = pd.DataFrame(rows, columns=_columns(cfg_cols))
     if hard:
         keep = out["verdict"] != "skipped"  # status changes across devices say nothing about the code either
-        out.loc[keep, "note"] = "runs differ (" + "; ".join(hard) + "); the samples say " + out.loc[keep, "verdict"] + ": " + out.loc[keep, "note"]
+        out.loc[keep, "note"] = ("runs differ (" + "; ".join(hard) + "); the samples say " + out.loc[keep, "verdict"]
+                                 + ": " + out.loc[keep, "note"])
         out.loc[keep, "verdict"] = "not_comparable"
     out.attrs["compare"] = {
         "baseline": ib, "candidate": ic, "comparable": not hard, "mismatches": hard, "warnings": soft,
@@ -373,7 +377,8 @@ def _columns(cfg_cols: list[str]) -> list[str]:
 
 
 def unmatched_points(baseline, candidate) -> pd.DataFrame:
-    """Points present in only one run: point_id, side (``baseline only`` / ``candidate only``), status, label, config."""
+    """Points present in only one run: point_id, side (``baseline only`` / ``candidate only``), status, label,
+    config."""
     b, c = _dedup(_load(baseline)), _dedup(_load(candidate))
     parts = []
     for df, other, side in ((b, c, "baseline only"), (c, b, "candidate only")):

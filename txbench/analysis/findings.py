@@ -26,7 +26,11 @@ from txbench.analysis.findings_ops import (
     shared_frames,
     top_categories,
 )
+from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
+from txbench.analysis.types import SEVERITIES, Finding
 from txbench.analysis.wording import (
+    _ABBR,
+    _COMPARE,
     BWD_FWD_HIGH,
     BWD_FWD_LOW,
     DECISIVE_SPEEDUP,
@@ -35,8 +39,6 @@ from txbench.analysis.wording import (
     MAX_PER_RULE,
     NOISY_IQR_REL,
     OPT_SHARE_HIGH,
-    _ABBR,
-    _COMPARE,
     _bytes,
     _ctx,
     _groups,
@@ -54,13 +56,11 @@ from txbench.analysis.wording import (
     _where,
     _x,
 )
-from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
-from txbench.analysis.types import SEVERITIES, Finding
 from txbench.store import load_ops, load_points, resolve_run
 
 __all__ = [
-    "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots", "phases",
-    "noisy_points", "winners", "scaling", "feasibility_frontier", "top_categories", "mfu",
+    "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots",
+    "phases", "noisy_points", "winners", "scaling", "feasibility_frontier", "top_categories", "mfu",
 ]
 
 
@@ -95,7 +95,8 @@ def failures(points, ops=None) -> list[Finding]:
         first = msgs.iloc[0].strip().splitlines()[0][:200] if len(msgs) else "no message"
         where = ", ".join(_where(r, axes) for _, r in g.head(3).iterrows())
         more = f" and {len(g) - 3} more" if len(g) > 3 else ""
-        text = f"{len(g)} of {len(points)} points ended with status {status} ({where}{more}). First message: \"{first}\"."
+        text = (f"{len(g)} of {len(points)} points ended with status {status} ({where}{more}). "
+                f"First message: \"{first}\".")
         sev = "warning" if status in ("error", "timeout") else "info"
         out.append(Finding("failures", sev, text, {"status": status}, _ids(g), "failures",
                            _records(g, ["point_id", *axes, "status", "error"])))
@@ -159,7 +160,8 @@ def scaling(points, ops=None) -> list[Finding]:
                 pos = order[a:b]
                 # the sentence and its evidence are only built for the findings that are kept
                 out.append((float(expo.iloc[pos].max()),
-                            functools.partial(_scaling_finding, fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx)))
+                            functools.partial(_scaling_finding, fits, pos, axis, ab, metric, chart, noun, fmt, cmp,
+                                              ctx)))
     out.sort(key=lambda t: -t[0])
     return [build() for _, build in out[:MAX_PER_RULE]]
 
@@ -172,7 +174,8 @@ def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx) ->
         loose = f", loose fit r²={r['r2']:.2f}" if r["r2"] < LOOSE_FIT_R2 else ""
         clauses.append(f"~{ab}^{r['exponent']:.1f}{who} ({fmt(r['y_min'])} to {fmt(r['y_max'])}{loose})")
     r0 = g.iloc[0]
-    text = f"{noun.capitalize()} scales as " + ", ".join(clauses) + f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}."
+    text = (f"{noun.capitalize()} scales as " + ", ".join(clauses)
+            + f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}.")
     ids = sorted({p for lst in g["point_ids"] for p in lst})
     return Finding("scaling", "info", text, {"axis": axis, "metric": metric, **ctx}, ids, f"{chart}:{axis}",
                    _records(g.drop(columns=["point_ids"])))
@@ -218,7 +221,8 @@ def _versus(row) -> str:
 def winners(points, ops=None) -> list[Finding]:
     """Fastest attention/precision per point with speedup and memory saving, and crossovers along each axis."""
     ok = _ok_rows(points)
-    ok = ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce").notna()] if "step_ms_median" in ok.columns else ok.iloc[0:0]
+    ok = (ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce").notna()] if "step_ms_median" in ok.columns
+          else ok.iloc[0:0])
     varying = varying_config(ok)
     cmp = [c for c in _COMPARE if c in varying]
     ctx = [c for c in varying if c not in cmp]
@@ -233,7 +237,8 @@ def winners(points, ops=None) -> list[Finding]:
             if axis is None:
                 r = fam.iloc[0]
                 text = f"{r['winner']} is the fastest{_ctx(key)}: {_versus(r)}."
-                out.append((r["margin"], functools.partial(_winner_finding, text, key, r["point_ids"], fam, ["others"])))
+                out.append((r["margin"],
+                            functools.partial(_winner_finding, text, key, r["point_ids"], fam, ["others"])))
                 continue
             fam = fam.sort_values(axis)
             decisive = fam[fam["margin"] >= DECISIVE_SPEEDUP]
@@ -242,21 +247,24 @@ def winners(points, ops=None) -> list[Finding]:
             best = decisive.loc[decisive["others"].map(lambda o: max(x["speedup"] for x in o)).idxmax()]
             ab = _ABBR.get(axis, axis)
             if decisive["winner"].nunique() > 1:
-                segs = [f"{w} wins at {ab}={', '.join(str(_int(v)) for v in d[axis])} (by up to {_x(d['margin'].max())})"
+                segs = [f"{w} wins at {ab}={', '.join(str(_int(v)) for v in d[axis])} "
+                        f"(by up to {_x(d['margin'].max())})"
                         for w, d in decisive.groupby("winner", sort=False)]
                 end = decisive.iloc[-1]  # say what wins where the axis is largest, as users scale up
                 text = (f"Crossover along {axis}{_ctx(key)}: " + "; ".join(segs) +
                         f". At {_val(axis, end[axis])} {end['winner']} is {_versus(end)}.")
                 mag = 100.0 + best["margin"]  # crossovers first
             else:
-                where = f"at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())})" if len(decisive) == len(fam) else \
-                    f"at {ab}={', '.join(str(_int(v)) for v in decisive[axis])} (ties within 5% elsewhere)"
-                text = f"{best['winner']} is fastest {where}{_ctx(key)}; at {_val(axis, best[axis])} it is {_versus(best)}."
+                where = (f"at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())})" if len(decisive) == len(fam)
+                         else f"at {ab}={', '.join(str(_int(v)) for v in decisive[axis])} (ties within 5% elsewhere)")
+                text = (f"{best['winner']} is fastest {where}{_ctx(key)}; "
+                        f"at {_val(axis, best[axis])} it is {_versus(best)}.")
                 mag = best["margin"]
             if fam["noisy"].any():
                 text += " Some of these points are noisy, so close rankings are uncertain."
             ids = sorted({p for lst in fam["point_ids"] for p in lst})
-            out.append((mag, functools.partial(_winner_finding, text, {"axis": axis, **key}, ids, fam, ["others", "point_ids"])))
+            out.append((mag, functools.partial(_winner_finding, text, {"axis": axis, **key}, ids, fam,
+                                               ["others", "point_ids"])))
     out.sort(key=lambda t: -t[0])
     # the evidence is only serialised for the findings that are kept
     return [build() for _, build in out[:MAX_PER_RULE]]
@@ -283,24 +291,29 @@ def phases(points, ops=None) -> list[Finding]:
         if g.empty:
             continue
         w = g.iloc[0]
-        span = f"{_range(g['bwd_fwd_ratio'].min(), g['bwd_fwd_ratio'].max(), lambda v: f'{v:.1f}')}x over {len(g)} of {len(ps)} points"
+        span = (f"{_range(g['bwd_fwd_ratio'].min(), g['bwd_fwd_ratio'].max(), lambda v: f'{v:.1f}')}x "
+                f"over {len(g)} of {len(ps)} points")
         if what == "high":
-            cause = ("flash attention recomputes the scores in its backward" if str(w.get("attention")).startswith("sdpa_flash")
+            cause = ("flash attention recomputes the scores in its backward"
+                     if str(w.get("attention")).startswith("sdpa_flash")
                      else "recomputation (activation checkpointing) or a backward made of many small kernels")
         else:
             cause = "a small step where fixed per-op costs (dispatch, launches) weigh the same in both passes"
         text = (f"Backward takes {w['bwd_fwd_ratio']:.1f}x the forward at {_where(w, axes)} (expected ~2x; {span}). "
-                f"Likely cause: {cause}." + (" The point is noisy, so the ratio is uncertain." if _is(w.get("noisy"), True) else ""))
+                f"Likely cause: {cause}."
+                + (" The point is noisy, so the ratio is uncertain." if _is(w.get("noisy"), True) else ""))
         out.append(Finding("phases", "info", text, _scope(w, axes), _ids(g), "phases",
                            _records(g, ["point_id", *axes, "fwd_ms", "bwd_ms", "opt_ms", "bwd_fwd_ratio"])))
     g = ps[ps["opt_share"] > OPT_SHARE_HIGH].sort_values("opt_share", ascending=False)
     if not g.empty:
         w = g.iloc[0]
         impl = w.get("optimizer_impl")
-        fix = "it is already fused, so only a larger batch helps" if impl == "fused" else "a fused optimizer (fused=True) or a larger batch helps"
+        fix = ("it is already fused, so only a larger batch helps" if impl == "fused"
+               else "a fused optimizer (fused=True) or a larger batch helps")
         params = f"{w['params'] / 1e6:.3g}M parameters" if pd.notna(w.get("params")) else "the parameters"
-        text = (f"The optimizer takes {_pct(w['opt_share'])} of the step at {_where(w, axes)} ({len(g)} of {len(ps)} points above "
-                f"{_pct(OPT_SHARE_HIGH)}): updating {params} ({w.get('optimizer')}, {impl or 'unknown'} implementation) costs "
+        text = (f"The optimizer takes {_pct(w['opt_share'])} of the step at {_where(w, axes)} "
+                f"({len(g)} of {len(ps)} points above {_pct(OPT_SHARE_HIGH)}): "
+                f"updating {params} ({w.get('optimizer')}, {impl or 'unknown'} implementation) costs "
                 f"{_ms(w['opt_ms'])} against {_ms(w['fwd_ms'] + w['bwd_ms'])} of forward+backward on "
                 f"{_int(w['batch_size'] * w['seq_len'])} tokens; {fix}.")
         out.append(Finding("phases", "warning", text, _scope(w, axes), _ids(g), "phases",
@@ -313,16 +326,19 @@ def gpu_idle(points, ops=None) -> list[Finding]:
     if "gpu_idle_share" not in points.columns:
         return []
     df = _ok_rows(points)
-    g = df[pd.to_numeric(df["gpu_idle_share"], errors="coerce") > GPU_IDLE_HIGH].sort_values("gpu_idle_share", ascending=False)
+    g = df[pd.to_numeric(df["gpu_idle_share"], errors="coerce") > GPU_IDLE_HIGH].sort_values(
+        "gpu_idle_share", ascending=False)
     if g.empty:
         return []
     w, axes = g.iloc[0], _varying(points)
-    launches = f", {w['kernel_launches_per_step']:.0f} kernel launches per step" if pd.notna(w.get("kernel_launches_per_step")) else ""
+    launches = (f", {w['kernel_launches_per_step']:.0f} kernel launches per step"
+                if pd.notna(w.get("kernel_launches_per_step")) else "")
     text = (f"The GPU is idle {_pct(w['gpu_idle_share'])} of the profiled step at {_where(w, axes)}{launches} "
             f"({len(g)} of {len(df)} points above {_pct(GPU_IDLE_HIGH)}): the step is launch-bound. "
             f"A larger batch, CUDA graphs or torch.compile keep the GPU busy.")
     return [Finding("gpu_idle", "warning", text, _scope(w, axes), _ids(g), "phases",
-                    _records(g, ["point_id", *axes, "gpu_idle_share", "gpu_idle_ms_per_step", "kernel_launches_per_step"]))]
+                    _records(g, ["point_id", *axes, "gpu_idle_share", "gpu_idle_ms_per_step",
+                                 "kernel_launches_per_step"]))]
 
 
 def noisy_points(points, ops=None) -> list[Finding]:
@@ -337,9 +353,12 @@ def noisy_points(points, ops=None) -> list[Finding]:
     g = g.sort_values("iqr_rel", ascending=False)
     axes = _varying(points)
     worst = ", ".join(f"{_where(r, axes)} (IQR {_pct(r['iqr_rel'])} of the median)" for _, r in g.head(3).iterrows())
-    text = (f"{len(g)} of {len(df)} points {'is' if len(g) == 1 else 'are'} noisy (IQR above {_pct(NOISY_IQR_REL)} of the median step): {worst}. "
-            f"Their medians and the comparisons built on them are uncertain; rerun on an idle machine or raise measure.max_s.")
-    return [Finding("noisy", "warning", text, {}, _ids(g), None, _records(g, ["point_id", *axes, "step_ms_median", "step_ms_iqr", "iqr_rel"]))]
+    text = (f"{len(g)} of {len(df)} points {'is' if len(g) == 1 else 'are'} noisy "
+            f"(IQR above {_pct(NOISY_IQR_REL)} of the median step): {worst}. "
+            f"Their medians and the comparisons built on them are uncertain; "
+            f"rerun on an idle machine or raise measure.max_s.")
+    return [Finding("noisy", "warning", text, {}, _ids(g), None,
+                    _records(g, ["point_id", *axes, "step_ms_median", "step_ms_iqr", "iqr_rel"]))]
 
 
 def mfu(points, ops=None) -> list[Finding]:
@@ -359,12 +378,14 @@ def mfu(points, ops=None) -> list[Finding]:
             w = g.loc[m.idxmax()]
             src = str(w.get("peak_source") or "unknown source")
             kind = "a measured GEMM peak on this CPU, not a datasheet figure" if "measured" in src.lower() else src
-            text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach}, MFU {_range(m.min(), m.max(), _pct)} of "
+            text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach}, "
+                    f"MFU {_range(m.min(), m.max(), _pct)} of "
                     f"{w['peak_tflops']:.3g} TFLOP/s ({kind}); best {_where(w, axes)} at {_pct(m.max())}.")
             sev = "warning" if str(key.get("device", "")).startswith("cuda") and m.max() < 0.10 else "info"
         else:
             w = g.loc[t.idxmax()]
-            text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach} (best {_where(w, axes)}); no peak is known for "
+            text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach} (best {_where(w, axes)}); "
+                    f"no peak is known for "
                     f"{w.get('device_name') or 'this device'} ({w.get('peak_source') or 'no source'}), so no MFU.")
             sev = "info"
         out.append(Finding("mfu", sev, text, key, _ids(g), "mfu",

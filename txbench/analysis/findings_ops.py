@@ -15,15 +15,17 @@ import numpy as np
 import pandas as pd
 
 from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares
+from txbench.analysis.scaling import numeric_axes, varying_config
+from txbench.analysis.types import Finding
 from txbench.analysis.wording import (
+    _ABBR,
+    _COMPARE,
+    _PLURAL,
     DOMINANT_SHARE,
     HOTSPOTS,
     MAX_PER_RULE,
     TREND_MIN_DELTA,
     TREND_MIN_SHARE,
-    _ABBR,
-    _COMPARE,
-    _PLURAL,
     _cap,
     _ctx,
     _groups,
@@ -32,15 +34,13 @@ from txbench.analysis.wording import (
     _label,
     _move,
     _ok,
-    _plain,
     _pct,
+    _plain,
     _range,
     _records,
     _scope,
     _where,
 )
-from txbench.analysis.scaling import numeric_axes, varying_config
-from txbench.analysis.types import Finding
 
 __all__ = ["category_trends", "hotspots", "top_categories", "shared_frames"]
 
@@ -126,7 +126,9 @@ def _sort_order(values: np.ndarray) -> np.ndarray:
     return np.concatenate([idx[~mask][values[~mask].argsort(kind="quicksort")], idx[mask]])
 
 
-def _sorted_groups(df: pd.DataFrame, keys: list[str], by: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[int, int]], list[dict]]:
+def _sorted_groups(
+    df: pd.DataFrame, keys: list[str], by: np.ndarray | None = None
+) -> tuple[np.ndarray, list[tuple[int, int]], list[dict]]:
     """``df``'s rows grouped by ``keys`` in one pass: the order, each group's span in it, and each group's key.
 
     Groups come in the order of ``_groups`` (``groupby(keys, sort=True,
@@ -182,10 +184,12 @@ def _top_category(row, cats) -> str:
 
 
 def _trend_text(cat, axis, ends, grow, cmp, cats, ctx) -> str:
-    """"Attention grows from 10% of the step at T=128 to 64% at T=1024 with `naive`, while it stays ... It is the largest ..."."""
+    """"Attention grows from 10% of the step at T=128 to 64% at T=1024 with `naive`, while it stays ...
+    It is the largest ..."."""
     sc, ab, plural = f"{cat}_share", _ABBR.get(axis, axis), cat in _PLURAL
     clauses = [f"from {_pct(a[sc])}{' of the step' if i == 0 else ''} at {ab}={_int(a[axis])} to {_pct(b[sc])}"
-               f" at {ab}={_int(b[axis])}" + (f" with {_label(b, cmp)}" if cmp else "") for i, (a, b) in enumerate(grow)]
+               f" at {ab}={_int(b[axis])}" + (f" with {_label(b, cmp)}" if cmp else "")
+               for i, (a, b) in enumerate(grow)]
     rest = [_move(a[sc], b[sc], plural) + f" with {_label(b, cmp)}" for a, b in ends
             if cmp and not any(b is gb for _, gb in grow)]
     text = f"{_cap(CATEGORY_LABELS.get(cat, cat))} {'grow' if plural else 'grows'} " + "; ".join(clauses) + _ctx(ctx)
@@ -201,7 +205,8 @@ def _trend_text(cat, axis, ends, grow, cmp, cats, ctx) -> str:
         text += " with " + ", ".join(_label(b, cmp) for b in lead)
         other = [(b, _top_category(b, cats)) for _, b in ends if _top_category(b, cats) != cat]
         if other:
-            text += ", not with " + ", ".join(f"{_label(b, cmp)} ({CATEGORY_LABELS.get(c, c)} {_pct(b[c + '_share'])})" for b, c in other)
+            text += ", not with " + ", ".join(f"{_label(b, cmp)} ({CATEGORY_LABELS.get(c, c)} {_pct(b[c + '_share'])})"
+                                              for b, c in other)
     return text + "."
 
 
@@ -245,7 +250,8 @@ def category_trends(points, ops=None) -> list[Finding]:
                 grow.sort(key=lambda e: -e[1][sc])
                 top = max(b[sc] for _, b in grow)
                 # the sentence and its evidence are only built for the findings that are kept
-                out.append((top, functools.partial(_trend_finding, df, cats, cat, axis, keys, cmp, ctx, series, ends, grow)))
+                out.append((top, functools.partial(_trend_finding, df, cats, cat, axis, keys, cmp, ctx, series, ends,
+                                                   grow)))
     out.sort(key=lambda t: -t[0])
     return [build() for _, build in out[:MAX_PER_RULE]]
 
@@ -280,14 +286,16 @@ def hotspots(points, ops=None) -> list[Finding]:
         if cat == "lm_head_loss" and pd.notna(w.get("vocab_size")) and pd.notna(w.get("d_model")):
             # LM head GEMM: 2*V*d FLOPs per token vs ~24*d^2 per block (QKV, out-proj, 4x MLP): ratio V / (12 d)
             blocks = w["vocab_size"] / (12.0 * w["d_model"])
-            why = (f" With vocab {_int(w['vocab_size'])} at d_model={_int(w['d_model'])} the LM head's matmul alone costs as many "
+            why = (f" With vocab {_int(w['vocab_size'])} at d_model={_int(w['d_model'])} "
+                   f"the LM head's matmul alone costs as many "
                    f"FLOPs as {blocks:.1f} of the {_int(w['n_layers'])} transformer blocks.")
         rng = f"{_range(df[sc].min(), df[sc].max(), _pct)} across the run, " if len(df) > 1 else ""
         verb = "take" if cat in _PLURAL else "takes"
         text = (f"{_cap(name)} {verb} {_pct(w[sc])} of the step at {_where(w, axes)}"
                 f" ({rng}{len(g)} of {len(df)} points above {_pct(limit)}).{why} {_cap(remedy)}.")
         sev = "warning" if w[sc] >= 2 * limit else "info"
-        out.append((float(w[sc]), Finding("hotspot", sev, text, {"category": cat, **_scope(w, axes)}, _ids(g), "categories",
+        out.append((float(w[sc]), Finding("hotspot", sev, text, {"category": cat, **_scope(w, axes)}, _ids(g),
+                                           "categories",
                                            _records(g, ["point_id", *axes, "d_model", "vocab_size", sc]))))
     out.sort(key=lambda t: -t[0])
     return [f for _, f in out[:MAX_PER_RULE]]

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from txbench.fields import CONFIG_COLUMNS
 from txbench.errors import CompareError
+from txbench.fields import CONFIG_COLUMNS
 
 __all__ = [
     "TIMED_METRICS",

@@ -235,7 +235,8 @@ def decide(s: dict, *, threshold: float = 0.05, alpha: float = 0.05, higher_is_b
     adjusted = "" if p == s["p_value"] else " (adjusted)"
     significant = p < alpha
     if bad > 1 + threshold and significant:
-        return {"verdict": "regression", "steps_needed": None, "note": f"{change} > {_pct(threshold)}, p={p:.2g}{adjusted}"}
+        return {"verdict": "regression", "steps_needed": None,
+                "note": f"{change} > {_pct(threshold)}, p={p:.2g}{adjusted}"}
     if bad < 1 / (1 + threshold) and significant:
         return {"verdict": "improvement", "steps_needed": None,
                 "note": f"{change} beyond {_pct(threshold)}, p={p:.2g}{adjusted}"}

@@ -13,7 +13,6 @@ import pandas as pd
 from txbench.fields import FIELDS
 from txbench.labels import fmt_bytes, fmt_ms, fmt_pct, fmt_x, part
 
-
 NOISY_IQR_REL = 0.10  # mirrors the measurement's noisy flag: IQR / median above this
 BWD_FWD_LOW, BWD_FWD_HIGH = 1.5, 3.0  # a training backward usually costs ~2x its forward
 OPT_SHARE_HIGH = 0.20  # optimizer share of the step that deserves a remedy
@@ -32,7 +31,8 @@ HOTSPOTS = {
     "elementwise": (0.15, "many small memory-bound ops; torch.compile fuses them"),
     "embedding": (0.10, "the embedding backward is a scatter-add over the vocabulary; a smaller vocabulary helps"),
     "memcpy": (0.10, "copies and dtype casts; check for .to()/.contiguous() in the step and mixed-precision casts"),
-    "other": (0.30, "time outside any recognised op, mostly Python and dispatch overhead: the model is small for the device"),
+    "other": (0.30, "time outside any recognised op, mostly Python and dispatch overhead: "
+                    "the model is small for the device"),
 }
 _COMPARE = ("attention", "precision")
 _PLURAL = {"gemm", "activation", "elementwise", "memcpy"}  # category labels that take a plural verb

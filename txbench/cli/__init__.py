@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from txbench.cli.app import app
+
 # each import registers its command on the app, in the order `txbench --help` lists them
+# isort: off
 from txbench.cli import run, validate, list_, env, show, analyze, report, compare, export  # noqa: F401
+# isort: on
 
 __all__ = ["app", "main"]
 

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.markup import escape
+from rich.table import Table
 
 from txbench.cli.app import app, console, handle_errors, print_all
+from txbench.labels import model_names
 
 _STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -51,8 +52,12 @@ def analyze(
     n_ok = int((points["status"] == "ok").sum()) if "status" in points.columns else len(points)
     console.print(
         f"[bold]{escape(str(meta.get('suite', '')))} {escape(str(meta.get('run_id', '')))}[/]  "
-        f"{len(points)} points ({n_ok} ok){'' if ops is not None else ', no profiler data (category findings need ops.parquet)'}"
+        f"{len(points)} points ({n_ok} ok)"
+        f"{'' if ops is not None else ', no profiler data (category findings need ops.parquet)'}"
     )
+    models = model_names(points)
+    if models:
+        console.print(f"model{'s' if len(models) > 1 else ''}: {escape('; '.join(models))}")
     if not findings:
         console.print(f"no findings at severity {severity.value} or above")
         return

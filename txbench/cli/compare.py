@@ -53,22 +53,57 @@ def compare(
     ] = None,
     and_baseline: Annotated[
         Optional[list[Path]],
-        typer.Option("--and-baseline", help="Another run of the baseline, pooled with BASELINE (repeatable; for A/B/A/B rounds)."),
+        typer.Option("--and-baseline", help="Another run of the baseline, pooled with BASELINE "
+                     "(repeatable; for A/B/A/B rounds)."),
     ] = None,
     and_candidate: Annotated[
         Optional[list[Path]],
         typer.Option("--and-candidate", help="Another run of the candidate, pooled with CANDIDATE (repeatable)."),
     ] = None,
-    rules: Annotated[Optional[Path], typer.Option("--rules", help="YAML file of per-metric and per-point thresholds (see docs/ci.md).")] = None,
-    alpha: Annotated[float, typer.Option(help="Significance level of the gate: the chance that an unchanged commit fails it (Holm-adjusted over all timed rows).", min=1e-6, max=0.5)] = 0.05,
-    block_s: Annotated[float, typer.Option("--block-s", help="Seconds of consecutive steps per unit of the test: step times drift, so blocks of steps, not steps, are the samples (0 = every step).", min=0.0)] = 1.5,
-    units: Annotated[Units, typer.Option(help="What one sample of the test is: rounds (one median per pooled run; Welch's t), blocks of --block-s seconds, or auto (rounds when both sides pool 2+ runs).")] = Units.auto,
-    correction: Annotated[Correction, typer.Option(help="Multiple-testing correction over the timed rows: holm keeps the gate's false-alarm rate at alpha; none judges each row alone.")] = Correction.holm,
-    fmt: Annotated[Format, typer.Option("--format", "-f", help="table (terminal), markdown (PR comments, $GITHUB_STEP_SUMMARY) or json.")] = Format.table,
-    show_all: Annotated[bool, typer.Option("--all", help="Show every comparison, not only changed and inconclusive ones.")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of stdout.")] = None,
-    allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help="Compare runs from different devices or schemas anyway (marked not comparable; never fails).")] = False,
-    fail_on_inconclusive: Annotated[bool, typer.Option("--fail-on-inconclusive", help="Exit 1 also when a comparison is inconclusive (too noisy to decide).")] = False,
+    rules: Annotated[
+        Optional[Path],
+        typer.Option("--rules", help="YAML file of per-metric and per-point thresholds (see docs/ci.md)."),
+    ] = None,
+    alpha: Annotated[
+        float,
+        typer.Option(help="Significance level of the gate: the chance that an unchanged commit fails it "
+                     "(Holm-adjusted over all timed rows).", min=1e-6, max=0.5),
+    ] = 0.05,
+    block_s: Annotated[
+        float,
+        typer.Option("--block-s", help="Seconds of consecutive steps per unit of the test: step times drift, "
+                     "so blocks of steps, not steps, are the samples (0 = every step).", min=0.0),
+    ] = 1.5,
+    units: Annotated[
+        Units,
+        typer.Option(help="What one sample of the test is: rounds (one median per pooled run; Welch's t), "
+                     "blocks of --block-s seconds, or auto (rounds when both sides pool 2+ runs)."),
+    ] = Units.auto,
+    correction: Annotated[
+        Correction,
+        typer.Option(help="Multiple-testing correction over the timed rows: holm keeps the gate's false-alarm rate "
+                     "at alpha; none judges each row alone."),
+    ] = Correction.holm,
+    fmt: Annotated[
+        Format,
+        typer.Option("--format", "-f", help="table (terminal), markdown (PR comments, $GITHUB_STEP_SUMMARY) or json."),
+    ] = Format.table,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Show every comparison, not only changed and inconclusive ones.")
+    ] = False,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write the report to this file instead of stdout.")
+    ] = None,
+    allow_mismatch: Annotated[
+        bool,
+        typer.Option("--allow-mismatch", help="Compare runs from different devices or schemas anyway "
+                     "(marked not comparable; never fails)."),
+    ] = False,
+    fail_on_inconclusive: Annotated[
+        bool,
+        typer.Option("--fail-on-inconclusive", help="Exit 1 also when a comparison is inconclusive "
+                     "(too noisy to decide)."),
+    ] = False,
 ):
     """Compare two runs point by point and fail on a statistically significant regression.
 
@@ -84,7 +119,8 @@ def compare(
 
     base_rules = load_rules(rules) if rules else None
     resolved = rules_from_options(threshold, base_rules)
-    df = compare_runs([baseline, *(and_baseline or [])], [candidate, *(and_candidate or [])], metrics=tuple(metric or ("step_ms", "peak_mem_bytes")), rules=resolved,
+    df = compare_runs([baseline, *(and_baseline or [])], [candidate, *(and_candidate or [])],
+                      metrics=tuple(metric or ("step_ms", "peak_mem_bytes")), rules=resolved,
                       allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value,
                       units=units.value)
     if fmt == Format.table:

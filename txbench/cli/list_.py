@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+
 from txbench.cli.app import app, handle_errors, print_all, term_width
 from txbench.report.terminal import Column, fit_table
 
@@ -26,9 +27,8 @@ def list_(
     """
     import torch
 
-    from txbench.config import ATTENTIONS, PRECISIONS
+    from txbench.config import ATTENTIONS, PRECISIONS, ModelConfig, Point
     from txbench.measure.point import unsupported_reason
-    from txbench.config import ModelConfig, Point
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
@@ -38,7 +38,8 @@ def list_(
                 p = Point(device=dev, precision=prec, attention=att, seq_len=64, batch_size=1,
                           model=ModelConfig(d_model=head_dim * 2, n_heads=2, causal=causal))
                 reason = unsupported_reason(p)
-                rows.append({"device": dev, "precision": prec, "attention": att, "available": reason is None, "reason": reason})
+                rows.append({"device": dev, "precision": prec, "attention": att, "available": reason is None,
+                             "reason": reason})
     if as_json:
         print(json.dumps(rows, indent=1))
         return

@@ -14,12 +14,20 @@ from txbench.errors import StoreError
 @app.command()
 @handle_errors
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (results/<suite>/<run_id>); the first is the baseline.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories (results/<suite>/<run_id>); the first is the baseline."),
+    ],
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", "-o", help="HTML file to write. Default: report.html in the run directory (required for several runs)."),
+        typer.Option("--out", "-o", help="HTML file to write. Default: report.html in the run directory "
+                     "(required for several runs)."),
     ] = None,
-    cdn: Annotated[bool, typer.Option("--cdn", help="Load plotly.js from its CDN: a ~5 MB smaller file that needs a network to draw charts.")] = False,
+    cdn: Annotated[
+        bool,
+        typer.Option("--cdn", help="Load plotly.js from its CDN: a ~5 MB smaller file that needs a network to draw "
+                     "charts."),
+    ] = False,
 ):
     """Render the HTML report of stored runs: findings, scaling charts, where the time goes, top ops, failures.
 

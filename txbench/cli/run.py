@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors, print_all, term_width
 from txbench.labels import fmt_bytes, fmt_ms, fmt_num
@@ -16,7 +24,8 @@ from txbench.report.terminal import points_table
 
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", help="Override a suite field, e.g. [cyan]--set measure.max_s=5 --set sweep.seq_len=[128,256][/]."),
+    typer.Option("--set", help="Override a suite field, e.g. "
+                 "[cyan]--set measure.max_s=5 --set sweep.seq_len=[128,256][/]."),
 ]
 
 
@@ -77,12 +86,22 @@ def run(
         Optional[str],
         typer.Option("--resume", help="Continue a run: a run directory, or 'latest' for this suite's newest run."),
     ] = None,
-    profile: Annotated[bool, typer.Option("--profile/--no-profile", help="Run the torch.profiler pass after timing.")] = True,
+    profile: Annotated[
+        bool, typer.Option("--profile/--no-profile", help="Run the torch.profiler pass after timing.")
+    ] = True,
     trace: Annotated[bool, typer.Option("--trace", help="Keep a Chrome/Perfetto trace per point (large).")] = False,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html into the run directory.")] = True,
-    isolate: Annotated[bool, typer.Option("--isolate", help="A fresh worker process per point (slower: torch import each time).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress; only the run directory at the end.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary object on stdout, nothing else.")] = False,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write report.html into the run directory.")
+    ] = True,
+    isolate: Annotated[
+        bool, typer.Option("--isolate", help="A fresh worker process per point (slower: torch import each time).")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress; only the run directory at the end.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary object on stdout, nothing else.")
+    ] = False,
 ):
     """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
 
@@ -101,7 +120,8 @@ def run(
     interrupted = False
     try:
         result = run_suite(
-            s, resolved, results_dir=results_dir, resume=resume_arg, profile=profile, trace=trace, isolate=isolate, callbacks=cb
+            s, resolved, results_dir=results_dir, resume=resume_arg, profile=profile, trace=trace, isolate=isolate,
+            callbacks=cb,
         )
     except SweepInterrupted as e:
         result, interrupted = e.result, True
@@ -133,7 +153,8 @@ def run(
             console.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()))
             if report_path:
                 console.print(f"[bold]report[/]   {report_path}")
-            console.print(f"re-render: [cyan]txbench report {result.run_dir}[/]   findings: [cyan]txbench analyze {result.run_dir}[/]")
+            console.print(f"re-render: [cyan]txbench report {result.run_dir}[/]   "
+                          f"findings: [cyan]txbench analyze {result.run_dir}[/]")
     if interrupted:
         err_console.print(f"interrupted; resume with: txbench run {suite} --resume {result.run_dir}")
         raise typer.Exit(EXIT_INTERRUPTED)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from txbench.cli.app import app, handle_errors, print_all, term_width
 from txbench.report.terminal import points_table

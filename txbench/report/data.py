@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from txbench.analysis.scaling import numeric_axes
+from txbench.errors import StoreError
 from txbench.fields import CONFIG_COLUMNS, FIELDS, NUMERIC_AXES
 from txbench.labels import label_of
-from txbench.errors import StoreError
 from txbench.store import load_ops, load_points, read_meta, resolve_run
 
 __all__ = [
@@ -75,7 +73,8 @@ class RunData:
     @property
     def date(self) -> str:
         """When the run started, from its first point or its run id, as ``YYYY-MM-DD HH:MM UTC``."""
-        started = self.points["started_at"].dropna() if "started_at" in self.points.columns else pd.Series([], dtype=object)
+        started = (self.points["started_at"].dropna() if "started_at" in self.points.columns
+                   else pd.Series([], dtype=object))
         for text in [*sorted(map(str, started))[:1], self.run_id.split("-")[0]]:
             for fmt in ("%Y%m%dT%H%M%SZ", None):
                 try:

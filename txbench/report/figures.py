@@ -23,8 +23,8 @@ from plotly.colors import qualitative
 from txbench.analysis.scaling import fit_exponent, numeric_axes
 from txbench.report.data import AXIS_ABBR, AXIS_TITLES, label_of, line_columns, point_labels
 
-__all__ = ["METRICS", "Metric", "color_map", "esc", "sig", "group_labels", "layout", "to_figure", "no_data", "slices", "line_keys", "nest",
-           "slice_menu", "sweep_figure"]
+__all__ = ["METRICS", "Metric", "color_map", "esc", "sig", "group_labels", "layout", "to_figure", "no_data", "slices",
+           "line_keys", "nest", "slice_menu", "sweep_figure"]
 
 LOG_SPAN = 4.0  # an axis spanning more than this factor is drawn on a log scale
 MAX_MESSAGE_CHARS = 160  # failure messages are cut in hover labels; the failures table has them whole
@@ -46,12 +46,15 @@ class Metric:
 
 
 METRICS = {
-    "step": Metric("step_ms_median", "Step time", "step time (ms): median, 95% CI", "ms", ci="step", log_y=True, fit=True),
-    "tokens": Metric("tokens_per_s", "Throughput", "training throughput (tokens/s)", "tokens/s", ci="inverse", fmt=".4s"),
+    "step": Metric("step_ms_median", "Step time", "step time (ms): median, 95% CI", "ms", ci="step", log_y=True,
+                   fit=True),
+    "tokens": Metric("tokens_per_s", "Throughput", "training throughput (tokens/s)", "tokens/s", ci="inverse",
+                     fmt=".4s"),
     # no error bars on TFLOP/s and MFU: they are the step time's CI again, rescaled, and cost file size on big sweeps
     "tflops": Metric("tflops_per_s", "Achieved compute", "achieved TFLOP/s (analytic FLOPs / median step)", "TFLOP/s"),
     "mfu": Metric("mfu", "Model FLOPs utilization", "MFU (% of the device's peak)", "% MFU", scale=100.0, fmt=".3g"),
-    "memory": Metric("peak_mem_bytes", "Peak memory", "peak memory (MiB)", "MiB", scale=1.0 / 2**20, log_y=True, fit=True),
+    "memory": Metric("peak_mem_bytes", "Peak memory", "peak memory (MiB)", "MiB", scale=1.0 / 2**20, log_y=True,
+                     fit=True),
 }
 _PALETTE = qualitative.Plotly + qualitative.D3 + qualitative.Dark24
 _STATUS_WORD = {"oom": "OOM", "unsupported": "unsupported", "error": "error", "timeout": "timeout"}
@@ -253,7 +256,9 @@ def _line_styles(df: pd.DataFrame, keys: np.ndarray, colors: dict | None) -> tup
     return col, dash
 
 
-def sweep_figure(points: pd.DataFrame, metric: str | Metric, axis: str | None, *, colors: dict | None = None) -> go.Figure:
+def sweep_figure(
+    points: pd.DataFrame, metric: str | Metric, axis: str | None, *, colors: dict | None = None
+) -> go.Figure:
     """``metric`` (a key of :data:`METRICS`) along numeric ``axis``, one line per implementation/precision (and run).
 
     ``axis`` None draws bars per point (runs that sweep no numeric axis). Step

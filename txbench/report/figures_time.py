@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from txbench.analysis.breakdown import CATEGORIES, CATEGORY_LABELS
 from txbench.analysis.scaling import numeric_axes
 from txbench.report.data import AXIS_ABBR, AXIS_TITLES, line_columns, point_labels
-from txbench.report.figures import esc, group_labels, layout, sig, no_data, slice_menu, slices, to_figure
+from txbench.report.figures import esc, group_labels, layout, no_data, sig, slice_menu, slices, to_figure
 
 __all__ = ["MAX_BARS", "CATEGORY_COLORS", "VERDICT_COLORS", "categories_figure", "phases_figure", "heatmap_figure",
            "ratio_figure"]
@@ -22,7 +22,8 @@ __all__ = ["MAX_BARS", "CATEGORY_COLORS", "VERDICT_COLORS", "categories_figure",
 MAX_BARS = 48  # more points than this in one bar chart: split it by implementation/precision
 #: One color per op category (same order as txbench.analysis.breakdown.CATEGORIES).
 CATEGORY_COLORS = dict(zip(CATEGORIES, (
-    "#d62728", "#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f", "#c7c7c7",
+    "#d62728", "#1f77b4", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#7f7f7f",
+    "#c7c7c7",
 )))
 # bar charts put their legend at the side: below the plot it would collide with rotated point labels
 _SIDE_LEGEND = {"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top"}
@@ -69,13 +70,15 @@ def categories_figure(points: pd.DataFrame, shares: pd.DataFrame) -> go.Figure:
     for j, cat in enumerate(cats):
         name = CATEGORY_LABELS.get(cat, cat)
         traces.append({
-            "type": "bar", "name": esc(name), "legendgroup": cat, "marker": {"color": CATEGORY_COLORS.get(cat, "#aaaaaa")},
+            "type": "bar", "name": esc(name), "legendgroup": cat,
+            "marker": {"color": CATEGORY_COLORS.get(cat, "#aaaaaa")},
             "textposition": "inside", "texttemplate": "%{y:.0f}%",
             "hovertemplate": f"<b>%{{x}}</b><br>{esc(name)}: %{{y:.1f}}% (%{{customdata:.3g}} ms/step)<extra></extra>",
             **per_slice[0][j],
         })
     dev = ", ".join(sorted(set(shares["device"].astype(str)))) if len(shares) else ""
-    lay = layout(f"Where the time goes: op categories per point ({dev} time, profiler pass)" if dev else "Where the time goes",
+    lay = layout(f"Where the time goes: op categories per point ({dev} time, profiler pass)" if dev
+                 else "Where the time goes",
                  "point", "share of the profiled step (%)", height=480, barmode="stack",
                  uniformtext={"minsize": 9, "mode": "hide"}, legend=_SIDE_LEGEND)
     lay["yaxis"]["range"] = [0, 100]
@@ -103,7 +106,8 @@ def phases_figure(points: pd.DataFrame, split: pd.DataFrame) -> go.Figure:
                           for _, s in phases])
     traces = [{"type": "bar", "name": phase, "legendgroup": phase, "marker": {"color": _PHASE_COLORS[phase]},
                "textposition": "inside", "texttemplate": "%{customdata:.0f}%",
-               "hovertemplate": f"<b>%{{x}}</b><br>{phase}: %{{y:.4g}} ms (%{{customdata:.1f}}% of the step)<extra></extra>",
+               "hovertemplate": f"<b>%{{x}}</b><br>{phase}: %{{y:.4g}} ms "
+                                "(%{customdata:.1f}% of the step)<extra></extra>",
                **per_slice[0][j]} for j, (phase, _) in enumerate(phases)]
     lay = layout("Forward / backward / optimizer: median time per phase", "point", "time per step (ms), stacked",
                  height=460, barmode="stack", uniformtext={"minsize": 9, "mode": "hide"}, legend=_SIDE_LEGEND)
@@ -125,7 +129,8 @@ def heatmap_figure(points: pd.DataFrame, x_axis: str, y_axis: str, metric: str =
     yi = {v: i for i, v in enumerate(ys)}
     rest = line_columns(df) + [a for a in numeric_axes(df) if a not in (x_axis, y_axis)]
     status = df["status"].astype(str).to_numpy(dtype=object)
-    vals = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype="float64") if metric in df.columns else np.full(len(df), np.nan)
+    vals = (pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype="float64") if metric in df.columns
+            else np.full(len(df), np.nan))
     vals = np.where(status == "ok", vals, np.nan)
     xv, yv = pd.to_numeric(df[x_axis]).to_numpy(), pd.to_numeric(df[y_axis]).to_numpy()
     zmin, zmax = (float(np.nanmin(vals)), float(np.nanmax(vals))) if (~np.isnan(vals)).any() else (0.0, 1.0)
@@ -147,7 +152,8 @@ def heatmap_figure(points: pd.DataFrame, x_axis: str, y_axis: str, metric: str =
     trace = {"type": "heatmap", "x": [f"{v:g}" for v in xs], "y": [f"{v:g}" for v in ys], "texttemplate": "%{text}",
              "colorscale": "Viridis", "zmin": zmin, "zmax": zmax, "colorbar": {"title": {"text": esc(unit)}},
              "hoverongaps": False, **per_slice[0][0],
-             "hovertemplate": f"{esc(AXIS_ABBR.get(x_axis, x_axis))}=%{{x}} {esc(AXIS_ABBR.get(y_axis, y_axis))}=%{{y}}<br>"
+             "hovertemplate": f"{esc(AXIS_ABBR.get(x_axis, x_axis))}=%{{x}} "
+                              f"{esc(AXIS_ABBR.get(y_axis, y_axis))}=%{{y}}<br>"
                               f"%{{z:.4s}} {esc(unit)}<extra></extra>"}
     title = (f"{'Throughput (tokens/s)' if metric == 'tokens_per_s' else metric} over "
              f"{AXIS_TITLES.get(x_axis, x_axis).split(' (')[0]} x {AXIS_TITLES.get(y_axis, y_axis).split(' (')[0]}")

@@ -28,8 +28,17 @@ from txbench.report.compare_text import method_note
 from txbench.report.data import AXIS_TITLES, RunData, combined_points, line_columns, load_report_runs, point_labels
 from txbench.report.figures import sweep_figure
 from txbench.report.figures_time import categories_figure, heatmap_figure, phases_figure, ratio_figure
-from txbench.report.sections import (e, failures_html, findings_html, fmt_bytes, fmt_ms, header_html, points_data,
-                                     points_html, table)
+from txbench.report.sections import (
+    e,
+    failures_html,
+    findings_html,
+    fmt_bytes,
+    fmt_ms,
+    header_html,
+    points_data,
+    points_html,
+    table,
+)
 from txbench.report.template import page
 from txbench.report.topops import ops_data, top_ops_section, trace_href
 
@@ -57,7 +66,8 @@ class _Figures:
 
     def json(self) -> str:
         """Every figure as ``[{"id", "fig"}]`` JSON (plotly's encoder: numpy arrays, NaN as null)."""
-        body = ",".join(f'{{"id":"{fid}","fig":{pio.to_json(_fig_dict(fig), validate=False)}}}' for fid, fig in self.items)
+        body = ",".join(f'{{"id":"{fid}","fig":{pio.to_json(_fig_dict(fig), validate=False)}}}'
+                        for fid, fig in self.items)
         return f"[{body}]"
 
 
@@ -77,7 +87,8 @@ def _fig_dict(fig):
 
 
 try:  # plotly's own conversion of one array, so the output stays byte for byte what to_dict gives
-    from _plotly_utils.utils import is_homogeneous_array as _is_array, is_skipped_key as _skipped
+    from _plotly_utils.utils import is_homogeneous_array as _is_array
+    from _plotly_utils.utils import is_skipped_key as _skipped
     from _plotly_utils.utils import to_typed_array_spec as _TYPED
 except ImportError:  # pragma: no cover - other plotly layouts
     _TYPED = None
@@ -114,7 +125,8 @@ def _typed_array(v: np.ndarray):
 
 
 def _typed(obj):
-    """A copy of ``obj`` with plotly's ``convert_to_base64`` applied: dict values that are arrays become typed arrays."""
+    """A copy of ``obj`` with plotly's ``convert_to_base64`` applied: dict values that are arrays become typed
+    arrays."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -143,7 +155,8 @@ def _sweep_section(points: pd.DataFrame, figs: _Figures) -> str:
     who = ", ".join("run" if c == "run" else c for c in lines) or "configuration"
     parts = [f'<p class="note">One line per {e(who)}. Error bars: 95% CI of the median step (rates inherit it). '
              "Both axes are logarithmic when the swept axis spans more than 4x, so a power law is a straight line; "
-             "the legend's <code>~T^1.9</code> is its fitted exponent (doubling T multiplies the metric by 2^1.9 = 3.7). "
+             "the legend's <code>~T^1.9</code> is its fitted exponent "
+             "(doubling T multiplies the metric by 2^1.9 = 3.7). "
              "An <b>x</b> marks a failed point at the value where it failed. Other swept axes are chosen in the "
              "dropdown at the top right of a chart.</p>"]
     for axis in axes or [None]:
@@ -174,10 +187,12 @@ def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> 
     shares, splits = [], []
     for run in runs:
         if run.ops is not None and not run.ops.empty:
-            shares.append(category_shares(run.ops).assign(uid=lambda d, lab=run.label: lab + ":" + d["point_id"].astype(str)))
+            shares.append(category_shares(run.ops).assign(
+                uid=lambda d, lab=run.label: lab + ":" + d["point_id"].astype(str)))
         sp = phase_split(_stored(run.points))
         splits.append(sp.assign(uid=run.label + ":" + sp["point_id"].astype(str)))
-    sh = pd.concat(shares, ignore_index=True) if shares else pd.DataFrame(columns=["uid", "device", "category", "self_ms", "share"])
+    sh = (pd.concat(shares, ignore_index=True) if shares
+          else pd.DataFrame(columns=["uid", "device", "category", "self_ms", "share"]))
     sp = pd.concat(splits, ignore_index=True)
     parts = ['<p class="note">Category shares come from the profiler pass (self time of each op, grouped by category; '
              "the shares of a point add up to 100% of its profiled step). The phase split comes from the timed "
@@ -233,7 +248,8 @@ def _pair_section(base: RunData, cand: RunData, figs: _Figures) -> str:
     if meta["mismatches"]:
         parts.append(f'<p class="note"><b>Not comparable</b>: the runs differ in {e("; ".join(meta["mismatches"]))}. '
                      "Timings from different devices or result schemas say nothing about the code: every row with "
-                     "something to compare is marked not_comparable, its note saying what the samples alone would say.</p>")
+                     "something to compare is marked not_comparable, "
+                     "its note saying what the samples alone would say.</p>")
     notes = [f"runs differ in {w}" for w in meta["warnings"]] + list(meta.get("advice", []))
     parts += [f'<p class="note">Note: {e(n)}.</p>' for n in notes]
     parts.append(f'<p class="note">Ratio: {e(cand.label)} / {e(base.label)} per point and metric; {e(counts)}. '
@@ -250,7 +266,8 @@ def _pair_section(base: RunData, cand: RunData, figs: _Figures) -> str:
                         "status", "note"], rows, numeric={3, 4, 5, 6, 7, 8}))
     sides = [u["side"] for u in meta["unmatched"]]
     if sides:
-        parts.append(f'<p class="note">Not matched: {sides.count("baseline only")} point(s) only in run {e(base.label)}, '
+        parts.append(f'<p class="note">Not matched: {sides.count("baseline only")} point(s) '
+                     f'only in run {e(base.label)}, '
                      f'{sides.count("candidate only")} only in run {e(cand.label)}.</p>')
     return "".join(parts)
 

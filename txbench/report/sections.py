@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 
 import numpy as np
 import pandas as pd
 
-from txbench.labels import fmt_bytes, fmt_ms, fmt_num, missing
+from txbench.labels import fmt_bytes, fmt_ms, fmt_num, missing, model_names
 from txbench.report.data import RunData
 
 __all__ = ["e", "fmt_num", "fmt_ms", "fmt_bytes", "table", "header_html", "findings_html", "failures_html",
@@ -34,7 +33,8 @@ def table(headers: list[str], rows: list[list], *, numeric: set[int] = frozenset
           raw: set[int] = frozenset(), msg: set[int] = frozenset()) -> str:
     """A sortable table. A cell is text or ``(text, sort_value)``; columns in ``raw`` hold ready HTML,
     columns in ``msg`` long messages (wrapped, monospace)."""
-    head = "".join(f'<th class="num">{e(h)}</th>' if i in numeric else f"<th>{e(h)}</th>" for i, h in enumerate(headers))
+    head = "".join(f'<th class="num">{e(h)}</th>' if i in numeric else f"<th>{e(h)}</th>"
+                   for i, h in enumerate(headers))
     body = []
     for row in rows:
         cells = []
@@ -94,6 +94,9 @@ def header_html(runs: list[RunData]) -> str:
     else:
         h1 = f"<h1>txbench report: {e(runs[0].name)}</h1>"
         lead = f'<p class="lead">{e(runs[0].description)}</p>' if runs[0].description else ""
+    models = list(dict.fromkeys(m for r in runs for m in model_names(r.points)))
+    if models:
+        lead += f'<p class="lead">Model{"s" if len(models) > 1 else ""}: {e("; ".join(models))}</p>'
     cards = "".join(_run_card(r, several) for r in runs)
     return f'<header>{h1}{lead}<div class="runs">{cards}</div></header>'
 
@@ -138,13 +141,15 @@ def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
         for _, r in noisy.iterrows():
             rel = (r["step_ms_iqr"] / r["step_ms_median"]) if r.get("step_ms_median") else float("nan")
             rows.append([_label(labels, r["uid"]), (fmt_ms(r["step_ms_median"]), r["step_ms_median"]),
-                         (f"{100 * rel:.0f}%" if not missing(rel) else "-", rel), (str(r.get("n_steps", "-")), r.get("n_steps"))])
+                         (f"{100 * rel:.0f}%" if not missing(rel) else "-", rel),
+                         (str(r.get("n_steps", "-")), r.get("n_steps"))])
         parts.append(f"<h3>Noisy points ({len(noisy)}): IQR above 10% of the median</h3>"
                      + table(["point", "median step (ms)", "IQR / median", "steps"], rows, numeric={1, 2, 3}))
     if "attention_verified" in points.columns:
         unv = points[points["attention_verified"].map(lambda v: v is False or v is np.False_)]
         if len(unv):
-            rows = [[_label(labels, r["uid"]), r["attention"], r.get("attention_kernel") or "unknown"] for _, r in unv.iterrows()]
+            rows = [[_label(labels, r["uid"]), r["attention"], r.get("attention_kernel") or "unknown"]
+                    for _, r in unv.iterrows()]
             parts.append(f"<h3>Unverified attention kernels ({len(unv)})</h3>"
                          "<p class=\"note\">The profiler saw a different kernel than the one requested: these timings "
                          "measure the kernel that ran.</p>" + table(["point", "requested", "ran"], rows))
@@ -162,8 +167,10 @@ POINT_FIELDS = ["uid", "label", "status", "step_ms_median", "step_ms_ci_low", "s
 
 
 def points_data(points: pd.DataFrame, labels: pd.Series, trace_hrefs: dict) -> dict:
-    """Every point's label, status and main numbers as compact JSON rows (:data:`POINT_FIELDS`) for the page's tables."""
-    cols = {c: (points[c].tolist() if c in points.columns else [None] * len(points)) for c in POINT_FIELDS[3:13] + ["profiled_step_ms"]}
+    """Every point's label, status and main numbers as compact JSON rows (:data:`POINT_FIELDS`) for the page's
+    tables."""
+    cols = {c: (points[c].tolist() if c in points.columns else [None] * len(points))
+            for c in POINT_FIELDS[3:13] + ["profiled_step_ms"]}
     uids = points["uid"].tolist()
     status = points["status"].astype(str).tolist()
     pids = points["point_id"].astype(str).tolist()

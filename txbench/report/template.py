@@ -15,11 +15,12 @@ import html
 
 __all__ = ["CSS", "JS", "page", "script_json"]
 
-CSS = """
+CSS = ("""
 :root { --fg:#1d232b; --muted:#5b6570; --line:#dde2e8; --bg:#fff; --soft:#f5f7fa;
         --critical:#c62828; --warning:#b26a00; --info:#1565c0; }
 * { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: var(--bg);
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg); background: """
+"""var(--bg);
        margin: 0 auto; padding: 0 24px 48px; max-width: 1280px; }
 h1 { font-size: 1.6em; margin: 24px 0 4px; overflow-wrap: anywhere; }
 h2 { font-size: 1.3em; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
@@ -28,7 +29,8 @@ p.lead { color: var(--muted); margin: 0 0 12px; white-space: pre-wrap; overflow-
 p.note { color: var(--muted); font-size: .92em; }
 code, pre { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .92em; }
 code { background: var(--soft); padding: 0 3px; border-radius: 3px; }
-pre { background: var(--soft); padding: 10px; overflow-x: auto; border-radius: 4px; white-space: pre-wrap; overflow-wrap: anywhere; }
+pre { background: var(--soft); padding: 10px; overflow-x: auto; border-radius: 4px; white-space: pre-wrap; """
+"""overflow-wrap: anywhere; }
 a { color: #0b57d0; }
 nav.toc { display: flex; flex-wrap: wrap; gap: 6px 14px; padding: 8px 0; border-bottom: 1px solid var(--line); }
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 14px; margin: 8px 0; }
@@ -39,10 +41,12 @@ dl.facts dd { margin: 0; overflow-wrap: anywhere; }
 details { margin: 6px 0; }
 details > summary { cursor: pointer; }
 ol.findings { list-style: none; padding: 0; margin: 0; }
-ol.findings li { border-left: 5px solid var(--info); background: var(--soft); margin: 6px 0; padding: 6px 10px; border-radius: 0 4px 4px 0; }
+ol.findings li { border-left: 5px solid var(--info); background: var(--soft); margin: 6px 0; padding: 6px 10px; """
+"""border-radius: 0 4px 4px 0; }
 ol.findings li.critical { border-color: var(--critical); }
 ol.findings li.warning { border-color: var(--warning); }
-.sev { display: inline-block; min-width: 64px; font-size: .78em; font-weight: 600; text-transform: uppercase; color: #fff;
+.sev { display: inline-block; min-width: 64px; font-size: .78em; font-weight: 600; text-transform: uppercase; color: """
+"""#fff;
        background: var(--info); border-radius: 3px; padding: 1px 6px; margin-right: 8px; text-align: center; }
 .sev.critical { background: var(--critical); }
 .sev.warning { background: var(--warning); }
@@ -54,7 +58,8 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.sortable th { cursor: pointer; user-select: none; background: var(--soft); white-space: nowrap; }
 table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; }
 table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
-td.msg { max-width: 60ch; white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: .9em; }
+td.msg { max-width: 60ch; white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace, monospace; """
+"""font-size: .9em; }
 .status-ok { color: #2e7d32; } .status-bad { color: var(--critical); font-weight: 600; }
 .verdict { font-weight: 600; }
 .muted { color: var(--muted); }
@@ -70,9 +75,9 @@ td.msg { max-width: 60ch; white-space: pre-wrap; overflow-wrap: anywhere; font-f
   h2 { break-after: avoid; }
   a { color: inherit; text-decoration: none; }
 }
-"""
+""")
 
-JS = r"""
+JS = (r"""
 (function () {
   "use strict";
   function data(id) { var el = document.getElementById(id); return el ? JSON.parse(el.textContent) : null; }
@@ -81,7 +86,8 @@ JS = r"""
   if (!window.Plotly) {
     figs.forEach(function (f) {
       var el = document.getElementById(f.id);
-      if (el) { el.textContent = "This chart needs plotly.js, which did not load (a --cdn report needs a network connection)."; }
+      if (el) { el.textContent = "This chart needs plotly.js, which did not load (a --cdn report needs a network """
+r"""connection)."; }
     });
   } else {
     figs.forEach(function (f) {
@@ -127,13 +133,15 @@ JS = r"""
   function si(v) {
     if (none(v)) { return "-"; }
     var units = [[1e12, "T"], [1e9, "G"], [1e6, "M"], [1e3, "k"]];
-    for (var i = 0; i < units.length; i++) { if (Math.abs(v) >= units[i][0]) { return prec(v / units[i][0], 3) + units[i][1]; } }
+    for (var i = 0; i < units.length; i++) { if (Math.abs(v) >= units[i][0]) { return prec(v / units[i][0], 3) + """
+r"""units[i][1]; } }
     return prec(v, 3);
   }
   function bytes(v) {
     if (none(v)) { return "-"; }
     var units = [[1073741824, " GiB"], [1048576, " MiB"], [1024, " KiB"]];
-    for (var i = 0; i < units.length; i++) { if (Math.abs(v) >= units[i][0]) { return prec(v / units[i][0], 3) + units[i][1]; } }
+    for (var i = 0; i < units.length; i++) { if (Math.abs(v) >= units[i][0]) { return prec(v / units[i][0], 3) + """
+r"""units[i][1]; } }
     return String(v) + " B";
   }
   function pct(v) { return none(v) ? "-" : (100 * v).toFixed(1) + "%"; }
@@ -199,12 +207,14 @@ JS = r"""
   function buildPoints(d) {
     if (d.hasAttribute("data-built")) { return; }
     d.appendChild(makeTable(
-      ["point", "status", "step ms [95% CI]", "fwd/bwd/opt ms", "tokens/s", "TFLOP/s", "MFU", "peak memory", "point_id"],
+      ["point", "status", "step ms [95% CI]", "fwd/bwd/opt ms", "tokens/s", "TFLOP/s", "MFU", "peak """
+r"""memory", "point_id"],
       [0, 0, 1, 0, 1, 1, 1, 1, 0],
       pts.rows.map(function (r) {
         var ci = none(r[3]) ? "-" : prec(r[3], 4) + " [" + prec(r[4], 4) + ", " + prec(r[5], 4) + "]";
         return [r[1], r[2], [ci, r[3]], [prec(r[6], 3), prec(r[7], 3), prec(r[8], 3)].join("/"), [si(r[9]), r[9]],
-                [prec(r[10], 3), r[10]], [none(r[11]) ? "-" : (100 * r[11]).toFixed(1) + "%", r[11]], [bytes(r[12]), r[12]], r[13]];
+                [prec(r[10], 3), r[10]], [none(r[11]) ? "-" : (100 * r[11]).toFixed(1) + "%", r[11]], [bytes(r[12]), """
+r"""r[12]], r[13]];
       })));
     d.setAttribute("data-built", "1");
   }
@@ -215,7 +225,7 @@ JS = r"""
     if (all) { buildPoints(all); }
   });
 })();
-"""
+""")
 
 
 def script_json(text: str) -> str:

@@ -118,7 +118,8 @@ def points_table(df: pd.DataFrame, title: str | None = None, *, width: int = 200
         if s == "ok":
             step.append(fmt_ms(r.get("step_ms_median")))
             ci.append(_ci(r))
-            phases.append("/".join(fmt_ms(r.get(k), digits=3) for k in ("fwd_ms_median", "bwd_ms_median", "opt_ms_median")))
+            phases.append("/".join(fmt_ms(r.get(k), digits=3)
+                                   for k in ("fwd_ms_median", "bwd_ms_median", "opt_ms_median")))
             why = []
             if r.get("noisy"):
                 why.append("noisy")

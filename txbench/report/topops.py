@@ -66,7 +66,8 @@ def _nums(values) -> list:
 
     One comprehension rather than a function call per number (2,000 points x 10 ops x 4 numbers).
     """
-    return [None if v != v else float(f"{v:.4g}") for v in pd.to_numeric(values, errors="coerce").astype("float64").tolist()]
+    return [None if v != v else float(f"{v:.4g}")
+            for v in pd.to_numeric(values, errors="coerce").astype("float64").tolist()]
 
 
 def _intern_all(table: dict[str, int], values: np.ndarray) -> list:
