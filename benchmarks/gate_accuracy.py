@@ -132,7 +132,9 @@ def main() -> int:
         ("slow 10%, IQR/median < 5% (goal >= 90%)", _rate(quiet10),
          not len(quiet10) or share(quiet10, "regression") >= 0.9 * len(quiet10)),
         ("slow 10%, all points (no goal)", _rate(slow10), True),
-        ("A/A pairs failing the gate (any point)", f"{int(aa.groupby('pair')['verdict'].apply(lambda v: (v == 'regression').any()).sum())} of {args.pairs}", True),
+        ("A/A pairs failing the gate (any point)",
+         f"{int(aa.groupby('pair')['verdict'].apply(lambda v: (v == 'regression').any()).sum())} of {args.pairs}",
+         True),
         ("slow 25%, all points (goal 100%)", _rate(slow25), share(slow25, "regression") == len(slow25)),
         ("mem +5% activations, peak_mem_bytes (goal 100%)", _rate(mem), share(mem, "regression") == len(mem)),
     ]
@@ -149,7 +151,8 @@ def main() -> int:
     for name, figure, ok in checks:
         print(f"  {name:<{width}}  {figure:<16} {'PASS' if ok else 'FAIL'}")
     if len(quiet10) < len(slow10):
-        print(f"  ({len(slow10) - len(quiet10)} slow-10% comparisons had IQR/median >= {QUIET_IQR:.0%}: too noisy for the goal)")
+        print(f"  ({len(slow10) - len(quiet10)} slow-10% comparisons had IQR/median >= {QUIET_IQR:.0%}: "
+              "too noisy for the goal)")
     if tmp:
         tmp.cleanup()
     return 0 if all(ok for _, _, ok in checks) else 1

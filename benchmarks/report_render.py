@@ -51,9 +51,12 @@ OPS = [
     ("aten::addmm", "gemm", "forward", "attention", 0.05), ("aten::mm", "gemm", "backward", "attention", 0.08),
     ("aten::_scaled_dot_product_flash_attention", "attention", "forward", "attention", 0.05),
     ("aten::_scaled_dot_product_flash_attention_backward", "attention", "backward", "attention", 0.09),
-    ("aten::softmax", "attention", "forward", "attention", 0.02), ("aten::bmm", "attention", "forward", "attention", 0.03),
-    ("aten::native_layer_norm", "norm", "forward", "norm", 0.02), ("aten::native_layer_norm_backward", "norm", "backward", "norm", 0.03),
-    ("aten::gelu", "activation", "forward", "mlp", 0.015), ("aten::gelu_backward", "activation", "backward", "mlp", 0.02),
+    ("aten::softmax", "attention", "forward", "attention", 0.02),
+    ("aten::bmm", "attention", "forward", "attention", 0.03),
+    ("aten::native_layer_norm", "norm", "forward", "norm", 0.02),
+    ("aten::native_layer_norm_backward", "norm", "backward", "norm", 0.03),
+    ("aten::gelu", "activation", "forward", "mlp", 0.015),
+    ("aten::gelu_backward", "activation", "backward", "mlp", 0.02),
     ("aten::embedding_dense_backward", "embedding", "backward", "embedding", 0.01),
     ("aten::_log_softmax", "lm_head_loss", "forward", "lm_head_loss", 0.04),
     ("aten::_log_softmax_backward_data", "lm_head_loss", "backward", "lm_head_loss", 0.05),
@@ -86,7 +89,9 @@ def _record(rng: np.random.Generator, p: Point, i: int) -> dict:
     if mem > MEM_LIMIT_BYTES:
         return Record.for_point(p, "oom", f"CUDA out of memory. Tried to allocate {mem / 2**30:.1f} GiB").to_dict()
     if i % 397 == 13:
-        return Record.for_point(p, "error", "RuntimeError: CUDA error: an illegal memory access was encountered").to_dict()
+        return Record.for_point(
+            p, "error", "RuntimeError: CUDA error: an illegal memory access was encountered"
+        ).to_dict()
     speed = {"fp32": 1.0, "tf32": 3.5, "bf16": 7.0, "fp16": 7.0}[prec]
     flops = 6 * 350e6 * b * t + 12 * 12 * b * t * t * 1024
     step_ms = flops / (PEAK_TFLOPS["fp32"] * 1e12 * 0.45 * speed) * 1e3 * (1.6 if quadratic else 1.0) + 4.0
@@ -102,7 +107,8 @@ def _record(rng: np.random.Generator, p: Point, i: int) -> dict:
         step_ms_samples=samples.tolist(), fwd_ms_median=fwd, bwd_ms_median=bwd, opt_ms_median=med - fwd - bwd,
         noisy=bool((q3 - q1) / med > 0.10), n_steps=30, tokens_per_s=b * t / med * 1e3, samples_per_s=b / med * 1e3,
         flops_per_step=flops, tflops_per_s=flops / med / 1e9, peak_tflops=PEAK_TFLOPS[prec],
-        mfu=flops / med / 1e9 / PEAK_TFLOPS[prec], peak_mem_bytes=int(mem), attention_kernel=att if att != "sdpa_efficient" or i % 7 else "sdpa_math",
+        mfu=flops / med / 1e9 / PEAK_TFLOPS[prec], peak_mem_bytes=int(mem),
+        attention_kernel=att if att != "sdpa_efficient" or i % 7 else "sdpa_math",
         attention_verified=att != "sdpa_efficient" or bool(i % 7), profiled_step_ms=med * 1.08,
         trace_path=f"traces/{p.point_id}.json.gz" if i % 10 == 0 else None, device_name="NVIDIA H100 80GB HBM3",
         started_at="2025-01-01T00:00:00+00:00",
@@ -131,7 +137,9 @@ def synth_run(run_dir: Path, n_axis: int = 10, seed: int = 0) -> tuple[int, int]
                                          "precision": list(PRECISIONS), "attention": list(ATTENTIONS)}}
     (run_dir / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
     (run_dir / "env.json").write_text(json.dumps(env, indent=2))
-    write_points(run_dir / POINTS_FILE, records, {"suite": "synthetic", "run_id": run_dir.name, "device": "cuda", "env": env})
+    write_points(
+        run_dir / POINTS_FILE, records, {"suite": "synthetic", "run_id": run_dir.name, "device": "cuda", "env": env}
+    )
     write_table(run_dir / OPS_FILE, pa.Table.from_pylist(ops), {"suite": "synthetic"})
     traces = run_dir / "traces"
     traces.mkdir(exist_ok=True)
@@ -165,7 +173,8 @@ def _check(saved: Path, now: dict[str, str]) -> bool:
             for i, (fa, fb) in enumerate(zip(a, b)):
                 if fa != fb:
                     keys = [k for k in fa if fa.get(k) != fb.get(k)]
-                    print(f"  first difference at finding {i} ({', '.join(keys)}):\n    saved: {fa['text']}\n    now:   {fb['text']}")
+                    print(f"  first difference at finding {i} ({', '.join(keys)}):\n"
+                          f"    saved: {fa['text']}\n    now:   {fb['text']}")
                     break
         else:
             i = next((k for k, (x, y) in enumerate(zip(old, text)) if x != y), min(len(old), len(text)))
@@ -176,11 +185,13 @@ def _check(saved: Path, now: dict[str, str]) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--points-per-axis", type=int, default=10, help="seq_len and batch values (points = 20 x this squared)")
+    ap.add_argument("--points-per-axis", type=int, default=10,
+                    help="seq_len and batch values (points = 20 x this squared)")
     ap.add_argument("--repeat", type=int, default=3, help="renders and find() calls to time (medians are reported)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run and the reports in this directory")
     out_args = ap.add_mutually_exclusive_group()
-    out_args.add_argument("--save-output", type=Path, metavar="DIR", help="write the findings and the report's text here")
+    out_args.add_argument("--save-output", type=Path, metavar="DIR",
+                          help="write the findings and the report's text here")
     out_args.add_argument("--check-output", type=Path, metavar="DIR",
                           help="exit 1 unless the findings and the report's text equal those saved in DIR")
     args = ap.parse_args()
@@ -210,11 +221,13 @@ def main() -> int:
     print(f"{'plotly.js':<10} {'render s (median)':>18} {'min s':>7} {'file MB':>8}")
     for cdn, med, mn, size in rows:
         print(f"{'cdn' if cdn else 'embedded':<10} {med:>18.2f} {mn:>7.2f} {size / 1e6:>8.2f}")
-    # timed apart from the renders (it runs inside each): on a loaded machine the two medians come from different minutes
+    # timed apart from the renders (it runs inside each): on a loaded machine the two medians come from
+    # different minutes
     print(f"{'find()':<10} {f:>18.2f} {min(find_s):>7.2f}   ({len(findings)} findings, timed alone after the renders)")
     print(f"against the goals: report {rows[0][1]:.2f} s / {GOAL_REPORT_S:g} s = {rows[0][1] / GOAL_REPORT_S:.2f}, "
           f"find {f:.2f} s / {GOAL_FIND_S:g} s = {f / GOAL_FIND_S:.2f}, "
-          f"file {rows[0][3] / 1e6:.2f} MB / {GOAL_SIZE_MB:g} MB = {rows[0][3] / 1e6 / GOAL_SIZE_MB:.2f} (at most 1 meets a goal)")
+          f"file {rows[0][3] / 1e6:.2f} MB / {GOAL_SIZE_MB:g} MB = {rows[0][3] / 1e6 / GOAL_SIZE_MB:.2f} "
+          "(at most 1 meets a goal)")
     status = 0
     if args.save_output or args.check_output:
         now = _outputs(run_dir, findings, base / "report.html")

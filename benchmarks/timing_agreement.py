@@ -57,7 +57,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved txbench/Timer rounds per point")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
-    cfg = MeasureConfig(warmup_s=1.0, min_steps=10, max_steps=200, max_s=args.max_s, target_ci=0.01, profile_steps=0, memory=False)
+    cfg = MeasureConfig(
+        warmup_s=1.0, min_steps=10, max_steps=200, max_s=args.max_s, target_ci=0.01, profile_steps=0, memory=False
+    )
     rows = []
     print(f"{'point':56s} {'txbench ms':>10s} {'Timer ms':>9s} {'ratio':>6s} {'txbench spread':>14s}")
     for p in _points(args.device):
@@ -77,7 +79,8 @@ def main() -> None:
         print(f"{p.label():56s} {a:10.2f} {b:9.2f} {a / b:6.3f} {100 * spread:13.1f}%")
         del step
     worst = max(abs(r["ratio"] - 1) for r in rows)
-    print(f"worst |txbench/Timer - 1| = {100 * worst:.1f}%  (threads={torch.get_num_threads()}, {platform.processor() or platform.machine()}, torch {torch.__version__})")
+    print(f"worst |txbench/Timer - 1| = {100 * worst:.1f}%  (threads={torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "rows": rows, "worst_rel_diff": worst}, f, indent=1)

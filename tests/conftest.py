@@ -49,7 +49,10 @@ def tiny_suite_yaml(name: str = "tiny", **over) -> str:
         "description": "tiny test suite",
         "device": "cpu",
         "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "vocab_size": 128},
-        "measure": {"warmup_s": 0.0, "warmup_min_steps": 1, "min_steps": 3, "max_steps": 5, "max_s": 1.0, "profile_steps": 1, "timeout_s": 60},
+        "measure": {
+            "warmup_s": 0.0, "warmup_min_steps": 1, "min_steps": 3, "max_steps": 5, "max_s": 1.0, "profile_steps": 1,
+            "timeout_s": 60,
+        },
         "sweep": {"seq_len": [32, 64], "batch_size": [2], "precision": ["fp32"], "attention": ["naive", "sdpa_flash"]},
     }
     for k, v in over.items():

@@ -31,7 +31,8 @@ ENV = {"txbench_version": "0.1.0", "torch_version": "2.13.0+cpu", "python": "3.1
 OPS = [("aten::mm", "gemm", "forward", "mlp", 0.35), ("aten::mm", "gemm", "backward", "mlp", 0.25),
        ("aten::_softmax", "attention", "forward", "attention", 0.15),
        ("aten::native_layer_norm", "norm", "forward", "norm", 0.05),
-       ("aten::_fused_adamw_", "optimizer", "optimizer", None, 0.12), ("[python overhead]", "other", "other", None, 0.08)]
+       ("aten::_fused_adamw_", "optimizer", "optimizer", None, 0.12),
+       ("[python overhead]", "other", "other", None, 0.08)]
 
 
 def point(seq_len: int = 64, attention: str = "naive", batch_size: int = 2, **kw) -> Point:
@@ -78,7 +79,8 @@ def op_rows(records: list[dict]) -> list[dict]:
     for r in records:
         if r["status"] == "ok":
             rows += [{"point_id": r["point_id"], "name": name, "phase": phase, "category": cat, "region": region,
-                      "device": "cpu", "self_ms": share * r["profiled_step_ms"], "total_ms": share * r["profiled_step_ms"],
+                      "device": "cpu", "self_ms": share * r["profiled_step_ms"],
+                      "total_ms": share * r["profiled_step_ms"],
                       "calls": 2.0, "self_mem_bytes": None} for name, cat, phase, region, share in OPS]
     return rows
 

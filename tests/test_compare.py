@@ -9,13 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
-from factories import failed_record, ok_record, point, steps, write_run
 from txbench.analysis.compare import MIN_SAMPLES, compare_samples, has_regression, unmatched_points
 from txbench.analysis.compare import compare_runs as _compare_runs
-from txbench.analysis.verdict import block_labels, holm
 from txbench.analysis.thresholds import Rules, load_rules, parse_rules, parse_threshold
+from txbench.analysis.verdict import block_labels, holm
 from txbench.cli import app
 from txbench.errors import CompareError
+
+from factories import failed_record, ok_record, point, steps, write_run
 
 runner = CliRunner()
 
@@ -328,9 +329,11 @@ def test_rules_precedence_and_memory_default():
         ({"defualt": "5%"}, "defualt: unknown field; did you mean 'default'"),
         ({"default": 5}, "default: 5 looks like a percentage"),
         ({"metrics": {"step_msec": "5%"}}, "metrics.step_msec: unknown metric"),
-        ({"points": [{"match": {"atention": "naive"}, "threshold": "5%"}]}, "points[0].match.atention: unknown config field"),
+        ({"points": [{"match": {"atention": "naive"}, "threshold": "5%"}]},
+         "points[0].match.atention: unknown config field"),
         ({"points": [{"threshold": "5%"}]}, "points[0].match: required"),
-        ({"points": [{"match": {"seq_len": 64}, "threshold": "fast"}]}, "points[0].threshold: 'fast' is not a threshold"),
+        ({"points": [{"match": {"seq_len": 64}, "threshold": "fast"}]},
+         "points[0].threshold: 'fast' is not a threshold"),
     ],
 )
 def test_invalid_rules_name_the_field(data, message):
@@ -348,7 +351,8 @@ def test_parse_threshold():
 
 def test_rules_file(tmp_path):
     f = tmp_path / "rules.yaml"
-    f.write_text("default: 8%\nmetrics: {peak_mem_bytes: 2%}\npoints:\n  - match: {attention: naive}\n    threshold: 15%\n")
+    f.write_text("default: 8%\nmetrics: {peak_mem_bytes: 2%}\n"
+                 "points:\n  - match: {attention: naive}\n    threshold: 15%\n")
     r = load_rules(f)
     assert r.default == 0.08 and r.metrics == {"peak_mem_bytes": 0.02}
     assert r.threshold_for("step_ms", {"attention": "naive"}) == 0.15

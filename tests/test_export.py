@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
-from factories import failed_record, ok_record, point, steps, write_run
 from txbench.cli import app
 from txbench.export import pytest_benchmark_json
+
+from factories import failed_record, ok_record, point, steps, write_run
 
 runner = CliRunner()
 

@@ -51,8 +51,8 @@ def ops_for(points: pd.DataFrame, shares) -> pd.DataFrame:
     for _, r in points.iterrows():
         for cat, sh in shares(r).items():
             rows.append(dict(point_id=r["point_id"], name=f"op_{cat}", phase="forward", category=cat, region=None,
-                             device="cpu", self_ms=sh * r["step_ms_median"], total_ms=sh * r["step_ms_median"], calls=1.0,
-                             self_mem_bytes=None))
+                             device="cpu", self_ms=sh * r["step_ms_median"], total_ms=sh * r["step_ms_median"],
+                             calls=1.0, self_mem_bytes=None))
     return pd.DataFrame(rows)
 
 
@@ -111,8 +111,10 @@ def test_scaling_exponents_for_time_and_memory_per_implementation():
     found = F.scaling(sweep(exps=(("naive", 1.9, 2.0), ("sdpa_flash", 1.2, 1.0))))
     by_chart = {f.chart: f for f in found}
     assert set(by_chart) == {"scaling:seq_len", "memory:seq_len"}
-    assert "~T^1.9 with `naive`" in by_chart["scaling:seq_len"].text and "~T^1.2 with `sdpa_flash`" in by_chart["scaling:seq_len"].text
-    assert "~T^2.0 with `naive`" in by_chart["memory:seq_len"].text and "~T^1.0 with `sdpa_flash`" in by_chart["memory:seq_len"].text
+    assert ("~T^1.9 with `naive`" in by_chart["scaling:seq_len"].text
+            and "~T^1.2 with `sdpa_flash`" in by_chart["scaling:seq_len"].text)
+    assert ("~T^2.0 with `naive`" in by_chart["memory:seq_len"].text
+            and "~T^1.0 with `sdpa_flash`" in by_chart["memory:seq_len"].text)
     assert "T=128..1024" in by_chart["scaling:seq_len"].text
     assert F.scaling(sweep(ts=(128, 256))) == []  # two values: no exponent
 
@@ -134,7 +136,8 @@ def test_winners_single_winner_and_ties():
     pts = sweep()
     pts.loc[pts["attention"] == "naive", "step_ms_median"] *= 1.5
     found = F.winners(pts)
-    assert len(found) == 1 and "`sdpa_flash` is fastest at every T (T=128..1024); at T=1024 it is 12x faster" in found[0].text
+    assert (len(found) == 1
+            and "`sdpa_flash` is fastest at every T (T=128..1024); at T=1024 it is 12x faster" in found[0].text)
     tie = sweep(exps=(("naive", 1.0, 1.0), ("sdpa_flash", 1.0, 1.0)))
     tie.loc[tie["attention"] == "naive", "step_ms_median"] *= 1.02  # within 5%: no winner worth a sentence
     assert F.winners(tie) == []
@@ -193,7 +196,8 @@ def test_category_trend_attention_dominates_with_naive_not_flash():
     assert len(attn) == 1 and attn[0].severity == "warning" and attn[0].chart == "categories"
     assert "Attention grows from 10% of the step at T=128 to 80% at T=1024 with `naive`" in attn[0].text
     assert "while it stays at 10-11% with `sdpa_flash`" in attn[0].text
-    assert "It is the largest category at T=1024 with `naive`, not with `sdpa_flash` (linear layers (GEMM) 66%)" in attn[0].text
+    assert ("It is the largest category at T=1024 with `naive`, not with `sdpa_flash` (linear layers (GEMM) 66%)"
+            in attn[0].text)
     assert F.category_trends(pts, ops_for(pts, flat)) == []
     assert F.category_trends(pts, None) == []
 
@@ -211,10 +215,13 @@ def test_hotspot_lm_head_names_vocab_and_width():
 
 def test_a_growing_hotspot_is_not_repeated_as_a_trend():
     pts = sweep()
-    ops = ops_for(pts, lambda r: {"lm_head_loss": 0.1 * (r["seq_len"] / 128) ** 0.5, "gemm": 0.9 - 0.1 * (r["seq_len"] / 128) ** 0.5})
+    ops = ops_for(pts, lambda r: {"lm_head_loss": 0.1 * (r["seq_len"] / 128) ** 0.5,
+                                  "gemm": 0.9 - 0.1 * (r["seq_len"] / 128) ** 0.5})
     assert [f.scope["category"] for f in F.hotspots(pts, ops)] == ["lm_head_loss"]
     assert [f.scope["category"] for f in F.category_trends(pts, ops)] == []
-    found = F.category_trends(pts, ops_for(pts, lambda r: {"norm": 0.01 * r["seq_len"] / 128, "gemm": 1 - 0.01 * r["seq_len"] / 128}))
+    found = F.category_trends(
+        pts, ops_for(pts, lambda r: {"norm": 0.01 * r["seq_len"] / 128, "gemm": 1 - 0.01 * r["seq_len"] / 128})
+    )
     assert [f.scope["category"] for f in found] == []  # norm ends at 8%: under TREND_MIN_SHARE
 
 
@@ -222,7 +229,8 @@ def test_top_categories_at_both_ends_of_the_sweep():
     pts = sweep()
     found = F.top_categories(pts, ops_for(pts, attention_grows))
     naive = next(f for f in found if f.scope == {"attention": "naive"})
-    assert "at T=128 linear layers (GEMM) 48%, LM head + loss 30%" in naive.text and "at T=1024 attention 80%" in naive.text
+    assert ("at T=128 linear layers (GEMM) 48%, LM head + loss 30%" in naive.text
+            and "at T=1024 attention 80%" in naive.text)
     assert F.top_categories(pts, None) == []
 
 
@@ -254,7 +262,8 @@ def test_analyze_cli_json_severity_and_text(tmp_path):
     r = runner.invoke(app, ["analyze", str(run), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert any("Attention grows" in f["text"] for f in out) and all({"rule", "severity", "text", "scope"} <= set(f) for f in out)
+    assert (any("Attention grows" in f["text"] for f in out)
+            and all({"rule", "severity", "text", "scope"} <= set(f) for f in out))
     r = runner.invoke(app, ["analyze", str(run), "--json", "--severity", "warning"])
     sev = {f["severity"] for f in json.loads(r.stdout)}
     assert sev == {"warning"}
@@ -277,7 +286,9 @@ def test_analyze_cli_without_ops_and_on_a_bad_path(tmp_path):
 def test_analyze_a_real_tiny_run(tmp_path, write_suite):
     from txbench.cli import app as full_app
 
-    suite = write_suite(sweep={"seq_len": [16, 32, 64], "batch_size": [2], "precision": ["fp32"], "attention": ["naive", "sdpa_flash"]})
+    suite = write_suite(
+        sweep={"seq_len": [16, 32, 64], "batch_size": [2], "precision": ["fp32"], "attention": ["naive", "sdpa_flash"]}
+    )
     r = runner.invoke(full_app, ["run", str(suite), "--results-dir", str(tmp_path / "res"), "--no-report", "--json"])
     assert r.exit_code == 0, r.output
     run_dir = json.loads(r.stdout.strip().splitlines()[-1])["run_dir"]

@@ -13,7 +13,9 @@ Q = MeasureConfig(warmup_s=0.2, min_steps=5, max_steps=20, max_s=3, profile_step
 
 
 def test_cuda_point_uses_events_and_cuda_memory_stats():
-    rec = measure_point(Point(device="cuda", seq_len=512, batch_size=4, precision="bf16", attention="sdpa_flash", model=M), Q)
+    rec = measure_point(
+        Point(device="cuda", seq_len=512, batch_size=4, precision="bf16", attention="sdpa_flash", model=M), Q
+    )
     assert rec.status == "ok", rec.error
     assert rec.timer == "cuda_event"
     assert rec.peak_mem_reserved_bytes >= rec.peak_mem_bytes > rec.param_bytes
@@ -22,7 +24,9 @@ def test_cuda_point_uses_events_and_cuda_memory_stats():
 
 
 def test_flash_in_fp32_is_unsupported_not_a_fallback():
-    rec = measure_point(Point(device="cuda", seq_len=256, batch_size=2, precision="fp32", attention="sdpa_flash", model=M), Q)
+    rec = measure_point(
+        Point(device="cuda", seq_len=256, batch_size=2, precision="fp32", attention="sdpa_flash", model=M), Q
+    )
     assert rec.status == "unsupported"
     assert "sdpa_flash" in rec.error
 
@@ -37,7 +41,9 @@ def test_mfu_uses_datasheet_peak_for_known_gpus():
 def test_cuda_oom_is_recorded_and_process_recovers():
     # the math backend materialises B*H*T*T fp32 scores: 32*16*16384^2*4 bytes = 550 GB
     big = ModelConfig(d_model=2048, n_layers=4, n_heads=16, vocab_size=32768, max_seq_len=16384)
-    rec = measure_point(Point(device="cuda", seq_len=16384, batch_size=32, precision="fp32", attention="sdpa_math", model=big), Q)
+    rec = measure_point(
+        Point(device="cuda", seq_len=16384, batch_size=32, precision="fp32", attention="sdpa_math", model=big), Q
+    )
     assert rec.status == "oom"
     rec = measure_point(Point(device="cuda", seq_len=128, batch_size=2, precision="bf16", attention="sdpa", model=M), Q)
     assert rec.status == "ok"

@@ -40,10 +40,16 @@ def test_timings_are_positive_and_phases_add_up(quick_measure):
 
 
 def test_adaptive_stop_respects_caps():
-    cfg = MeasureConfig(warmup_s=0, warmup_min_steps=1, min_steps=2, max_steps=4, max_s=30, target_ci=1e-9, profile_steps=0, memory=False)
+    cfg = MeasureConfig(
+        warmup_s=0, warmup_min_steps=1, min_steps=2, max_steps=4, max_s=30, target_ci=1e-9, profile_steps=0,
+        memory=False,
+    )
     rec = measure_point(_point(), cfg)
     assert rec.n_steps == 4 and rec.stop_reason == "max_steps"
-    loose = MeasureConfig(warmup_s=0, warmup_min_steps=1, min_steps=8, max_steps=200, max_s=30, target_ci=0.99, profile_steps=0, memory=False)
+    loose = MeasureConfig(
+        warmup_s=0, warmup_min_steps=1, min_steps=8, max_steps=200, max_s=30, target_ci=0.99, profile_steps=0,
+        memory=False,
+    )
     rec = measure_point(_point(), loose)
     assert rec.stop_reason == "ci" and rec.n_steps == 8
 
@@ -59,13 +65,15 @@ def test_analytic_flops_match_flop_counter_for_naive(arch, causal, quick_measure
 
 
 def test_flops_formula_by_hand():
-    # one layer, d=8, T=4, B=1, ffn 4x, vocab 10: projections 8*B*T*d^2, scores 4*B*T^2*d, MLP 16*B*T*d^2, head 2*B*T*d*V
+    # one layer, d=8, T=4, B=1, ffn 4x, vocab 10:
+    # projections 8*B*T*d^2, scores 4*B*T^2*d, MLP 16*B*T*d^2, head 2*B*T*d*V
     f = forward_flops(arch="decoder", d_model=8, n_layers=1, ffn_mult=4, vocab_size=10, seq_len=4, batch_size=1)
     assert f["attn_proj"] == 8 * 4 * 64
     assert f["attn_scores"] == 4 * 16 * 8
     assert f["mlp"] == 16 * 4 * 64
     assert f["lm_head"] == 2 * 4 * 8 * 10
-    assert step_flops(arch="decoder", d_model=8, n_layers=1, ffn_mult=4, vocab_size=10, seq_len=4, batch_size=1)["flops_per_step"] == 3 * f["total"]
+    step = step_flops(arch="decoder", d_model=8, n_layers=1, ffn_mult=4, vocab_size=10, seq_len=4, batch_size=1)
+    assert step["flops_per_step"] == 3 * f["total"]
 
 
 def test_mfu_against_measured_cpu_peak(quick_measure):

@@ -34,7 +34,9 @@ def test_sdpa_impls_match_naive_loss_and_grads(arch, causal, dtype):
         loss, grads = _loss_and_grads(cfg, impl, batch, dtype)
         torch.testing.assert_close(loss, ref_loss, **TOL[dtype], msg=f"{impl} loss")
         for name, g in ref_grads.items():
-            torch.testing.assert_close(grads[name], g, **TOL[dtype], msg=lambda m: f"{impl} grad {name}: {m}")
+            torch.testing.assert_close(
+                grads[name], g, **TOL[dtype], msg=lambda m, impl=impl, name=name: f"{impl} grad {name}: {m}"
+            )
 
 
 def _copy_into_mha(naive: Attention, mha: Attention) -> None:
@@ -73,7 +75,7 @@ def test_causal_mask_blocks_future_tokens():
         changed = batch.clone()
         changed[0, 12:] = (changed[0, 12:] + 1) % cfg.vocab_size
         emb = {}
-        model.ln_f.register_forward_hook(lambda m, i, o: emb.__setitem__("h", o.detach()))
+        model.ln_f.register_forward_hook(lambda m, i, o, emb=emb: emb.__setitem__("h", o.detach()))
         model(batch)
         a = emb["h"]
         model(changed)
@@ -89,7 +91,7 @@ def test_init_is_deterministic_and_independent_of_global_rng():
     torch.rand(100)
     b = Transformer(cfg, seed=3)
     c = Transformer(cfg, seed=4)
-    for (n, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+    for (n, p), (_, q), (_, _r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
         assert torch.equal(p, q), n
     assert not all(torch.equal(p, r) for p, r in zip(a.parameters(), c.parameters()))
 

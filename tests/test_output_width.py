@@ -8,10 +8,11 @@ import pytest
 from rich.cells import cell_len
 from typer.testing import CliRunner
 
-from conftest import tiny_suite_yaml
 from txbench.cli import app
 from txbench.labels import fmt_ms
 from txbench.store import load_points
+
+from conftest import tiny_suite_yaml
 
 runner = CliRunner()
 WIDTHS = (80, 200)

@@ -112,7 +112,8 @@ def test_an_exported_run_is_a_compare_baseline_for_the_plugin(pytester):
                               "--no-profile", "--no-report", "--json"])
     assert res.exit_code == 0, res.output
     exported = pytester.path / "exported.json"
-    res = runner.invoke(app, ["export", json.loads(res.output)["run_dir"], "-o", str(exported), "--fullname-prefix", "tiny.yaml"])
+    res = runner.invoke(app, ["export", json.loads(res.output)["run_dir"], "-o", str(exported),
+                              "--fullname-prefix", "tiny.yaml"])
     assert res.exit_code == 0, res.output
     res = pytester.runpytest_subprocess(*PLUGIN, "--txbench-suite", "tiny.yaml", f"--benchmark-compare={exported}",
                                         f"--benchmark-storage=file://{pytester.path / 'bench'}")

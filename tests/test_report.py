@@ -21,12 +21,13 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
-from factories import failed_record, ok_record, point, steps, write_run
 from txbench.analysis.compare import compare_runs
 from txbench.cli.app import app
 from txbench.errors import CompareError
 from txbench.report.html import render_report, write_report
 from txbench.store import POINTS_FILE, write_points
+
+from factories import failed_record, ok_record, point, steps, write_run
 
 runner = CliRunner()
 XSS = "<script>alert(1)</script>"
@@ -158,7 +159,8 @@ def test_top_ops_match_the_analysis_and_trace_links_are_relative(tmp_path):
     write_points(run / POINTS_FILE, rows, json.loads(table.schema.metadata[b"txbench"]))
     out = write_report([run], tmp_path / "shared" / "report.html")
     href = next(r[14] for r in json_block(out.read_text(), "txb-points")["rows"] if r[14])
-    assert not href.startswith(("/", "file:")) and (out.parent / href).resolve() == (run / rows[0]["trace_path"]).resolve()
+    assert (not href.startswith(("/", "file:"))
+            and (out.parent / href).resolve() == (run / rows[0]["trace_path"]).resolve())
 
 
 def test_two_numeric_axes_give_a_heatmap_and_a_dropdown(tmp_path):
@@ -166,7 +168,8 @@ def test_two_numeric_axes_give_a_heatmap_and_a_dropdown(tmp_path):
             for t in (64, 128, 256) for b in (1, 2, 4) for a in ("naive", "sdpa_flash")]
     figs = figures(render_report([write_run(tmp_path, recs, ops=True)]))
     heat = figs["chart-heatmap"]
-    assert heat["data"][0]["type"] == "heatmap" and len(heat["layout"]["updatemenus"][0]["buttons"]) == 2  # one per attention
+    # one button per attention
+    assert heat["data"][0]["type"] == "heatmap" and len(heat["layout"]["updatemenus"][0]["buttons"]) == 2
     step = figs["chart-scaling-seq_len"]
     assert [b["label"] for b in step["layout"]["updatemenus"][0]["buttons"]] == ["B=1", "B=2", "B=4"]
     assert "chart-scaling-batch_size" in figs
@@ -218,7 +221,8 @@ def assert_report_matches_compare(page: str, base: Path, cand: Path) -> pd.DataF
 
     df = compare_runs(base, cand, metrics=("step_ms", "peak_mem_bytes"))  # txbench compare's default rows
     rows = compare_table(page, "Run B vs run A")
-    assert [(r["point"], r["metric"], r["verdict"]) for r in rows] == list(zip(df["label"], df["metric"], df["verdict"]))
+    assert ([(r["point"], r["metric"], r["verdict"]) for r in rows]
+            == list(zip(df["label"], df["metric"], df["verdict"])))
     assert [r["ratio"] for r in rows] == ["-" if np.isnan(x) else f"{x:.3f}" for x in df["ratio"]]
     assert [r["note"] for r in rows] == list(df["note"])
     assert htmllib.escape(method_note(df.attrs["compare"])) in page
@@ -233,7 +237,8 @@ def _mixed_pair(tmp_path: Path, cand_env: dict | None = None) -> tuple[Path, Pat
     base = [ok(64, "naive", 100.0, 1), ok(64, "sdpa_flash", 100.0, 2), ok(128, "naive", 100.0, 3),
             ok(128, "sdpa_flash", 10.0, 4, n=15), ok(256, "naive", 100.0, 5), failed_record(point(256, "sdpa_flash"))]
     cand = [ok(64, "naive", 150.0, 11), ok(64, "sdpa_flash", 100.0, 12), ok(128, "naive", 70.0, 13),
-            ok(128, "sdpa_flash", 10.0, 14, n=15), failed_record(point(256, "naive")), failed_record(point(256, "sdpa_flash"))]
+            ok(128, "sdpa_flash", 10.0, 14, n=15), failed_record(point(256, "naive")),
+            failed_record(point(256, "sdpa_flash"))]
     return (write_run(tmp_path / "a", base, run_id="20250101T000000Z-aaaa"),
             write_run(tmp_path / "b", cand, run_id="20250102T000000Z-bbbb", env=cand_env))
 
@@ -261,7 +266,8 @@ def test_runs_that_are_not_comparable_say_why(tmp_path):
     with pytest.raises(CompareError, match="not comparable"):  # what txbench compare says without --allow-mismatch
         compare_runs(base, cand)
     page = render_report([base, cand], out_dir=tmp_path)
-    assert re.search(r"<b>Not comparable</b>: the runs differ in device_name: &#x27;AMD EPYC&#x27; vs &#x27;Another CPU&#x27;", page)
+    assert re.search(r"<b>Not comparable</b>: the runs differ in device_name: "
+                     r"&#x27;AMD EPYC&#x27; vs &#x27;Another CPU&#x27;", page)
     rows = compare_table(page, "Run B vs run A")
     assert {r["verdict"] for r in rows} == {"not_comparable", "skipped"}  # failing on both sides stays skipped
     assert all("the samples say" in r["note"] for r in rows if r["verdict"] == "not_comparable")
@@ -306,7 +312,10 @@ def test_report_of_a_real_run(write_suite, tmp_path):
     assert runner.invoke(app, ["report", str(run_dir), "-o", str(out)]).exit_code == 0
     page = out.read_text()
     figs = figures(page)
-    assert all(any(len(arr(t.get("x") if t.get("x") is not None else t.get("z") or [])) for t in f["data"]) for f in figs.values())
+    assert all(
+        any(len(arr(t.get("x") if t.get("x") is not None else t.get("z") or [])) for t in f["data"])
+        for f in figs.values()
+    )
     pts = json_block(page, "txb-points")["rows"]
     assert len(pts) == 4 and {r[2] for r in pts} == {"ok"}
 

@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
+from txbench.cli.app import app
+
 from browser import ARTIFACTS, open_page, require_browser, wait_for_charts
 from factories import failed_record, ok_record, point, steps, write_run
-from txbench.cli.app import app
 
 pytestmark = pytest.mark.browser
 runner = CliRunner()
@@ -48,7 +49,9 @@ def real_run(tmp_path_factory):
     doc = yaml.safe_load(tiny_suite_yaml("tiny"))
     doc.update(name=XSS, description="<img src=x onerror=alert(2)> tiny suite")
     suite.write_text(yaml.safe_dump(doc))
-    r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp / "results"), "--json", "--no-report", "--trace"])
+    r = runner.invoke(
+        app, ["run", str(suite), "--results-dir", str(tmp / "results"), "--json", "--no-report", "--trace"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["status_counts"] == {"ok": 4}, out
@@ -84,7 +87,10 @@ def test_report_renders_offline_in_chromium(real_run, tmp_path):
         table.wait_for()
         assert table.locator("tbody tr").count() >= 5
         table.locator("th", has_text="self ms/step").click()
-        col = [float(v) for v in table.locator("tbody tr td:nth-child(5)").evaluate_all("tds => tds.map(t => t.dataset.v)")]
+        col = [
+            float(v)
+            for v in table.locator("tbody tr td:nth-child(5)").evaluate_all("tds => tds.map(t => t.dataset.v)")
+        ]
         assert col == sorted(col)
         # the trace link resolves to the kept trace file
         href = entries.first.locator("summary a").get_attribute("href")
@@ -137,6 +143,8 @@ def test_hostile_results_run_nothing(tmp_path):
         page.locator("summary", has_text="full environment").first.click()
         assert "<img src=y onerror=alert(4)>" in page.inner_text("header")
         # no injected element exists: the only untyped script in the body is the report's own
-        assert page.evaluate("document.querySelectorAll('svg[onload], img[onerror], body script:not([type])').length") == 1
+        assert page.evaluate(
+            "document.querySelectorAll('svg[onload], img[onerror], body script:not([type])').length"
+        ) == 1
     _assert_clean(events, url)
     assert htmllib.escape(XSS) in out.read_text()

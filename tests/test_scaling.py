@@ -14,7 +14,8 @@ from txbench.record import Record
 
 
 def _point(status="ok", **kw) -> dict:
-    cfg = dict(d_model=256, n_layers=4, n_heads=4, vocab_size=8192, seq_len=128, batch_size=4, precision="fp32", attention="naive")
+    cfg = dict(d_model=256, n_layers=4, n_heads=4, vocab_size=8192, seq_len=128, batch_size=4, precision="fp32",
+               attention="naive")
     cfg.update(kw)
     pid = f"{cfg['attention']}-{cfg['precision']}-T{cfg['seq_len']}-B{cfg['batch_size']}"
     return Record.from_columns(point_id=pid, status=status, **cfg).to_dict()
@@ -43,7 +44,8 @@ def test_scaling_fits_one_row_per_group_that_differs_only_along_the_axis():
     for att, e in (("naive", 2.0), ("sdpa_flash", 1.0)):
         for b in (4, 8):
             for t in (128, 256, 512, 1024):
-                rows.append(_point(attention=att, seq_len=t, batch_size=b, step_ms_median=b * (t / 128) ** e, peak_mem_bytes=int(1e6 * t)))
+                rows.append(_point(attention=att, seq_len=t, batch_size=b, step_ms_median=b * (t / 128) ** e,
+                                   peak_mem_bytes=int(1e6 * t)))
     rows.append(_point(status="oom", attention="naive", seq_len=2048, batch_size=8))
     pts = pd.DataFrame(rows)
     assert numeric_axes(pts) == ["seq_len", "batch_size"]
@@ -97,7 +99,8 @@ def test_phase_split_shares_and_ratio():
 
 
 def test_top_ops_orders_by_self_time():
-    ops = pd.DataFrame([_op("a", "gemm", 6.0, name="aten::mm"), _op("a", "gemm", 2.0, name="aten::mm", phase="backward"),
+    ops = pd.DataFrame([_op("a", "gemm", 6.0, name="aten::mm"),
+                        _op("a", "gemm", 2.0, name="aten::mm", phase="backward"),
                         _op("a", "attention", 2.0, name="aten::bmm"), _op("z", "gemm", 100.0)])
     top = top_ops(ops, "a", n=2)
     assert top["self_ms"].tolist() == [6.0, 2.0] and top["share"].iloc[0] == pytest.approx(0.6)

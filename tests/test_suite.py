@@ -68,15 +68,21 @@ def test_expansion_is_cartesian_minus_excludes():
     )
     pts = s.points("cpu")
     assert len(pts) == 6 - 2
-    assert {(p.seq_len, p.attention) for p in pts} == {(64, "naive"), (64, "sdpa_flash"), (128, "sdpa_flash"), (256, "sdpa_flash")}
+    assert {(p.seq_len, p.attention) for p in pts} == {
+        (64, "naive"), (64, "sdpa_flash"), (128, "sdpa_flash"), (256, "sdpa_flash")
+    }
     assert all(p.batch_size == 4 for p in pts)
     assert len({p.point_id for p in pts}) == len(pts)
 
 
 def test_any_model_field_is_an_axis():
-    s = parse_suite({"name": "x", "sweep": {"d_model": [64, 128], "arch": ["decoder", "encoder_decoder"], "lr": [1e-3]}})
+    s = parse_suite(
+        {"name": "x", "sweep": {"d_model": [64, 128], "arch": ["decoder", "encoder_decoder"], "lr": [1e-3]}}
+    )
     pts = s.points("cpu")
-    assert {(p.model.d_model, p.model.arch) for p in pts} == {(64, "decoder"), (64, "encoder_decoder"), (128, "decoder"), (128, "encoder_decoder")}
+    assert {(p.model.d_model, p.model.arch) for p in pts} == {
+        (64, "decoder"), (64, "encoder_decoder"), (128, "decoder"), (128, "encoder_decoder")
+    }
 
 
 def test_set_overrides(tmp_path):
@@ -98,7 +104,9 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_validate_cli_reports_all_problems_exit_2(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text(yaml.safe_dump({"name": "x", "modle": {}, "sweep": {"attention": ["sdpa_flsh"], "precision": ["fp32", "fp8"]}}))
+    p.write_text(
+        yaml.safe_dump({"name": "x", "modle": {}, "sweep": {"attention": ["sdpa_flsh"], "precision": ["fp32", "fp8"]}})
+    )
     r = runner.invoke(app, ["validate", str(p)])
     assert r.exit_code == 2, r.output
     out = " ".join(r.output.split())  # the console may wrap long lines

@@ -37,7 +37,8 @@ def _json_out(r) -> dict:
 
 
 def _wait_for(proc: subprocess.Popen, condition, timeout_s: float, what: str):
-    """``condition()``'s first truthy value, polled while ``proc`` runs; fails with its output if it exits or times out first."""
+    """``condition()``'s first truthy value, polled while ``proc`` runs; fails with its output if it exits or times
+    out first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = condition()
@@ -72,7 +73,9 @@ def test_ci_suite_end_to_end(tmp_path):
     assert (run_dir / "suite.yaml").exists() and json.loads((run_dir / "env.json").read_text())["python"]
     # readable without txbench
     duckdb = pytest.importorskip("duckdb")
-    rows = duckdb.sql(f"select attention, median(step_ms_median) from '{run_dir / 'points.parquet'}' group by 1").fetchall()
+    rows = duckdb.sql(
+        f"select attention, median(step_ms_median) from '{run_dir / 'points.parquet'}' group by 1"
+    ).fetchall()
     assert {a for a, _ in rows} == {"naive", "sdpa_flash"}
     polars = pytest.importorskip("polars")
     assert polars.read_parquet(run_dir / "points.parquet").height == 4
@@ -107,7 +110,9 @@ def test_failures_are_recorded_and_the_sweep_goes_on(write_suite, tmp_path):
 
 @pytest.mark.slow
 def test_unsupported_points_are_decided_before_launch(write_suite, tmp_path):
-    suite = write_suite("unsup", sweep={"seq_len": [32], "batch_size": [2], "precision": ["fp32", "tf32"], "attention": ["sdpa_cudnn"]})
+    suite = write_suite(
+        "unsup", sweep={"seq_len": [32], "batch_size": [2], "precision": ["fp32", "tf32"], "attention": ["sdpa_cudnn"]}
+    )
     r = _run([suite, "--results-dir", tmp_path, "--json", "--no-report"])
     assert r.exit_code == 0, r.output
     df = load_points(_json_out(r)["run_dir"])

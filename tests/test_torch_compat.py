@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from txbench import MeasureConfig, ModelConfig, Point, measure_point
-from txbench import torch_compat
+from txbench import MeasureConfig, ModelConfig, Point, measure_point, torch_compat
 from txbench.measure.memory import cpu_step_peak_bytes
 from txbench.measure.point import build_step
 from txbench.profile import _raw_events, op_rows, profile_point, record_events

@@ -8,12 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import REPO, tiny_suite_yaml
 from txbench.cli import app
 from txbench.config import MeasureConfig, ModelConfig, Point
 from txbench.measure.point import build_step, measure_point
 from txbench.store import load_ops, load_points
 from txbench.suite import parse_suite
+
+from conftest import REPO, tiny_suite_yaml
 
 transformers = pytest.importorskip("transformers")
 runner = CliRunner()

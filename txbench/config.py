@@ -145,7 +145,9 @@ def _check_table() -> None:
                     for f in fields(cls) if f.name not in ("model", "train")}
         table = {f.name: f.default for f in _fields.section_fields(section)}
         if declared.keys() != table.keys():
-            raise RuntimeError(f"txbench.fields and {cls.__name__} disagree on {sorted(declared.keys() ^ table.keys())}")
+            raise RuntimeError(
+                f"txbench.fields and {cls.__name__} disagree on {sorted(declared.keys() ^ table.keys())}"
+            )
         for name, default in table.items():
             if declared[name] != default or type(declared[name]) is not type(default):
                 raise RuntimeError(f"default of {cls.__name__}.{name} is {declared[name]!r}, "

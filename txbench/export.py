@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from txbench.errors import StoreError
 from txbench.fields import CONFIG_COLUMNS, varying_columns
 from txbench.labels import short_labels
-from txbench.errors import StoreError
 from txbench.store import load_points, read_meta
 
 __all__ = ["benchmark_ids", "pytest_benchmark_json", "write_pytest_benchmark", "point_extra_info"]

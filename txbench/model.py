@@ -63,7 +63,9 @@ class Attention(nn.Module):
         self.impl, self.causal = impl, causal
         self.n_heads, self.dropout = cfg.n_heads, cfg.dropout
         if impl == "mha":
-            self.mha = nn.MultiheadAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout, bias=cfg.bias, batch_first=True)
+            self.mha = nn.MultiheadAttention(
+                cfg.d_model, cfg.n_heads, dropout=cfg.dropout, bias=cfg.bias, batch_first=True
+            )
         else:
             self.q = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
             self.kv = nn.Linear(cfg.d_model, 2 * cfg.d_model, bias=cfg.bias)
@@ -154,7 +156,9 @@ class Transformer(nn.Module):
                 self.encoder = nn.ModuleList(Block(cfg, attention, causal=False) for _ in range(cfg.n_layers))
                 self.ln_enc = _norm(cfg)
             cross = cfg.arch == "encoder_decoder"
-            self.decoder = nn.ModuleList(Block(cfg, attention, causal=cfg.causal, cross=cross) for _ in range(cfg.n_layers))
+            self.decoder = nn.ModuleList(
+                Block(cfg, attention, causal=cfg.causal, cross=cross) for _ in range(cfg.n_layers)
+            )
             self.ln_f = _norm(cfg)
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
             if cfg.tied_embeddings:

@@ -98,7 +98,8 @@ CATEGORY_RULES: tuple[CategoryRule, ...] = (
     CategoryRule(r"layer_?norm|rms_?norm|group_?norm|batch_?norm|GammaBetaBackward|cuComputeGradGammaBeta|cuApplyLayerNorm",
          "norm"),
     CategoryRule(_GEMM_OPS + "|" + _GEMM_KERNELS, "gemm"),
-    CategoryRule(r"gelu|relu|silu|swish|sigmoid|tanh|mish|hardswish|\bglu\b|^aten::glu|threshold_backward", "activation"),
+    CategoryRule(r"gelu|relu|silu|swish|sigmoid|tanh|mish|hardswish|\bglu\b|^aten::glu|threshold_backward",
+         "activation"),
     CategoryRule(r"embedding|index_?select|EmbeddingBackward|compute_grad_weight|krn_partials_per_segment|"
          r"krn_partial_segment_offset|compute_num_of_partial_segments|sum_and_scatter", "embedding"),
     CategoryRule(r"^aten::(add|sub|rsub|mul|div|neg|exp|log|pow|sqrt|rsqrt|reciprocal|abs|sign|clamp|clamp_min|clamp_max|"

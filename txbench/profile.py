@@ -29,7 +29,6 @@ self time. See docs/profiling.md.
 from __future__ import annotations
 
 import contextlib
-
 import re
 from bisect import bisect_right
 from collections import defaultdict

@@ -101,7 +101,9 @@ class SuiteFile(pytest.File):
         configs = pd.DataFrame([{**p.to_dict(), "point_id": p.point_id} for p in points])
         varying = varying_columns(configs, CONFIG_COLUMNS)
         measure = suite.measure_config()
-        for point, bid, label, (_, row) in zip(points, benchmark_ids(configs), short_labels(configs), configs.iterrows()):
+        for point, bid, label, (_, row) in zip(
+            points, benchmark_ids(configs), short_labels(configs), configs.iterrows()
+        ):
             params = {c: _plain(row[c]) for c in varying}
             fn = _make_test(point, measure, label=label, param=bid, params=params, group=suite.name)
             item = pytest.Function.from_parent(self, name=f"step[{bid}]", callobj=fn)

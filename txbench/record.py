@@ -116,7 +116,8 @@ class Record:
             out[f.name] = to_json(v) if f.type is dict else v
         for f in dataclasses.fields(self):
             if f.name not in _HEAD:
-                out[f.name] = copy.deepcopy(getattr(self, f.name)) if f.type.startswith("list") else getattr(self, f.name)
+                value = getattr(self, f.name)
+                out[f.name] = copy.deepcopy(value) if f.type.startswith("list") else value
         return out
 
     @classmethod

@@ -71,7 +71,8 @@ OPS_SCHEMA = pa.schema([
 
 
 def points_schema() -> pa.Schema:
-    """The Arrow schema of ``points.parquet``: config columns from :mod:`txbench.fields`, the rest from :class:`Record`."""
+    """The Arrow schema of ``points.parquet``: config columns from :mod:`txbench.fields`, the rest from
+    :class:`Record`."""
     return pa.schema([pa.field(name, _arrow_type(tp)) for name, tp in column_types().items()])
 
 

@@ -148,13 +148,19 @@ def _path(loc) -> str:
 def _pydantic_problems(err: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in ("int", "float", "str", "bool", "list[...]")))
+        loc = tuple(
+            p for p in e["loc"] if not (isinstance(p, str) and p in ("int", "float", "str", "bool", "list[...]"))
+        )
         # union members add their type names to the location; keep the data path only
         loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("none", "list"))))
         if e["type"] == "extra_forbidden":
             section, key = loc[:-1], loc[-1]
             options = _SECTION_FIELDS.get(section, [])
-            problems.append((_path(loc), f"unknown key{_suggest(key, options)}" + (f" (allowed: {', '.join(options)})" if options and not _suggest(key, options) else "")))
+            problems.append((
+                _path(loc),
+                f"unknown key{_suggest(key, options)}"
+                + (f" (allowed: {', '.join(options)})" if options and not _suggest(key, options) else ""),
+            ))
         else:
             got = e.get("input")
             msg = e["msg"]
@@ -187,12 +193,14 @@ def _check_sweep(raw: dict) -> list[tuple[str, str]]:
         choices = BY_NAME[split_axis(axis)[0]].choices
         for i, v in enumerate(values if choices and isinstance(values, list) else []):
             if v not in choices:
-                problems.append((f"sweep.{axis}[{i}]", f"unknown value {v!r}{_suggest(v, choices)}; allowed: {', '.join(choices)}"))
+                problems.append((f"sweep.{axis}[{i}]",
+                                 f"unknown value {v!r}{_suggest(v, choices)}; allowed: {', '.join(choices)}"))
     for i, rule in enumerate(raw.get("exclude") or []):
         if isinstance(rule, dict):
             for k in rule:
                 if k not in sweep:
-                    problems.append((f"exclude[{i}].{k}", f"not a sweep axis{_suggest(k, list(sweep))} (axes: {', '.join(sweep) or 'none'})"))
+                    problems.append((f"exclude[{i}].{k}", f"not a sweep axis{_suggest(k, list(sweep))} "
+                                     f"(axes: {', '.join(sweep) or 'none'})"))
     return problems
 
 
@@ -249,7 +257,9 @@ def _user_model_problems(point: Point, checked: set) -> None:
         return
     checked.add(key)
     if m.arch == "factory" and not m.factory:
-        raise PointError([("model.factory", "arch: factory needs factory: module:function, e.g. my_project.models:build")])
+        raise PointError(
+            [("model.factory", "arch: factory needs factory: module:function, e.g. my_project.models:build")]
+        )
     from txbench.usermodels import factory_problems, hf_problems  # imports torch: only for such suites
 
     problems = hf_problems(point) if m.arch == "hf" else factory_problems(point)
@@ -260,9 +270,11 @@ def _user_model_problems(point: Point, checked: set) -> None:
 def _with_context(fld: str, msg: str, values: dict, suite: Suite) -> str:
     if fld == "n_heads" and "d_model" in msg:
         where = "sweep.d_model" if "d_model" in values else "model.d_model"
-        return f"{values.get('n_heads', suite.model.n_heads)} does not divide {where}={values.get('d_model', suite.model.d_model)}"
+        return (f"{values.get('n_heads', suite.model.n_heads)} does not divide "
+                f"{where}={values.get('d_model', suite.model.d_model)}")
     if fld == "seq_len" and "max_seq_len" in msg:
-        return f"{values.get('seq_len')} exceeds model.max_seq_len={values.get('max_seq_len', suite.model.max_seq_len)}; raise model.max_seq_len"
+        return (f"{values.get('seq_len')} exceeds model.max_seq_len="
+                f"{values.get('max_seq_len', suite.model.max_seq_len)}; raise model.max_seq_len")
     return msg
 
 

@@ -31,7 +31,9 @@ def git_commit(path: str = ".") -> str | None:
         if out.returncode != 0:
             return None
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", path, "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5
+        )
         return sha + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -64,7 +66,9 @@ def fingerprint(device: str | None = None) -> dict:
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "mkldnn_available": torch.backends.mkldnn.is_available(),
-        "env_vars": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ},
+        "env_vars": {
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if k in os.environ
+        },
     }
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev.startswith("cuda") and torch.cuda.is_available():
@@ -86,7 +90,8 @@ def fingerprint(device: str | None = None) -> dict:
 def _nvidia_driver() -> str | None:
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
         )
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):

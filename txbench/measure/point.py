@@ -286,4 +286,7 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         msg = str(exc).strip().splitlines()[0][:500]
         step = None
         _free(dev)
-        return Record.for_point(point, "oom", msg, peak_mem_bytes=peak, wall_s=time.perf_counter() - t_start, **base), None
+        return (
+            Record.for_point(point, "oom", msg, peak_mem_bytes=peak, wall_s=time.perf_counter() - t_start, **base),
+            None,
+        )

@@ -25,11 +25,11 @@ __all__ = ["main", "run_point_job", "env_job"]
 
 def env_job(job: dict) -> dict:
     """Environment fingerprint and the unsupported reason of each point (decided before launch)."""
+    import torch
+
     from txbench.config import Point
     from txbench.measure.env import fingerprint
     from txbench.measure.point import unsupported_reason
-
-    import torch
 
     device = job.get("device") or "auto"
     if device == "auto":
