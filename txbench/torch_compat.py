@@ -158,17 +158,22 @@ def kineto_events(prof) -> list:
     torch merged an op into a parent of the same name (fewer ``calls``, same
     self time). Raises :class:`TorchUnsupported` when neither works.
     """
+    return _first_that_works(prof, _private_kineto_events, _public_kineto_events, "the profiler pass",
+                             "prof.profiler.kineto_results.events() failed ({private}) and so did prof.events() "
+                             "({public})")
+
+
+def _first_that_works(prof, private_fn, public_fn, measurement: str, missing: str):
+    """``private_fn(prof)``, else ``public_fn(prof)``, else :class:`TorchUnsupported` naming both failures."""
     try:
-        return _private_kineto_events(prof)
+        return private_fn(prof)
     except Exception as exc:  # any failure of a private API means it changed; the public path decides
         private = _why(exc)
     try:
-        return _public_kineto_events(prof)
+        return public_fn(prof)
     except Exception as exc:
         public = _why(exc)
-    raise TorchUnsupported("the profiler pass",
-                           f"prof.profiler.kineto_results.events() failed ({private}) and so did prof.events() "
-                           f"({public})")
+    raise TorchUnsupported(measurement, missing.format(private=private, public=public))
 
 
 # ----------------------------------------------------------------------------- CPU memory: allocation events
@@ -220,14 +225,7 @@ def allocation_events(prof) -> list[tuple[int, int]]:
     (the same events, in trace order, with the same times). Only the order of
     the times is meaningful. Raises :class:`TorchUnsupported` when neither works.
     """
-    try:
-        return _private_allocation_events(prof)
-    except Exception as exc:  # any failure of a private API means it changed; the public path decides
-        private = _why(exc)
-    try:
-        return _public_allocation_events(prof)
-    except Exception as exc:
-        public = _why(exc)
-    raise TorchUnsupported("the CPU memory measurement",
-                           f"the allocation events of experimental_event_tree() failed ({private}) and so did the "
-                           f"[memory] events of prof.export_chrome_trace() ({public})")
+    return _first_that_works(prof, _private_allocation_events, _public_allocation_events,
+                             "the CPU memory measurement",
+                             "the allocation events of experimental_event_tree() failed ({private}) and so did the "
+                             "[memory] events of prof.export_chrome_trace() ({public})")

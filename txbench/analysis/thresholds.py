@@ -53,6 +53,8 @@ TIMED_METRICS = ("step_ms", "fwd_ms", "bwd_ms", "opt_ms", "tokens_per_s")
 #: Metrics measured once per point; deterministic, so compared without a test.
 MEMORY_METRICS = ("peak_mem_bytes", "peak_mem_reserved_bytes")
 METRICS = TIMED_METRICS + MEMORY_METRICS
+#: What ``txbench compare`` and the report's run comparison check unless told otherwise.
+DEFAULT_METRICS = ("step_ms", "peak_mem_bytes")
 DEFAULT_TIME_THRESHOLD = 0.05
 DEFAULT_MEMORY_THRESHOLD = 0.01
 #: Columns a point rule may match on: the point's configuration and its id.

@@ -115,12 +115,12 @@ def compare(
     Example: [cyan]txbench compare results/ci/base results/ci/pr --format markdown -o comparison.md[/]
     """
     from txbench.analysis.compare import compare_runs, has_regression
-    from txbench.analysis.thresholds import load_rules, rules_from_options
+    from txbench.analysis.thresholds import DEFAULT_METRICS, load_rules, rules_from_options
 
     base_rules = load_rules(rules) if rules else None
     resolved = rules_from_options(threshold, base_rules)
     df = compare_runs([baseline, *(and_baseline or [])], [candidate, *(and_candidate or [])],
-                      metrics=tuple(metric or ("step_ms", "peak_mem_bytes")), rules=resolved,
+                      metrics=tuple(metric or DEFAULT_METRICS), rules=resolved,
                       allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value,
                       units=units.value)
     if fmt == Format.table:

@@ -7,10 +7,11 @@ import math
 
 from rich.markup import escape
 
-from txbench.labels import fmt_bytes, fmt_num
+from txbench.labels import fmt_bytes, fmt_ms, fmt_num
 from txbench.report.terminal import Column, fit_table
 
-__all__ = ["render_table", "render_markdown", "render_json", "method_note", "MARKDOWN_TAG"]
+__all__ = ["render_table", "render_markdown", "render_json", "method_note", "value_text", "p_text", "threshold_text",
+           "MARKDOWN_TAG"]
 
 _SHOWN = ("regression", "improvement", "inconclusive", "not_comparable")
 _STYLE = {"regression": "bold red", "improvement": "green", "inconclusive": "yellow", "unchanged": "dim",
@@ -29,14 +30,15 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _value(metric: str, v) -> str:
+def value_text(metric: str, v) -> str:
+    """A compared metric's value with its unit (``12.3 ms``, ``1.5 GiB``, ``3.2k tok/s``); ``-`` when missing."""
     if _nan(v):
         return "-"
     if metric.endswith("_bytes"):
         return fmt_bytes(v)
     if metric == "tokens_per_s":
         return f"{fmt_num(v)} tok/s"
-    return f"{v:.4g} ms"
+    return f"{fmt_ms(v)} ms"
 
 
 def _change(r) -> str:
@@ -48,13 +50,15 @@ def _change(r) -> str:
     return text
 
 
-def _p(v) -> str:
+def p_text(v) -> str:
+    """An adjusted p-value as shown in comparison tables."""
     if _nan(v):
         return "-"
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def _threshold(v) -> str:
+def threshold_text(v) -> str:
+    """A threshold fraction as a percentage (``5%``)."""
     return "-" if _nan(v) else f"{100 * v:g}%"
 
 
@@ -94,10 +98,10 @@ def render_table(df, *, show_all: bool = False, width: int = 200) -> list:
         cols = [
             Column("point", [str(r.label) for r in rows]),
             Column("metric", [r.metric for r in rows]),
-            Column("baseline", [_value(r.metric, r.baseline_median) for r in rows], "right", drop=2),
-            Column("candidate", [_value(r.metric, r.candidate_median) for r in rows], "right", drop=1),
+            Column("baseline", [value_text(r.metric, r.baseline_median) for r in rows], "right", drop=2),
+            Column("candidate", [value_text(r.metric, r.candidate_median) for r in rows], "right", drop=1),
             Column("change [95% CI]", [_change(r) for r in rows], "right"),
-            Column("p", [_p(r.p_adjusted) for r in rows], "right", drop=3),
+            Column("p", [p_text(r.p_adjusted) for r in rows], "right", drop=3),
             Column("verdict", verdicts, styles=[_STYLE.get(v, "") for v in verdicts]),
             Column("note", [" ".join(str(r.note or "").split()) for r in rows], note=True),
         ]
@@ -134,9 +138,9 @@ def render_markdown(df, *, show_all: bool = False) -> str:
                   "|---|---|--:|--:|--:|--:|--:|---|---|"]
         for r in rows.itertuples():
             note = str(r.note).replace("|", "\\|")
-            lines.append(f"| {r.label} | {r.metric} | {_value(r.metric, r.baseline_median)} | "
-                         f"{_value(r.metric, r.candidate_median)} | {_change(r)} | {_p(r.p_adjusted)} | "
-                         f"{_threshold(r.threshold)} | {_MARK.get(r.verdict, '')} {r.verdict} | {note} |")
+            lines.append(f"| {r.label} | {r.metric} | {value_text(r.metric, r.baseline_median)} | "
+                         f"{value_text(r.metric, r.candidate_median)} | {_change(r)} | {p_text(r.p_adjusted)} | "
+                         f"{threshold_text(r.threshold)} | {_MARK.get(r.verdict, '')} {r.verdict} | {note} |")
     elif len(df):
         lines.append("No changes beyond the thresholds.")
     if len(df) and (df["verdict"] == "inconclusive").any():

@@ -23,8 +23,9 @@ from txbench.analysis.breakdown import category_shares, phase_split
 from txbench.analysis.compare import compare_runs, verdict_counts
 from txbench.analysis.findings import find
 from txbench.analysis.scaling import numeric_axes
+from txbench.analysis.thresholds import DEFAULT_METRICS
 from txbench.errors import StoreError, TxbenchError
-from txbench.report.compare_text import method_note
+from txbench.report.compare_text import method_note, p_text, threshold_text, value_text
 from txbench.report.data import AXIS_TITLES, RunData, combined_points, line_columns, load_report_runs, point_labels
 from txbench.report.figures import sweep_figure
 from txbench.report.figures_time import categories_figure, heatmap_figure, phases_figure, ratio_figure
@@ -32,8 +33,6 @@ from txbench.report.sections import (
     e,
     failures_html,
     findings_html,
-    fmt_bytes,
-    fmt_ms,
     header_html,
     points_data,
     points_html,
@@ -211,14 +210,9 @@ def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> 
     return "".join(parts)
 
 
-#: The rows ``txbench compare`` gives by default, so that the report and the CI gate show the same table.
-COMPARE_METRICS = ("step_ms", "peak_mem_bytes")
-
-
+# cells as (text, sort value); the text is what txbench compare prints
 def _value(metric: str, v) -> tuple[str, float]:
-    if pd.isna(v):
-        return "-", v
-    return (fmt_bytes(v) if metric.endswith("_bytes") else f"{fmt_ms(v)} ms"), v
+    return value_text(metric, None if pd.isna(v) else v), v
 
 
 def _ci(lo, hi) -> tuple[str, float]:
@@ -227,11 +221,11 @@ def _ci(lo, hi) -> tuple[str, float]:
 
 
 def _p(v) -> tuple[str, float]:
-    return ("-" if pd.isna(v) else "<0.001" if v < 0.001 else f"{v:.3f}"), v
+    return p_text(None if pd.isna(v) else v), v
 
 
 def _pct(v) -> tuple[str, float]:
-    return ("-" if pd.isna(v) else f"{100 * v:g}%"), v
+    return threshold_text(None if pd.isna(v) else v), v
 
 
 def _pair_section(base: RunData, cand: RunData, figs: _Figures) -> str:
@@ -239,7 +233,7 @@ def _pair_section(base: RunData, cand: RunData, figs: _Figures) -> str:
     pair = f"Run {cand.label} vs run {base.label}"
     try:
         # runs from different devices or schemas still get their rows, each marked not_comparable with the reason
-        df = compare_runs(base.run_dir, cand.run_dir, metrics=COMPARE_METRICS, allow_mismatch=True)
+        df = compare_runs(base.run_dir, cand.run_dir, metrics=DEFAULT_METRICS, allow_mismatch=True)
     except TxbenchError as err:
         return f'<h3>{e(pair)}: not comparable</h3><p class="note">{e(err)}</p>'
     meta = df.attrs["compare"]
