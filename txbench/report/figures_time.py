@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 
 from txbench.analysis.breakdown import CATEGORIES, CATEGORY_LABELS
 from txbench.analysis.scaling import numeric_axes
+from txbench.labels import fmt_num
 from txbench.report.data import AXIS_ABBR, AXIS_TITLES, line_columns, point_labels
 from txbench.report.figures import esc, group_labels, layout, no_data, sig, slice_menu, slices, to_figure
 
@@ -145,7 +146,7 @@ def heatmap_figure(points: pd.DataFrame, x_axis: str, y_axis: str, metric: str =
                 text[i][j] = esc("OOM" if status[k] == "oom" else status[k])
             elif not np.isnan(vals[k]):
                 z[i, j] = vals[k]
-                text[i][j] = _si(vals[k])
+                text[i][j] = fmt_num(vals[k])
         # nested lists with null for gaps: a heatmap's missing cells must stay empty, never a number
         per_slice.append([{"z": [[None if np.isnan(v) else float(v) for v in row] for row in sig(z)], "text": text}])
     unit = "tokens/s" if metric == "tokens_per_s" else metric
@@ -160,13 +161,6 @@ def heatmap_figure(points: pd.DataFrame, x_axis: str, y_axis: str, metric: str =
     lay = layout(title, AXIS_TITLES.get(x_axis, x_axis), AXIS_TITLES.get(y_axis, y_axis), height=460)
     lay["xaxis"]["type"] = lay["yaxis"]["type"] = "category"
     return to_figure([trace], slice_menu(lay, labels, per_slice))
-
-
-def _si(v: float) -> str:
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{suffix}"
-    return f"{v:.3g}"
 
 
 def ratio_figure(ratios: pd.DataFrame, title: str) -> go.Figure:
