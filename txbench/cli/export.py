@@ -15,13 +15,15 @@ __all__ = ["export"]
 
 class ExportFormat(str, Enum):
     pytest_benchmark = "pytest-benchmark"
+    tensorboard = "tensorboard"
 
 
 @app.command()
 @handle_errors
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run directory (or its points.parquet).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="JSON file to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSON file (pytest-benchmark) or log directory "
+                                         "(tensorboard) to write.")],
     fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="Output format.")] = ExportFormat.pytest_benchmark,
     fullname_prefix: Annotated[
         Optional[str],
@@ -29,13 +31,22 @@ def export(
                      "[cyan]pytest --txbench-suite suites/<suite>.yaml[/] names them from the repository root)."),
     ] = None,
 ):
-    """Export a run's per-step samples as a pytest-benchmark JSON file.
+    """Export a run as a pytest-benchmark JSON file or a TensorBoard log directory.
 
-    The file reads back with [cyan]pytest-benchmark compare FILE[/] and works as
-    a [cyan]--benchmark-compare[/] baseline for [cyan]pytest --txbench-suite[/].
+    pytest-benchmark: the file reads back with [cyan]pytest-benchmark compare FILE[/] and works
+    as a [cyan]--benchmark-compare[/] baseline for [cyan]pytest --txbench-suite[/].
+    tensorboard: one TensorBoard run per point (config as hparams, metrics, step_ms per step,
+    kept traces for the profiler plugin); open it with [cyan]tensorboard --logdir DIR[/].
 
     Example: [cyan]txbench export results/ci/20250101T000000Z-ab12 --format pytest-benchmark -o ci.json[/]
     """
+    if fmt == ExportFormat.tensorboard:
+        from txbench.tb_export import write_tensorboard
+
+        info = write_tensorboard(run_dir, output)
+        console.print(f"wrote {info['dir']}: {info['runs']} runs, {info['traces']} traces; "
+                      f"open with: tensorboard --logdir {output}", soft_wrap=True)
+        return
     from txbench.export import write_pytest_benchmark
 
     info = write_pytest_benchmark(run_dir, output, fullname_prefix=fullname_prefix)

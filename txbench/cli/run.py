@@ -102,6 +102,11 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON summary object on stdout, nothing else.")
     ] = False,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option("--tensorboard", help="Also write the run for TensorBoard into this log directory "
+                     "(as [cyan]txbench export --format tensorboard[/])."),
+    ] = None,
 ):
     """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
 
@@ -114,6 +119,10 @@ def run(
     from txbench.suite import load_suite
 
     s, resolved = load_suite(suite, set_)
+    if tensorboard is not None:
+        from txbench.tb_export import _writer_class
+
+        _writer_class()  # a missing tensorboard package is said before anything is measured
     resume_arg = True if resume in ("latest", "last") else (Path(resume) if resume else None)
     cb = _RichProgress(quiet=quiet or as_json)
     t0 = time.monotonic()
@@ -130,6 +139,11 @@ def run(
     report_path = None
     if report and not interrupted:
         report_path = _write_report(result.run_dir, quiet or as_json)
+    tb_info = None
+    if tensorboard is not None and not interrupted:
+        from txbench.tb_export import write_tensorboard
+
+        tb_info = write_tensorboard(result.run_dir, tensorboard)
     import pandas as pd
 
     df = pd.DataFrame(result.records)
@@ -144,6 +158,7 @@ def run(
             "wall_s": round(time.monotonic() - t0, 3),
             "interrupted": interrupted,
             "report": str(report_path) if report_path else None,
+            "tensorboard": tb_info["dir"] if tb_info else None,
         }))
     else:
         if not quiet and len(df):
@@ -153,6 +168,8 @@ def run(
             console.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()))
             if report_path:
                 console.print(f"[bold]report[/]   {report_path}")
+            if tb_info:
+                console.print(f"[bold]tensorboard[/] {tb_info['dir']}  (tensorboard --logdir {tensorboard})")
             console.print(f"re-render: [cyan]txbench report {result.run_dir}[/]   "
                           f"findings: [cyan]txbench analyze {result.run_dir}[/]")
     if interrupted:
