@@ -14,12 +14,12 @@ dashboard (table and parallel coordinates) and the per-step noise as scalars.
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from pathlib import Path
 
 from txbench.errors import StoreError
+from txbench.export import _plain
 from txbench.fields import CONFIG_COLUMNS
 from txbench.labels import short_labels
 from txbench.store import load_points, read_meta, resolve_run
@@ -41,14 +41,6 @@ def _writer_class():
     except ImportError:
         raise StoreError(f"TensorBoard export needs the tensorboard package: {INSTALL}") from None
     return SummaryWriter
-
-
-def _plain(v):
-    if hasattr(v, "item"):
-        v = v.item()
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v
 
 
 def _hparam(v):

@@ -29,6 +29,7 @@ from txbench.config import Point
 
 __all__ = [
     "HF_ATTENTION",
+    "TASK_CAUSAL",
     "UserModel",
     "build_user_model",
     "hf_config",
@@ -56,6 +57,8 @@ HF_ATTENTION = {
 #: Masked-LM families (non-causal encoders); other decoder-only families train as causal LMs.
 _MASKED = ("bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "modernbert", "xlm-roberta")
 HF_INSTALL = "pip install 'txbench[hf]'  (transformers >= 4.50)"
+#: The kinds of attention (causal or not) each Hugging Face task runs.
+TASK_CAUSAL = {"causal_lm": {True}, "masked_lm": {False}, "seq2seq": {True, False}}
 
 
 @dataclass
@@ -178,12 +181,8 @@ def _build_hf(point: Point, device: torch.device, generator: torch.Generator) ->
     torch.manual_seed(point.train.seed)  # from_config draws the initial weights from torch's global generator
     with device:
         module = cls.from_config(config, attn_implementation=HF_ATTENTION[point.attention], dtype=torch.float32)
-    B, T, V = point.batch_size, point.seq_len, point.model.vocab_size
-    ids = torch.randint(0, V, (B, T), generator=generator, device="cpu").to(device)
-    labels = torch.randint(0, V, (B, T), generator=generator, device="cpu").to(device)
-    batch = {"input_ids": ids, "labels": labels}
-    causal = {"causal_lm": {True}, "masked_lm": {False}, "seq2seq": {True, False}}[task]
-    return UserModel(module, batch, _hf_loss, task, causal)
+    batch = _default_batch(point.batch_size, point.seq_len, point.model.vocab_size, device, generator)
+    return UserModel(module, batch, _hf_loss, task, TASK_CAUSAL[task])
 
 
 def _hf_loss(module, batch):

@@ -44,18 +44,16 @@ def unsupported_reason(point: Point) -> str | None:
     if point.attention.startswith("flash_attention_"):
         return f"{point.attention} is a Hugging Face attn_implementation: it needs arch: hf"
     causal_flags = {m.causal} if m.arch == "decoder" else {m.causal, False}
-    for causal in sorted(causal_flags):
-        reason = check_attention(point.attention, dev, dtype, causal, m.head_dim)
-        if reason:
-            kind = "causal" if causal else "non-causal"
-            return f"{point.attention} cannot train {kind} attention in {dtype} on {dev.type}: {reason}"
+    reason = _attention_reason(point, dev, dtype, causal_flags)
+    if reason:
+        return reason
     if point.attention == "flex" and m.dropout:
         return "flex attention has no dropout; set dropout: 0"
     return None
 
 
 def _user_model_reason(point: Point, dev: torch.device, dtype: torch.dtype) -> str | None:
-    from txbench.usermodels import hf_attention_reason, hf_task
+    from txbench.usermodels import TASK_CAUSAL, hf_attention_reason, hf_task
 
     m = point.model
     if m.arch == "hf":
@@ -65,14 +63,19 @@ def _user_model_reason(point: Point, dev: torch.device, dtype: torch.dtype) -> s
         from transformers import AutoConfig
 
         task = hf_task(m.hf.get("model_type", ""), AutoConfig.for_model(m.hf["model_type"]))
-        causal_flags = {"causal_lm": {True}, "masked_lm": {False}, "seq2seq": {True, False}}[task]
+        causal_flags = TASK_CAUSAL[task]
     else:
         if point.attention in ("mha", "flash_attention_2", "flash_attention_3"):
             return (f"{point.attention} is not an attention a factory model can be given; call "
                     "txbench.attention_core(q, k, v, impl=...) with naive, sdpa*, or flex")
         causal_flags = {bool(m.causal)}
+    return _attention_reason(point, dev, dtype, causal_flags)
+
+
+def _attention_reason(point: Point, dev: torch.device, dtype: torch.dtype, causal_flags: set) -> str | None:
+    """Why ``point.attention`` cannot train each kind of attention the model runs (probed on the device)."""
     for causal in sorted(causal_flags):
-        reason = check_attention(point.attention, dev, dtype, causal, m.head_dim)
+        reason = check_attention(point.attention, dev, dtype, causal, point.model.head_dim)
         if reason:
             kind = "causal" if causal else "non-causal"
             return f"{point.attention} cannot train {kind} attention in {dtype} on {dev.type}: {reason}"

@@ -81,17 +81,19 @@ def _run_name(ident: dict) -> str:
     return f"{name} ({commit[:12]})" if commit else name
 
 
+def _header_notes(meta: dict) -> list[tuple[str, str]]:
+    """(kind, text) lines above a comparison: runs that are not comparable, config differences, advice."""
+    return ([("not comparable", str(m)) for m in meta["mismatches"]]
+            + [("note", f"runs differ in {w}") for w in meta["warnings"]]
+            + [("note", str(a)) for a in meta.get("advice", [])])
+
+
 def render_table(df, *, show_all: bool = False, width: int = 200) -> list:
     """Rich renderables for the terminal: warnings, the table of rows to show (fitted to ``width``, notes as
     footnotes), the summary and the unmatched points."""
     meta = df.attrs["compare"]
-    out = []
-    for m in meta["mismatches"]:
-        out.append(f"[magenta]not comparable:[/] {escape(str(m))}")
-    for w in meta["warnings"]:
-        out.append(f"[yellow]note:[/] runs differ in {escape(str(w))}")
-    for a in meta.get("advice", []):
-        out.append(f"[yellow]note:[/] {escape(str(a))}")
+    style = {"not comparable": "magenta", "note": "yellow"}
+    out = [f"[{style[kind]}]{kind}:[/] {escape(text)}" for kind, text in _header_notes(meta)]
     rows = list(_rows(df, show_all).itertuples())
     if rows:
         verdicts = [r.verdict for r in rows]
@@ -124,13 +126,9 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     head = "🔴 **regression**" if n_reg else "✅ no regression"
     lines = [MARKDOWN_TAG, f"### txbench compare: {head}", "",
              f"`{_run_name(meta['baseline'])}` → `{_run_name(meta['candidate'])}`: {_summary(df, meta)}.", ""]
-    for m in meta["mismatches"]:
-        lines.append(f"> **not comparable**: {m}")
-    for w in meta["warnings"]:
-        lines.append(f"> note: runs differ in {w}")
-    for a in meta.get("advice", []):
-        lines.append(f"> note: {a}")
-    if meta["mismatches"] or meta["warnings"] or meta.get("advice"):
+    notes = _header_notes(meta)
+    lines += [f"> **{kind}**: {text}" if kind == "not comparable" else f"> {kind}: {text}" for kind, text in notes]
+    if notes:
         lines.append("")
     rows = _rows(df, show_all)
     if len(rows):
