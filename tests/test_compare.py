@@ -22,13 +22,16 @@ runner = CliRunner()
 
 
 def compare_runs(*args, **kw):
-    """compare_runs on synthetic, independent samples: every step is its own unit unless a test says otherwise."""
-    return _compare_runs(*args, **{"block_s": 0, **kw})
+    """compare_runs on synthetic, independent samples: every step is its own unit unless a test says otherwise.
+
+    One run per side is judged by its blocks (``units="blocks"``), not against the between-run noise model.
+    """
+    return _compare_runs(*args, **{"block_s": 0, "units": "blocks", **kw})
 
 
 def cli(*args):
-    """``txbench compare ARGS`` with --block-s 0 (synthetic samples have no time structure)."""
-    return runner.invoke(app, ["compare", *map(str, args), "--block-s", "0"])
+    """``txbench compare ARGS`` with --block-s 0 (synthetic samples have no time structure) and blocks as units."""
+    return runner.invoke(app, ["compare", "--units", "blocks", *map(str, args), "--block-s", "0"])
 
 
 @pytest.fixture
@@ -141,7 +144,7 @@ def test_drift_within_runs_is_not_a_regression(runs):
     base, cand = runs([ok_record(p, list(a))], [ok_record(p, list(b))])
     per_step = compare_runs(base, cand).iloc[0]
     assert per_step["verdict"] == "regression" and per_step["p_value"] < 1e-10
-    blocked = _compare_runs(base, cand).iloc[0]  # default: 1.5 s blocks
+    blocked = _compare_runs(base, cand, units="blocks").iloc[0]  # default: 1.5 s blocks
     assert blocked["blocks_baseline"] == 8 and blocked["n_baseline"] == 600
     assert blocked["ratio"] == per_step["ratio"] and blocked["ratio"] > 1.05
     assert blocked["verdict"] == "inconclusive" and blocked["p_value"] > 0.05
@@ -150,14 +153,14 @@ def test_drift_within_runs_is_not_a_regression(runs):
 def test_blocked_gate_still_catches_a_25_percent_slowdown(runs):
     p = point()
     base, cand = runs([ok_record(p, list(drift(600, 0)))], [ok_record(p, list(drift(600, 200, slow=1.25)))])
-    row = _compare_runs(base, cand).iloc[0]
+    row = _compare_runs(base, cand, units="blocks").iloc[0]
     assert row["verdict"] == "regression" and row["ratio_ci_low"] > 1.0
 
 
 def test_too_few_blocks_says_measure_longer(runs):
     p = point()
     base, cand = runs([ok_record(p, steps(10.0, n=300, seed=1))], [ok_record(p, steps(20.0, n=300, seed=2))])
-    row = _compare_runs(base, cand).iloc[0]  # 3 s of steps: 2 blocks of 1.5 s per side
+    row = _compare_runs(base, cand, units="blocks").iloc[0]  # 3 s of steps: 2 blocks of 1.5 s per side
     assert row["verdict"] == "inconclusive" and row["blocks_baseline"] == 2
     assert "too few blocks" in row["note"] and "max_s" in row["note"]
     assert row["steps_needed"] == 900
@@ -168,10 +171,10 @@ def test_pooled_rounds_add_blocks(runs, tmp_path):
     base, cand = runs([ok_record(p, list(drift(300, 1)))], [ok_record(p, list(drift(300, 2)))])
     base2 = write_run(tmp_path / "base2", [ok_record(p, list(drift(300, 3)))])
     cand2 = write_run(tmp_path / "cand2", [ok_record(p, list(drift(300, 4)))])
-    one_df, two_df = _compare_runs(base, cand), _compare_runs([base, base2], [cand, cand2], units="blocks")
+    one_df, two_df = _compare_runs(base, cand, units="blocks"), _compare_runs([base, base2], [cand, cand2], units="blocks")
     # a single run per side cannot see drift between runs, and the comparison says so
     assert "alternating rounds" in one_df.attrs["compare"]["advice"][0] and not two_df.attrs["compare"]["advice"]
-    one, other, two = one_df.iloc[0], _compare_runs(base2, cand2).iloc[0], two_df.iloc[0]
+    one, other, two = one_df.iloc[0], _compare_runs(base2, cand2, units="blocks").iloc[0], two_df.iloc[0]
     assert one["blocks_baseline"] >= 3 and other["blocks_baseline"] >= 3 and two["n_baseline"] == 600
     # a block never spans two rounds: the pooled side has exactly the blocks of its rounds
     assert two["blocks_baseline"] == one["blocks_baseline"] + other["blocks_baseline"]

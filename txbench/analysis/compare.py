@@ -40,8 +40,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from txbench.analysis.noise import run_noise
 from txbench.analysis.thresholds import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
-from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, UNITS, _pct, block_labels, decide, holm, sample_stats
+from txbench.analysis.verdict import (
+    BLOCK_S,
+    MIN_BLOCKS,
+    UNITS,
+    _pct,
+    block_labels,
+    decide,
+    holm,
+    run_stats,
+    sample_stats,
+)
 from txbench.errors import CompareError
 from txbench.fields import CONFIG_COLUMNS
 from txbench.labels import short_labels
@@ -265,6 +276,7 @@ def compare_runs(
     block_s: float = BLOCK_S,
     correction: str = "holm",
     units: str = "auto",
+    run_sd: float | None = None,
 ) -> pd.DataFrame:
     """Compare ``candidate`` against ``baseline``: one row per matched point and metric.
 
@@ -281,7 +293,10 @@ def compare_runs(
     the test; 0 = every step). ``correction``: ``holm`` adjusts the p-values of
     all timed rows together (family-wise error at ``alpha``), ``none`` judges
     each row alone. ``units``: ``rounds`` (one median per pooled run, Welch's
-    t), ``blocks``, or ``auto`` (rounds when both sides pool 2+ runs).
+    t), ``blocks``, ``runs`` (one run per side against the between-run noise
+    model of :mod:`txbench.analysis.noise`: the calibrated sd of this machine,
+    else its default; ``run_sd`` overrides it) or ``auto`` (rounds when both
+    sides pool 2+ runs, else runs).
 
     Columns: point_id, metric, label, the config columns, baseline_median,
     candidate_median, ratio, ratio_ci_low, ratio_ci_high, p_value, p_adjusted,
@@ -314,7 +329,12 @@ def compare_runs(
     common = [pid for pid in c.index if pid in b.index]
     cfg_cols = [col for col in CONFIG_COLUMNS if col in c.columns]
     labels = dict(zip(common, short_labels(c.loc[common, cfg_cols + ["point_id"]]))) if common else {}
-    by_rounds = units == "rounds" or (units == "auto" and min(_n_runs(baseline), _n_runs(candidate)) >= 2)
+    pooled = min(_n_runs(baseline), _n_runs(candidate)) >= 2
+    by_rounds = units == "rounds" or (units == "auto" and pooled)
+    by_runs = units == "runs" or (units == "auto" and not pooled)
+    noise = run_noise(ib) if by_runs else None
+    if noise is not None and run_sd is not None:
+        noise = {"sd": float(run_sd), "source": "given (--run-sd)"}
     unit_s = math.inf if by_rounds else block_s  # one block per round when rounds are the units
     rows, timed = [], []
     for pid in common:
@@ -330,8 +350,11 @@ def compare_runs(
             t = rules.threshold_for(metric, {**config, "point_id": pid}, fallback=threshold)
             if metric in TIMED_METRICS:
                 sb, sc = _samples(rb, metric), _samples(rc, metric)
-                res = sample_stats(sb, sc, *(lab if lab.size == x.size else None for lab, x in zip(blocks, (sb, sc))),
-                                   rounds=by_rounds)
+                if noise is not None:
+                    res = run_stats(sb, sc, noise["sd"])
+                else:
+                    res = sample_stats(sb, sc, *(lab if lab.size == x.size else None
+                                                 for lab, x in zip(blocks, (sb, sc))), rounds=by_rounds)
                 timed.append((len(rows), metric == "tokens_per_s"))
             else:
                 res = _compare_memory(rb.get(metric), rc.get(metric), t)
@@ -351,8 +374,10 @@ def compare_runs(
     out.attrs["compare"] = {
         "baseline": ib, "candidate": ic, "comparable": not hard, "mismatches": hard, "warnings": soft,
         "metrics": list(metrics), "alpha": alpha, "threshold": threshold, "rules": rules.to_dict(),
-        "block_s": block_s, "correction": correction, "tests": len(timed), "units": "rounds" if by_rounds else "blocks",
-        "rounds": [_n_runs(baseline), _n_runs(candidate)], "advice": _advice(baseline, candidate, timed, block_s),
+        "block_s": block_s, "correction": correction, "tests": len(timed),
+        "units": "rounds" if by_rounds else "runs" if noise is not None else "blocks", "noise": noise,
+        "rounds": [_n_runs(baseline), _n_runs(candidate)],
+        "advice": _advice(baseline, candidate, timed, block_s, noise),
         "unmatched": unmatched_points(b, c).to_dict("records"), "matched": len(common),
     }
     return out
@@ -362,8 +387,12 @@ def _n_runs(side) -> int:
     return len(side) if isinstance(side, (list, tuple)) else 1
 
 
-def _advice(baseline, candidate, timed, block_s: float) -> list[str]:
+def _advice(baseline, candidate, timed, block_s: float, noise: dict | None = None) -> list[str]:
     """Notes on the design of the comparison (not on its result)."""
+    if timed and noise is not None:
+        return [f"one run per side, judged against a between-run noise of sd {noise['sd']:.3g} (log median per run; "
+                f"{noise['source']}): only changes well beyond it are decided; txbench ab interleaves both sides "
+                "and decides far smaller ones (docs/ci.md)"]
     if timed and min(_n_runs(baseline), _n_runs(candidate)) < 2:
         return ["one run per side: drift between runs is not measured, so an A/A pair can still look changed; "
                 "a CI gate on a shared machine should pool several alternating rounds per side (docs/ci.md)"]

@@ -42,8 +42,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["BLOCK_S", "MIN_BLOCKS", "MIN_ROUNDS", "UNITS", "block_labels", "block_medians", "sample_stats", "decide",
-           "holm"]
+__all__ = ["BLOCK_S", "MIN_BLOCKS", "MIN_ROUNDS", "UNITS", "block_labels", "block_medians", "sample_stats", "run_stats",
+           "decide", "holm"]
 
 #: Default block length in seconds: steps are grouped into blocks of at least this long.
 BLOCK_S = 1.5
@@ -51,8 +51,9 @@ BLOCK_S = 1.5
 MIN_BLOCKS = 6
 #: Fewer rounds than this on a side (rounds as units) and no verdict is attempted.
 MIN_ROUNDS = 3
-#: What the test counts as one sample: ``auto`` = rounds when both sides pool 2+ runs, else blocks.
-UNITS = ("auto", "rounds", "blocks")
+#: What the test counts as one sample: ``auto`` = rounds when both sides pool 2+ runs, else one run per side
+#: against the between-run noise model (``runs``, :mod:`txbench.analysis.noise`); ``blocks`` = blocks of steps.
+UNITS = ("auto", "rounds", "blocks", "runs")
 #: More steps than this multiple of the current count is reported as "not affordable".
 _MAX_STEP_FACTOR = 100.0
 _N_RESAMPLES = 2000
@@ -191,6 +192,39 @@ def sample_stats(baseline, candidate, baseline_blocks=None, candidate_blocks=Non
     return out
 
 
+def run_stats(baseline, candidate, run_sd: float) -> dict:
+    """As :func:`sample_stats` for one run per side, against a between-run noise of ``run_sd`` (log sd per run).
+
+    Each side's log median carries its own uncertainty (from the order-statistic
+    CI of its steps) plus ``run_sd``: the ratio's log has standard error
+    ``sqrt(se_b^2 + se_c^2 + 2 run_sd^2)``; the test is a z test, the CI normal.
+    """
+    from scipy import stats
+
+    from txbench.measure.stats import median_ci
+
+    b, _ = _clean(baseline, None)
+    c, _ = _clean(candidate, None)
+    nan = math.nan
+    out = {"baseline_median": float(np.median(b)) if b.size else nan,
+           "candidate_median": float(np.median(c)) if c.size else nan,
+           "ratio": nan, "ratio_ci_low": nan, "ratio_ci_high": nan, "p_value": nan,
+           "n_baseline": int(b.size), "n_candidate": int(c.size), "blocks_baseline": 1 if b.size else 0,
+           "blocks_candidate": 1 if c.size else 0, "units": "runs"}
+    if not (b.size and c.size and out["baseline_median"] > 0 and out["candidate_median"] > 0):
+        return out
+
+    def se(x, med):
+        lo, hi = median_ci(x)
+        return (math.log(hi) - math.log(lo)) / (2 * 1.96) if lo > 0 and hi > 0 else 0.0
+
+    d = math.log(out["candidate_median"] / out["baseline_median"])
+    s = math.sqrt(se(b, out["baseline_median"]) ** 2 + se(c, out["candidate_median"]) ** 2 + 2 * run_sd ** 2)
+    p = float(2 * stats.norm.sf(abs(d) / s)) if s > 0 else (1.0 if d == 0 else 0.0)
+    out.update(ratio=math.exp(d), ratio_ci_low=math.exp(d - 1.96 * s), ratio_ci_high=math.exp(d + 1.96 * s), p_value=p)
+    return out
+
+
 def _pct(fraction: float) -> str:
     return f"{100 * fraction:g}%"
 
@@ -217,7 +251,8 @@ def decide(s: dict, *, threshold: float = 0.05, alpha: float = 0.05, higher_is_b
     p = s["p_value"] if p is None else p
     nb, nc = s["blocks_baseline"], s["blocks_candidate"]
     rounds = s.get("units") == "rounds"
-    least = MIN_ROUNDS if rounds else MIN_BLOCKS
+    runs = s.get("units") == "runs"
+    least = 1 if runs else MIN_ROUNDS if rounds else MIN_BLOCKS
     if min(nb, nc) < least:
         unit = "rounds" if rounds else (f"blocks of >={block_s:g} s" if block_s > 0 else "steps")
         # steps per side for the least number of units at each side's own steps per unit
@@ -250,6 +285,10 @@ def decide(s: dict, *, threshold: float = 0.05, alpha: float = 0.05, higher_is_b
     else:
         need, how = _steps_needed(n, lo, hi, math.log1p(threshold) - abs(math.log(bad)))
         why = f"CI reaches past ±{_pct(threshold)}"
+    if runs:  # more steps do not shrink the between-run noise; more runs, or interleaving, do
+        return {"verdict": "inconclusive", "steps_needed": None,
+                "note": f"too noisy: {why}; one run per side cannot resolve it against the between-run noise: "
+                        "use txbench ab, or pool alternating rounds (--and-baseline/--and-candidate)"}
     if rounds and need is not None:  # more steps per round do not help when rounds vary: count rounds
         per_round = n / max(nb, nc, 1)
         need_rounds = int(math.ceil(need / per_round))

@@ -16,9 +16,11 @@ import typer
 from txbench.cli.app import app, err_console, handle_errors, print_all, term_width
 from txbench.report.compare_text import render_json, render_markdown, render_table
 
-__all__ = ["compare", "EXIT_REGRESSION"]
+__all__ = ["compare", "emit", "EXIT_REGRESSION"]
 
 EXIT_REGRESSION = 1
+
+
 class Format(str, Enum):
     table = "table"
     markdown = "markdown"
@@ -34,6 +36,27 @@ class Units(str, Enum):
     auto = "auto"
     rounds = "rounds"
     blocks = "blocks"
+    runs = "runs"
+
+
+def emit(df, fmt: "Format", *, show_all: bool, output: Path | None) -> None:
+    """Print or write a comparison table (``compare`` and ``ab``) in the chosen format."""
+    if fmt == Format.table:
+        if output:
+            from rich.console import Console
+
+            with open(output, "w") as fh:
+                file_console = Console(file=fh, width=160, highlight=False)
+                for item in render_table(df, show_all=show_all, width=160):
+                    file_console.print(item)
+        else:
+            print_all(render_table(df, show_all=show_all, width=term_width()))
+    else:
+        text = render_markdown(df, show_all=show_all) if fmt == Format.markdown else render_json(df) + "\n"
+        if output:
+            Path(output).write_text(text)
+        else:
+            typer.echo(text, nl=False)
 
 
 @app.command()
@@ -77,8 +100,14 @@ def compare(
     units: Annotated[
         Units,
         typer.Option(help="What one sample of the test is: rounds (one median per pooled run; Welch's t), "
-                     "blocks of --block-s seconds, or auto (rounds when both sides pool 2+ runs)."),
+                     "blocks of --block-s seconds, runs (one run per side against the between-run noise model), "
+                     "or auto (rounds when both sides pool 2+ runs, else runs)."),
     ] = Units.auto,
+    run_sd: Annotated[
+        Optional[float],
+        typer.Option("--run-sd", help="Between-run noise for one run per side (sd of the log median per run); "
+                     "default: this runner's from txbench calibrate, else 0.15.", min=0.0),
+    ] = None,
     correction: Annotated[
         Correction,
         typer.Option(help="Multiple-testing correction over the timed rows: holm keeps the gate's false-alarm rate "
@@ -122,23 +151,8 @@ def compare(
     df = compare_runs([baseline, *(and_baseline or [])], [candidate, *(and_candidate or [])],
                       metrics=tuple(metric or DEFAULT_METRICS), rules=resolved,
                       allow_mismatch=allow_mismatch, alpha=alpha, block_s=block_s, correction=correction.value,
-                      units=units.value)
-    if fmt == Format.table:
-        if output:
-            from rich.console import Console
-
-            with open(output, "w") as fh:
-                file_console = Console(file=fh, width=160, highlight=False)
-                for item in render_table(df, show_all=show_all, width=160):
-                    file_console.print(item)
-        else:
-            print_all(render_table(df, show_all=show_all, width=term_width()))
-    else:
-        text = render_markdown(df, show_all=show_all) if fmt == Format.markdown else render_json(df) + "\n"
-        if output:
-            Path(output).write_text(text)
-        else:
-            typer.echo(text, nl=False)
+                      units=units.value, run_sd=run_sd)
+    emit(df, fmt, show_all=show_all, output=output)
     failed = has_regression(df) or (fail_on_inconclusive and bool((df["verdict"] == "inconclusive").any()))
     if output:
         err_console.print(f"wrote {output}" + (" ([red]regression[/])" if has_regression(df) else ""), soft_wrap=True)

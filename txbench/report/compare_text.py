@@ -22,6 +22,8 @@ _INCONCLUSIVE_HINT = (
     "too noisy to decide at this threshold; the note says how many rounds (or steps) per side would decide: "
     "pool more alternating rounds (--and-baseline/--and-candidate), pin threads, or use a quieter runner (docs/ci.md)"
 )
+_AB_HINT = ("undecided within the budget; the note gives the interval reached and about what --max-s would decide; "
+            "a change about the size of the threshold needs a longer budget or a larger --threshold")
 #: Marks the PR comment so a workflow can find and update its own comment.
 MARKDOWN_TAG = "<!-- txbench-compare -->"
 
@@ -113,7 +115,7 @@ def render_table(df, *, show_all: bool = False, width: int = 200) -> list:
         out.append("[green]no changes beyond the thresholds[/] (--all shows every point)")
     out.append(f"[bold]summary[/] {_summary(df, meta)}")
     if (df["verdict"] == "inconclusive").any():
-        out.append(f"[yellow]inconclusive[/]: {_INCONCLUSIVE_HINT}")
+        out.append(f"[yellow]inconclusive[/]: {_hint(meta)}")
     for u in meta["unmatched"]:
         out.append(f"[yellow]{u['side']}:[/] {escape(str(u['label']))} ({u['point_id']}, {u['status']})")
     return out
@@ -123,8 +125,15 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     """GitHub-flavoured markdown for a PR comment or ``$GITHUB_STEP_SUMMARY``."""
     meta = df.attrs["compare"]
     n_reg = int((df["verdict"] == "regression").sum()) if len(df) else 0
-    head = "🔴 **regression**" if n_reg else "✅ no regression"
-    lines = [MARKDOWN_TAG, f"### txbench compare: {head}", "",
+    n_und = int((df["verdict"] == "inconclusive").sum()) if len(df) else 0
+    if n_reg:
+        head = "🔴 **regression**" + (f", and {n_und} of {len(df)} rows undecided" if n_und else "")
+    elif n_und:  # undecided rows never read as a pass
+        head = f"🟡 **undecided**: no regression found, but {n_und} of {len(df)} rows are undecided"
+    else:
+        head = "✅ no regression"
+    command = "ab" if meta.get("units") == "ab" else "compare"
+    lines = [MARKDOWN_TAG, f"### txbench {command}: {head}", "",
              f"`{_run_name(meta['baseline'])}` → `{_run_name(meta['candidate'])}`: {_summary(df, meta)}.", ""]
     notes = _header_notes(meta)
     lines += [f"> **{kind}**: {text}" if kind == "not comparable" else f"> {kind}: {text}" for kind, text in notes]
@@ -141,8 +150,8 @@ def render_markdown(df, *, show_all: bool = False) -> str:
                          f"{threshold_text(r.threshold)} | {_MARK.get(r.verdict, '')} {r.verdict} | {note} |")
     elif len(df):
         lines.append("No changes beyond the thresholds.")
-    if len(df) and (df["verdict"] == "inconclusive").any():
-        lines += ["", f"Inconclusive: {_INCONCLUSIVE_HINT}"]
+    if n_und:
+        lines += ["", f"Undecided ({n_und} rows): {_hint(meta)}"]
     if meta["unmatched"]:
         lines += ["", "Points in only one run:", ""]
         lines += [f"- {u['side']}: {u['label']} (`{u['point_id']}`, {u['status']})" for u in meta["unmatched"]]
@@ -150,8 +159,25 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hint(meta: dict) -> str:
+    return _AB_HINT if meta.get("units") == "ab" else _INCONCLUSIVE_HINT
+
+
 def method_note(meta: dict) -> str:
     """One sentence on how the verdicts were reached (footer of the markdown)."""
+    if meta.get("units") == "ab":
+        ab = meta.get("ab", {})
+        return (f"txbench ab ({ab.get('mode', '?')}): both sides alive at once, short blocks of steps interleaved; "
+                f"one unit = log ratio of two blocks' medians; sequential t test over up to {ab.get('looks', '?')} "
+                f"looks per point with alpha spending alpha*t^3 (Bonferroni over looks), Holm over "
+                f"{meta['tests']} points, alpha={meta['alpha']}; a change counts beyond the threshold and "
+                "significant; interval: at the last look's level.")
+    if meta.get("units") == "runs":
+        nm = meta.get("noise", {})
+        return (f"One run per side: a change counts when it is beyond the threshold and significant against the "
+                f"between-run noise model ({nm.get('source', '?')}: sd {nm.get('sd', float('nan')):.3g} of log "
+                f"median per run){', Holm-adjusted over ' + str(meta['tests']) + ' tests' if meta['tests'] > 1 else ''}"
+                f", alpha={meta['alpha']}; 95% CI: normal, run noise plus the blocks' own.")
     adj = f", Holm-adjusted over {meta['tests']} tests" if meta["correction"] == "holm" and meta["tests"] > 1 else ""
     if meta.get("units") == "rounds":
         r = meta.get("rounds", ["?", "?"])

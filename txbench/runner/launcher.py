@@ -62,10 +62,14 @@ def _signal_name(code: int) -> str:
 class WorkerLauncher(Launcher):
     """A persistent ``python -m txbench.runner.worker`` process, replaced after any failure."""
 
-    def __init__(self, log_path: Path | None = None, isolate: bool = False, env: dict | None = None):
+    def __init__(self, log_path: Path | None = None, isolate: bool = False, env: dict | None = None,
+                 python: str | None = None, cwd: str | Path | None = None):
         self.log_path = Path(log_path) if log_path else None
         self.isolate = isolate
         self.env = env
+        self.python = python or sys.executable
+        self.cwd = str(cwd) if cwd else None
+        self.hello: dict = {}  # the worker's first line: pid, protocol, txbench version
         self.proc: subprocess.Popen | None = None
         self._log = None
         self._buf = b""
@@ -76,19 +80,36 @@ class WorkerLauncher(Launcher):
             self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "txbench.runner.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            start_new_session=True,  # Ctrl-C reaches the sweep, which stops the worker itself
-        )
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "txbench.runner.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,  # Ctrl-C reaches the sweep, which stops the worker itself
+            )
+        except OSError as e:
+            self.proc = None
+            return f"cannot run {self.python}: {e.strerror or e}"
         self._buf = b""
         ready = self._read_line(deadline)
         if ready is None:
             return self._failure_message()
+        self.hello = ready
         return None
+
+    def start(self, timeout_s: float = 120.0) -> str | None:
+        """Start the worker now (it also starts on the first job); None, or why it did not start."""
+        if self.proc is not None and self.proc.poll() is None:
+            return None
+        self._kill()
+        err = self._start(deadline=time.monotonic() + timeout_s)
+        if err:
+            err = f"{err}\n{self._log_tail()}".strip()
+            self._kill()
+        return err
 
     def _kill(self) -> None:
         if self.proc is None:
@@ -166,19 +187,25 @@ class WorkerLauncher(Launcher):
     def run(self, job: dict, timeout_s: float) -> Outcome:
         """Send ``job``; wait at most ``timeout_s`` (plus worker start-up) for the answer."""
         t0 = time.monotonic()
-        if self.proc is None or self.proc.poll() is not None:
-            self._kill()
-            err = self._start(deadline=t0 + 120.0)
-            if err:
-                msg = err
-                self._kill()
-                return Outcome(failure="died", message=f"worker failed to start: {msg}\n{self._log_tail()}".strip())
-        t_job = time.monotonic()
+        err = self.start()
+        if err:
+            return Outcome(failure="died", message=f"worker failed to start: {err}")
+        self.send(job)
+        return self.receive(timeout_s, t0=t0)
+
+    def send(self, job: dict) -> None:
+        """Write ``job`` to the running worker without waiting (see :meth:`receive`)."""
+        self._sent = time.monotonic()
         try:
             self.proc.stdin.write((json.dumps(job) + "\n").encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass
+
+    def receive(self, timeout_s: float, t0: float | None = None) -> Outcome:
+        """The answer to the job last sent, waiting at most ``timeout_s`` from its sending."""
+        t_job = getattr(self, "_sent", time.monotonic())
+        t0 = t_job if t0 is None else t0
         answer = self._read_line(t_job + timeout_s)
         wall = time.monotonic() - t0
         if answer is None:

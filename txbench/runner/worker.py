@@ -10,6 +10,17 @@ Jobs:
 - ``{"kind": "point", "point": {...}, "measure": {...}, "profile_steps": N, "trace_path": str|None}``
   -> ``{"record": {...}, "ops": [...]}``. A Python exception in the point is
   answered as a record with ``status="error"``; the traceback goes to stderr.
+
+The interleaved A/B jobs of ``txbench ab`` (:mod:`txbench.runner.ab`) keep one point
+built between jobs:
+- ``{"kind": "ab_open", "point": {...}, "measure": {...}, "threads": N|None}`` measures the
+  point as ``point`` does (short budget, no profiler) and keeps its step warm -> ``{"record": {...}}``
+- ``{"kind": "ab_block", "steps": n}`` -> ``{"fwd": [...], "bwd": [...], "opt": [...]}`` (ms), or
+  ``{"error": message}`` when a step raises (the point is then closed)
+- ``{"kind": "ab_close"}`` -> ``{"closed": true}``
+
+The first line the worker writes is ``{"ready": true, "pid": ..., "protocol": PROTOCOL,
+"txbench": version}``; a coordinator refuses a worker whose protocol differs from its own.
 """
 
 from __future__ import annotations
@@ -20,7 +31,10 @@ import sys
 import time
 import traceback
 
-__all__ = ["main", "run_point_job", "env_job"]
+__all__ = ["main", "run_point_job", "env_job", "PROTOCOL"]
+
+#: Version of the job protocol; bump it when a job or an answer changes shape.
+PROTOCOL = 2
 
 
 def env_job(job: dict) -> dict:
@@ -71,12 +85,76 @@ def run_point_job(job: dict) -> dict:
         del step
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
-        msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:1000]
-        record = Record.for_point(point, "error", msg)
+        record = Record.for_point(point, "error", _first_line(exc))
     finally:
         _cleanup(point.device)
     record.wall_s = time.perf_counter() - t0
     return {"record": record.to_dict(), "ops": ops}
+
+
+_AB: dict = {}  # the point an ab session keeps built: step, timer, device
+
+
+def ab_open_job(job: dict) -> dict:
+    """Measure the point with the given (short) budget and keep its step built and warm for blocks."""
+    import torch
+
+    from txbench.config import MeasureConfig, Point
+    from txbench.measure.point import measure_point_keep
+    from txbench.measure.timing import make_timer
+    from txbench.record import Record
+
+    ab_close_job({})
+    point = Point.from_dict(job["point"])
+    cfg = MeasureConfig(**job.get("measure", {}))
+    threads = job.get("threads") or _DEFAULT_THREADS
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    try:
+        record, step = measure_point_keep(point, cfg)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        record, step = Record.for_point(point, "error", _first_line(exc)), None
+    if step is not None:
+        if job.get("threads"):  # the point's own thread count yields to the coordinator's split of the cores
+            torch.set_num_threads(job["threads"])
+        _AB.update(step=step, timer=make_timer(point.device), device=point.device)
+    else:
+        _cleanup(point.device)
+    record.wall_s = time.perf_counter() - t0
+    return {"record": record.to_dict()}
+
+
+def ab_block_job(job: dict) -> dict:
+    """Run ``steps`` timed steps of the open point; phase times in ms."""
+    step, timer = _AB.get("step"), _AB.get("timer")
+    if step is None:
+        return {"error": "no point is open (ab_open first)"}
+    out = {"fwd": [], "bwd": [], "opt": []}
+    try:
+        for _ in range(int(job.get("steps", 1))):
+            f, b, o = timer(step)
+            out["fwd"].append(f)
+            out["bwd"].append(b)
+            out["opt"].append(o)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        ab_close_job({})
+        return {"error": _first_line(exc)}
+    return out
+
+
+def ab_close_job(job: dict) -> dict:
+    device = _AB.pop("device", None)
+    _AB.clear()
+    if device is not None:
+        _cleanup(device)
+    return {"closed": True}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:1000]
 
 
 def _cleanup(device: str) -> None:
@@ -92,6 +170,9 @@ def _cleanup(device: str) -> None:
 _DEFAULT_THREADS = 0
 
 
+_AB_JOBS = {"ab_open": ab_open_job, "ab_block": ab_block_job, "ab_close": ab_close_job}
+
+
 def main() -> None:
     global _DEFAULT_THREADS
     proto = os.fdopen(os.dup(1), "w", buffering=1)
@@ -100,7 +181,9 @@ def main() -> None:
     import torch
 
     _DEFAULT_THREADS = torch.get_num_threads()
-    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    from txbench import __version__
+
+    proto.write(json.dumps({"ready": True, "pid": os.getpid(), "protocol": PROTOCOL, "txbench": __version__}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -111,6 +194,8 @@ def main() -> None:
                 answer = env_job(job)
             elif kind == "point":
                 answer = run_point_job(job)
+            elif kind in _AB_JOBS:
+                answer = _AB_JOBS[kind](job)
             elif kind == "exit":
                 break
             else:
