@@ -311,7 +311,7 @@ def _run(suites, dirs, launchers, cfg: AbConfig, cb: AbCallbacks, t_start: float
         rows.extend(new_rows)
         cb.on_point_end(i, labels[i], new_rows)
     cfg_cols = [c for c in CONFIG_COLUMNS if any(c in r for r in rows)]
-    frame = pd.DataFrame(rows, columns=_columns(cfg_cols) + ["rounds", "steps_per_block", "decided_s"])
+    frame = pd.DataFrame(rows, columns=_columns(cfg_cols) + ["rounds", "steps_per_block", "decided_s", "unit_sd"])
     ident = {k: {"schema_version": None, "device": device, "device_name": envs[k]["env"].get("device_name"),
                  "suite": suites[k].name, "run_id": dirs[k].name, "torch_version": envs[k]["env"].get("torch_version"),
                  "torch_threads": envs[k]["env"].get("torch_threads"), "hostname": envs[k]["env"].get("hostname"),
@@ -453,7 +453,8 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
              "p_value": p, "p_adjusted": math.nan, "verdict": verdict, "note": note,
              "n_baseline": len(rb.get("step_ms_samples") or []), "n_candidate": len(rc.get("step_ms_samples") or []),
              "blocks_baseline": n_rounds, "blocks_candidate": n_rounds, "units": "rounds", "steps_needed": None,
-             "rounds": n_rounds, "steps_per_block": seq["steps_per_block"], "decided_s": round(seq["decided_s"], 1)}
+             "rounds": n_rounds, "steps_per_block": seq["steps_per_block"], "decided_s": round(seq["decided_s"], 1),
+             "unit_sd": float(x.std(ddof=1)) if x.size >= 2 else math.nan}
     mem = _compare_memory(rb.get("peak_mem_bytes"), rc.get("peak_mem_bytes"), cfg.memory_threshold)
     return [{**base, **timed}, {**base, "metric": "peak_mem_bytes", "threshold": cfg.memory_threshold, **mem}]
 
