@@ -50,6 +50,48 @@ def _timer_median_ms(step, device: str, min_run_time: float) -> tuple[float, int
     return m.median * 1e3, len(m.times)
 
 
+def agreement_config(max_s: float) -> MeasureConfig:
+    """txbench's measurement settings for the comparison: a tight CI target, capped at ``max_s`` per round."""
+    return MeasureConfig(warmup_s=1.0, min_steps=10, max_steps=200, max_s=max_s, target_ci=0.01, profile_steps=0,
+                         memory=False)
+
+
+def _do_bench_median_ms(step) -> float:
+    """``triton.testing.do_bench`` (CUDA only): median ms of ``step.step()``, L2 flushed between calls."""
+    from triton.testing import do_bench
+
+    return float(do_bench(step.step, warmup=100, rep=500, return_mode="median"))
+
+
+def compare_point(p: Point, cfg: MeasureConfig, *, rounds: int, min_run_time: float, do_bench: bool = False) -> dict:
+    """Alternate ``rounds`` times between txbench's adaptive loop and the Timer (and do_bench) on one step.
+
+    Returns the figures of one row: medians of the per-round medians, their ratio, txbench's
+    own spread across rounds; with ``do_bench`` (needs CUDA and triton) also ``do_bench_ms``
+    and ``ratio_do_bench``.
+    """
+    step = build_step(p)
+    timer = make_timer(p.device)
+    for _ in range(5):  # warmup, as measure_point does
+        timer(step)
+    ours, theirs, bench = [], [], []
+    for _ in range(rounds):
+        *_, total, _stop, _s = _adaptive_loop(step, timer, cfg)
+        ours.append(statistics.median(total))
+        theirs.append(_timer_median_ms(step, p.device, min_run_time=min_run_time)[0])
+        if do_bench:
+            bench.append(_do_bench_median_ms(step))
+    del step
+    a, b = statistics.median(ours), statistics.median(theirs)
+    row = {"point": p.label(), "txbench_ms": a, "timer_ms": b, "ratio": a / b, "txbench_rounds_ms": ours,
+           "timer_rounds_ms": theirs, "txbench_spread": (max(ours) - min(ours)) / a,
+           "threads": torch.get_num_threads()}
+    if bench:
+        c = statistics.median(bench)
+        row.update(do_bench_ms=c, ratio_do_bench=a / c, do_bench_rounds_ms=bench)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -57,27 +99,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved txbench/Timer rounds per point")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
-    cfg = MeasureConfig(
-        warmup_s=1.0, min_steps=10, max_steps=200, max_s=args.max_s, target_ci=0.01, profile_steps=0, memory=False
-    )
+    cfg = agreement_config(args.max_s)
     rows = []
     print(f"{'point':56s} {'txbench ms':>10s} {'Timer ms':>9s} {'ratio':>6s} {'txbench spread':>14s}")
     for p in _points(args.device):
-        step = build_step(p)
-        timer = make_timer(p.device)
-        for _ in range(5):  # warmup, as measure_point does
-            timer(step)
-        ours, theirs = [], []
-        for _ in range(args.rounds):
-            *_, total, _stop, _s = _adaptive_loop(step, timer, cfg)
-            ours.append(statistics.median(total))
-            theirs.append(_timer_median_ms(step, args.device, min_run_time=args.max_s / 2)[0])
-        a, b = statistics.median(ours), statistics.median(theirs)
-        spread = (max(ours) - min(ours)) / a
-        rows.append({"point": p.label(), "txbench_ms": a, "timer_ms": b, "ratio": a / b, "txbench_rounds_ms": ours,
-                     "timer_rounds_ms": theirs, "txbench_spread": spread, "threads": torch.get_num_threads()})
-        print(f"{p.label():56s} {a:10.2f} {b:9.2f} {a / b:6.3f} {100 * spread:13.1f}%")
-        del step
+        row = compare_point(p, cfg, rounds=args.rounds, min_run_time=args.max_s / 2)
+        rows.append(row)
+        print(f"{p.label():56s} {row['txbench_ms']:10.2f} {row['timer_ms']:9.2f} {row['ratio']:6.3f} "
+              f"{100 * row['txbench_spread']:13.1f}%")
     worst = max(abs(r["ratio"] - 1) for r in rows)
     print(f"worst |txbench/Timer - 1| = {100 * worst:.1f}%  (threads={torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__})")
