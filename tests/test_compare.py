@@ -171,7 +171,8 @@ def test_pooled_rounds_add_blocks(runs, tmp_path):
     base, cand = runs([ok_record(p, list(drift(300, 1)))], [ok_record(p, list(drift(300, 2)))])
     base2 = write_run(tmp_path / "base2", [ok_record(p, list(drift(300, 3)))])
     cand2 = write_run(tmp_path / "cand2", [ok_record(p, list(drift(300, 4)))])
-    one_df, two_df = _compare_runs(base, cand, units="blocks"), _compare_runs([base, base2], [cand, cand2], units="blocks")
+    one_df = _compare_runs(base, cand, units="blocks")
+    two_df = _compare_runs([base, base2], [cand, cand2], units="blocks")
     # a single run per side cannot see drift between runs, and the comparison says so
     assert "alternating rounds" in one_df.attrs["compare"]["advice"][0] and not two_df.attrs["compare"]["advice"]
     one, other, two = one_df.iloc[0], _compare_runs(base2, cand2, units="blocks").iloc[0], two_df.iloc[0]

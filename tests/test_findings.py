@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import zlib
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -31,10 +33,27 @@ def point(status="ok", **kw) -> dict:
     return Record.from_columns(point_id=pid, status=status, **cfg).to_dict()
 
 
-def timed(step_ms, fwd=0.3, bwd=0.6, opt=0.1, **kw) -> dict:
-    """An ok point with a step time split into phases by the given fractions."""
-    return point(step_ms_median=step_ms, step_ms_iqr=0.02 * step_ms, fwd_ms_median=fwd * step_ms,
-                 bwd_ms_median=bwd * step_ms, opt_ms_median=opt * step_ms, noisy=False, **kw)
+def steps(ms: float, rel: float = 0.02, n: int = 31, key: str = "") -> list[float]:
+    """``n`` per-step times with median exactly ``ms`` and a log-normal spread ``rel`` (seeded by ``key``)."""
+    z = np.random.default_rng(zlib.crc32(f"{key}{ms}".encode())).standard_normal(n)
+    return list(ms * np.exp(rel * (z - np.median(z))))
+
+
+def timed(step_ms, fwd=0.3, bwd=0.6, opt=0.1, rel=0.02, **kw) -> dict:
+    """An ok point with a step time split into phases by the given fractions, and its per-step samples."""
+    key = json.dumps(kw, sort_keys=True, default=str)
+    return point(step_ms_median=step_ms, step_ms_iqr=1.35 * rel * step_ms, fwd_ms_median=fwd * step_ms,
+                 bwd_ms_median=bwd * step_ms, opt_ms_median=opt * step_ms, noisy=False,
+                 step_ms_samples=steps(step_ms, rel, key=key), **kw)
+
+
+def restep(pts: pd.DataFrame, mask, ms: float | None = None, factor: float = 1.0, rel: float = 0.02,
+           n: int = 31) -> None:
+    """Set the median step time (``ms``, or times ``factor``) and fresh samples of the rows in ``mask``."""
+    for i in pts.index[mask]:
+        new = ms if ms is not None else pts.at[i, "step_ms_median"] * factor
+        pts.at[i, "step_ms_median"] = new
+        pts.at[i, "step_ms_samples"] = steps(new, rel, n=n, key=str(pts.at[i, "point_id"]))
 
 
 def sweep(exps=(("naive", 2.0, 2.0), ("sdpa_flash", 1.0, 1.0)), ts=TS, **kw) -> pd.DataFrame:
@@ -119,40 +138,132 @@ def test_scaling_exponents_for_time_and_memory_per_implementation():
     assert F.scaling(sweep(ts=(128, 256))) == []  # two values: no exponent
 
 
+def test_scaling_states_no_trend_where_the_ends_tie():
+    pts = sweep(exps=(("naive", 0.15, 1.0), ("sdpa_flash", 1.0, 1.0)))
+    restep(pts, pts["attention"] == "naive", factor=1.0, rel=0.3, n=6)  # 1.37x end to end on 6 noisy steps
+    t = next(f.text for f in F.scaling(pts) if f.chart == "scaling:seq_len")
+    assert t.startswith("Step time scales as ~T^1.0 with `sdpa_flash`")
+    assert "No trend is stated with `naive`: the smallest and largest T tie within" in t and "~T^0.1" not in t
+
+
 def test_winners_report_crossover_with_speedup_and_memory():
     pts = sweep()
     # naive is faster at T=128 only
-    pts.loc[(pts["attention"] == "naive") & (pts["seq_len"] == 128), "step_ms_median"] = 50.0
+    restep(pts, (pts["attention"] == "naive") & (pts["seq_len"] == 128), 50.0)
     found = F.winners(pts)
     assert len(found) == 1
     t = found[0].text
-    assert "Crossover along seq_len" in t and "`naive` wins at T=128 (by up to 2.0x)" in t
-    assert "At T=1024 `sdpa_flash` is 8.0x faster than `naive` and uses 8.0x less peak memory" in t
+    assert "Crossover along seq_len" in t and "`naive` wins at T=128 (by up to 2.0x, 95% CI 2.0-2.0x)" in t
+    assert "`sdpa_flash` wins at T=256, 512, 1024 (by up to 8.0x, 95% CI" in t
+    assert "At T=1024 `sdpa_flash` is 8.0x (95% CI" in t and "faster than `naive` and uses 8.0x less peak memory" in t
 
 
 def test_winners_single_winner_and_ties():
     found = F.winners(sweep())  # both take 100 ms at T=128
-    assert len(found) == 1 and "`sdpa_flash` is fastest at T=256, 512, 1024 (ties within 5% elsewhere)" in found[0].text
+    assert (len(found) == 1
+            and "`sdpa_flash` is fastest at T=256, 512, 1024 (ties within ±5% at T=128)" in found[0].text)
     pts = sweep()
-    pts.loc[pts["attention"] == "naive", "step_ms_median"] *= 1.5
+    restep(pts, pts["attention"] == "naive", factor=1.5)
     found = F.winners(pts)
     assert (len(found) == 1
-            and "`sdpa_flash` is fastest at every T (T=128..1024); at T=1024 it is 12x faster" in found[0].text)
+            and "`sdpa_flash` is fastest at every T (T=128..1024); at T=1024 it is 12x (95% CI" in found[0].text)
     tie = sweep(exps=(("naive", 1.0, 1.0), ("sdpa_flash", 1.0, 1.0)))
-    tie.loc[tie["attention"] == "naive", "step_ms_median"] *= 1.02  # within 5%: no winner worth a sentence
-    assert F.winners(tie) == []
+    restep(tie, tie["attention"] == "naive", factor=1.02)  # within 5%: a tie, said as a tie
+    found = F.winners(tie)
+    assert len(found) == 1 and "`sdpa_flash` and `naive` tie at every T (T=128..1024)" in found[0].text
+    assert "faster" not in found[0].text and "within ±5%" in found[0].text
     assert F.winners(sweep(exps=(("naive", 2.0, 2.0),))) == []  # nothing to compare
+
+
+def test_a_tie_inside_the_noise_is_a_tie_not_a_ranking():
+    # 10% apart on points whose steps spread by 25%: the medians differ, the statistics do not decide
+    pts = pd.DataFrame([timed(100.0, attention="naive", causal=True, rel=0.25),
+                        timed(110.0, attention="sdpa_flash", causal=True, rel=0.25),
+                        timed(100.0, attention="naive", causal=False, rel=0.01),
+                        timed(150.0, attention="sdpa_flash", causal=False, rel=0.01)])
+    found = {f.scope.get("causal"): f.text for f in F.winners(pts)}
+    assert found[True].startswith("`naive` and `sdpa_flash` tie within ±") and "faster" not in found[True]
+    assert "1.0x" not in found[True] and "1.1x" not in found[True]
+    assert found[False].startswith("`naive` is the fastest (causal=False): 1.5x (95% CI")
+
+
+def test_a_small_decided_win_is_stated_in_percent_never_as_1_0x():
+    pts = sweep(exps=(("naive", 1.0, 1.0), ("sdpa_flash", 1.0, 1.0)), rel=0.005)
+    restep(pts, pts["attention"] == "naive", factor=1.08, rel=0.005)
+    found = F.winners(pts)
+    assert len(found) == 1 and "`sdpa_flash` is fastest at every T" in found[0].text
+    assert "8% (95% CI" in found[0].text and "1.0x" not in found[0].text and "1.1x" not in found[0].text
+
+
+def test_a_noisy_crossover_is_not_claimed():
+    pts = sweep()
+    # naive looks 10% faster at T=128, on 6 steps spread by 25% (the heads suite's points): that side of the
+    # "crossover" is undecided, so no crossover is claimed
+    restep(pts, (pts["attention"] == "naive") & (pts["seq_len"] == 128), 90.0, rel=0.25, n=6)
+    restep(pts, (pts["attention"] == "sdpa_flash") & (pts["seq_len"] == 128), 100.0, rel=0.25, n=6)
+    found = F.winners(pts)
+    assert len(found) == 1 and "Crossover" not in found[0].text
+    assert "`sdpa_flash` is fastest at T=256, 512, 1024 (ties within ±" in found[0].text
+    assert "at T=128)" in found[0].text
+
+
+def test_winners_without_samples_rank_nothing():
+    pts = sweep()
+    pts["step_ms_samples"] = [[] for _ in range(len(pts))]
+    found = F.winners(pts)
+    assert len(found) == 1 and "cannot be ranked" in found[0].text and "faster" not in found[0].text
 
 
 def test_phases_flag_odd_backward_ratio_and_large_optimizer_share():
     pts = pd.DataFrame([timed(100.0, fwd=0.2, bwd=0.7, opt=0.1, seq_len=t, attention="sdpa_flash") for t in TS])
     found = F.phases(pts)
-    assert len(found) == 1 and "Backward takes 3.5x the forward" in found[0].text and "recomputes" in found[0].text
+    # only sdpa_flash in the run: no contrast isolates the cause, so none is claimed
+    assert len(found) == 1 and "Backward takes 3.5x the forward" in found[0].text
+    assert "Likely cause" not in found[0].text and "recomputes" not in found[0].text
+    assert ("The sweep does not isolate the cause: sweep attention (`--set sweep.attention=[naive,sdpa_flash]`)"
+            in found[0].text)
     opt = pd.DataFrame([timed(100.0, fwd=0.25, bwd=0.45, opt=0.30, seq_len=t, optimizer_impl="foreach") for t in TS])
     found = F.phases(opt)
     assert len(found) == 1 and found[0].severity == "warning"
     assert "The optimizer takes 30% of the step" in found[0].text and "fused=True" in found[0].text
     assert F.phases(sweep()) == []  # bwd = 2x fwd, optimizer 10%
+
+
+def test_phases_claim_flash_recomputation_only_with_its_contrast():
+    pts = pd.DataFrame([timed(100.0, fwd=0.2, bwd=0.7, opt=0.1, attention="sdpa_flash"),
+                        timed(100.0, fwd=0.3, bwd=0.6, opt=0.1, attention="naive")])
+    found = F.phases(pts)
+    assert len(found) == 1
+    assert ("Likely cause: flash attention recomputes the scores in its backward (3.5x at `sdpa_flash` against "
+            "2.0x at `naive`)") in found[0].text
+
+
+def test_phases_isolate_a_factor_without_naming_a_mechanism():
+    pts = pd.DataFrame([timed(100.0, fwd=0.2, bwd=0.7, opt=0.1, attention="naive"),
+                        timed(100.0, fwd=0.3, bwd=0.6, opt=0.1, attention="sdpa")])
+    t = F.phases(pts)[0].text
+    assert "Likely cause" not in t
+    assert "No known cause is named, but the contrast isolates it to `naive` (3.5x at `naive` against 2.0x" in t
+
+
+def test_phases_name_the_precision_when_the_contrast_points_at_it():
+    # the issue's run: fp16 sdpa_flash 8.0x, fp16 naive 5.3x, fp32 ~2x for both: fp16, not flash
+    def p(att, prec, ratio):
+        fwd = 0.9 / (1 + ratio)
+        return timed(100.0, fwd=fwd, bwd=0.9 - fwd, opt=0.1, attention=att, precision=prec)
+
+    pts = pd.DataFrame([p("sdpa_flash", "fp16", 8.0), p("naive", "fp16", 5.3), p("sdpa_flash", "fp32", 2.4),
+                        p("naive", "fp32", 2.1)])
+    t = F.phases(pts)[0].text
+    assert "Backward takes 8.0x the forward at fp16 `sdpa_flash`" in t
+    assert "flash attention recomputes" not in t
+    assert ("Likely cause: the fp16 kernels' backward (input and weight gradients) runs a slower path than their "
+            "forward on this device (8.0x at fp16 `sdpa_flash` against 2.4x at fp32 `sdpa_flash`; 5.3x at fp16 "
+            "`naive` against 2.1x at fp32 `naive`)") in t
+    # without the fp32 points nothing isolates it: the finding says which axis to sweep
+    t = F.phases(pts[pts["precision"] == "fp16"])[0].text
+    assert "Likely cause" not in t and "it is not `sdpa_flash` alone: `naive` takes 5.3x" in t
+    assert "sweep precision (`--set sweep.precision=[fp32,fp16]`)" in t
 
 
 def test_gpu_idle_is_launch_bound_and_silent_on_cpu():
@@ -186,6 +297,27 @@ def test_mfu_names_a_measured_cpu_peak_and_a_missing_peak():
     found = F.mfu(nopeak)
     assert len(found) == 1 and "no peak is known for Mystery GPU" in found[0].text and "20 TFLOP/s" in found[0].text
     assert F.mfu(sweep()) == []
+
+
+def test_mfu_above_the_peak_is_left_empty_with_a_warning():
+    # the issue's run: fp16 at 0.0051 TFLOP/s against a 0.00232 TFLOP/s "peak" (MFU 220%)
+    pts = sweep(precision="fp16", tflops_per_s=0.0051, peak_tflops=0.00232, peak_source=MEASURED_PEAK)
+    pts["mfu"] = 0.0051 / 0.00232
+    pts.loc[pts["seq_len"] == 128, "tflops_per_s"] = 0.001
+    pts.loc[pts["seq_len"] == 128, "mfu"] = 0.001 / 0.00232
+    found = F.mfu(pts)
+    assert len(found) == 1 and found[0].severity == "warning"
+    t = found[0].text
+    assert "MFU is left empty at 6 of 8 points" in t and "MFU cannot exceed 100%" in t
+    assert "MFU 43% of 0.00232 TFLOP/s" in t
+    pcts = [float(x) for x in __import__("re").findall(r"([0-9.]+)%", t)]
+    assert pcts and max(pcts) <= 100
+    assert all(e["mfu"] is None or e["mfu"] <= 1 for e in found[0].evidence)
+    # one denominator per group: a point's own higher calibrated peak raises the whole group's
+    pts = sweep(tflops_per_s=0.05, peak_tflops=0.1, peak_source=MEASURED_PEAK)
+    pts.loc[0, "peak_tflops"] = 0.2
+    found = F.mfu(pts)
+    assert "MFU 25% of 0.2 TFLOP/s" in found[0].text and found[0].severity == "info"
 
 
 # ---------------------------------------------------------------- ops rules

@@ -106,3 +106,66 @@ def test_top_ops_orders_by_self_time():
     assert top["self_ms"].tolist() == [6.0, 2.0] and top["share"].iloc[0] == pytest.approx(0.6)
     assert top_ops(ops, "missing").empty
     assert not math.isnan(top["share"].sum())
+
+
+# ---------------------------------------------------------------- throughput saturation (findings.saturation)
+def _steps(ms, rel, n, seed):
+    z = np.random.default_rng(seed).standard_normal(n)
+    return list(ms * np.exp(rel * (z - np.median(z))))
+
+
+def _throughput(curve, bs=(1, 2, 4, 8, 16), rel=0.02, n=31, seq_len=256) -> pd.DataFrame:
+    """Points along batch_size whose tokens/s follow ``curve(B)``."""
+    rows = []
+    for i, b in enumerate(bs):
+        tps = curve(b)
+        ms = b * seq_len * 1e3 / tps
+        r = _point(attention="sdpa_flash", seq_len=seq_len, batch_size=b, step_ms_median=ms, tokens_per_s=tps,
+                   device="cpu")
+        r["step_ms_samples"] = _steps(ms, rel, n, seed=i)
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def test_saturation_names_the_batch_where_tokens_per_s_stops_growing():
+    from txbench.analysis.findings import find, saturation
+
+    pts = _throughput(lambda b: 1000.0 * min(b, 8) ** 0.2 * (1 + 0.01 * (b > 8)))  # 1.5x up to B=8, +1% after
+    found = saturation(pts)
+    assert len(found) == 1
+    t = found[0].text
+    assert "tokens/s rises 1.5x (95% CI" in t and "from B=1 to B=8 and then by less than" in t
+    assert "B=8 (2048 tokens per step" in t and "saturates this CPU" in t
+    assert found[0].chart == "scaling:batch_size" and len(found[0].point_ids) == 5
+    assert any(f.rule == "saturation" for f in find(pts))
+
+
+def test_saturation_flat_curve_saturates_at_the_smallest_batch():
+    from txbench.analysis.findings import saturation
+
+    t = saturation(_throughput(lambda b: 1000.0 * (1 + 0.005 * (b % 3))))[0].text
+    assert "does not rise decidedly beyond B=1 and then by less than" in t and "B=1 (256 tokens per step" in t
+    assert "already saturates this CPU" in t
+
+
+def test_saturation_still_rising_is_not_called_saturated():
+    from txbench.analysis.findings import saturation
+
+    t = saturation(_throughput(lambda b: 1000.0 * b ** 0.3))[0].text
+    assert "no saturation up to B=16" in t and "saturates" not in t
+
+
+def test_saturation_noisy_curve_claims_no_rise_it_cannot_show():
+    from txbench.analysis.findings import saturation
+
+    # 2% apart at each step on 6 steps spread by 30%: no batch decidedly beats B=1, and the noise leaves room for
+    # a large gain, so no saturation is claimed either
+    t = saturation(_throughput(lambda b: 1000.0 * 1.02 ** np.log2(b), rel=0.3, n=6))[0].text
+    assert "does not rise decidedly beyond B=1" in t and "too noisy to say it saturates" in t
+    assert "saturates this CPU" not in t and "rises" not in t
+
+
+def test_saturation_needs_three_batch_sizes():
+    from txbench.analysis.findings import saturation
+
+    assert saturation(_throughput(lambda b: 1000.0 * b, bs=(1, 2))) == []

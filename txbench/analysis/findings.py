@@ -9,6 +9,7 @@ Pure pandas, no torch.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from txbench.analysis.breakdown import phase_split
 from txbench.analysis.findings_ops import (
     _axes,
     _columns,
+    _memo,
     _ok_rows,
     _rows,
     _sorted_groups,
@@ -26,6 +28,8 @@ from txbench.analysis.findings_ops import (
     shared_frames,
     top_categories,
 )
+from txbench.analysis.forecast import QUADRATIC, device_memory, memory_forecast
+from txbench.analysis.ranking import TIE_MARGIN, compare_pairs, describe_ratio, describe_tie
 from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
 from txbench.analysis.types import SEVERITIES, Finding
 from txbench.analysis.wording import (
@@ -33,13 +37,13 @@ from txbench.analysis.wording import (
     _COMPARE,
     BWD_FWD_HIGH,
     BWD_FWD_LOW,
-    DECISIVE_SPEEDUP,
     GPU_IDLE_HIGH,
     LOOSE_FIT_R2,
     MAX_PER_RULE,
     NOISY_IQR_REL,
     OPT_SHARE_HIGH,
     _bytes,
+    _cap,
     _ctx,
     _groups,
     _ids,
@@ -48,6 +52,7 @@ from txbench.analysis.wording import (
     _label,
     _ms,
     _pct,
+    _plain,
     _range,
     _records,
     _scope,
@@ -60,7 +65,8 @@ from txbench.store import load_ops, load_points, resolve_run
 
 __all__ = [
     "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots",
-    "phases", "noisy_points", "winners", "scaling", "feasibility_frontier", "top_categories", "mfu",
+    "phases", "noisy_points", "winners", "scaling", "saturation", "feasibility_frontier", "forecast", "top_categories",
+    "mfu",
 ]
 
 
@@ -161,32 +167,169 @@ def scaling(points, ops=None) -> list[Finding]:
                 # the sentence and its evidence are only built for the findings that are kept
                 out.append((float(expo.iloc[pos].max()),
                             functools.partial(_scaling_finding, fits, pos, axis, ab, metric, chart, noun, fmt, cmp,
-                                              ctx)))
+                                              ctx, _ok_rows(points))))
     out.sort(key=lambda t: -t[0])
     return [build() for _, build in out[:MAX_PER_RULE]]
 
 
-def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx) -> Finding:
+def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx, ok=None) -> Finding:
     g = fits.iloc[pos].sort_values("exponent", ascending=False)
-    clauses = []
+    if metric == "step_ms_median" and ok is not None:  # are the two ends of each fit apart at all?
+        g = _trend_stats(ok, g, axis)
+    clauses, flat = [], []
     for r in _rows(g, range(len(g)), g.columns):
         who = f" with {_label(r, cmp)}" if cmp else ""
         loose = f", loose fit r²={r['r2']:.2f}" if r["r2"] < LOOSE_FIT_R2 else ""
+        if r.get("trend") == "tie":  # the ends of the sweep cannot be told apart: no trend to state
+            band = describe_tie(r["trend_margin"], r.get("trend_lo"), r.get("trend_hi"))
+            flat.append(f"{who}: the smallest and largest {ab} tie {band} ({fmt(r['y_min'])} to {fmt(r['y_max'])})")
+            continue
         clauses.append(f"~{ab}^{r['exponent']:.1f}{who} ({fmt(r['y_min'])} to {fmt(r['y_max'])}{loose})")
     r0 = g.iloc[0]
-    text = (f"{noun.capitalize()} scales as " + ", ".join(clauses)
-            + f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}.")
+    span = f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}"
+    if clauses:
+        text = f"{noun.capitalize()} scales as " + ", ".join(clauses) + span + "."
+        if flat:
+            text += " No trend is stated" + "; ".join(flat) + ", inside the noise of the steps."
+    else:
+        text = (f"{noun.capitalize()} shows no decided trend{span}" + "; ".join(flat)
+                + ", inside the noise of the steps.")
     ids = sorted({p for lst in g["point_ids"] for p in lst})
     return Finding("scaling", "info", text, {"axis": axis, "metric": metric, **ctx}, ids, f"{chart}:{axis}",
                    _records(g.drop(columns=["point_ids"])))
 
 
+#: Saturation is stated only when the data bound any further gain in tokens/s to this fraction.
+SATURATION_BOUND = 0.15
+
+
+def saturation(points, ops=None) -> list[Finding]:
+    """Where tokens/s stops growing along the batch size, decided with the ranking statistics.
+
+    Per configuration with 3+ batch sizes: the saturation point is the smallest batch that the best larger batch
+    does not beat decidedly (beyond the tie margin, significant, CI off 1; Holm over the configuration's tests).
+    """
+    ok = _ok_rows(points)
+    axis = "batch_size"
+    if axis not in _axes(ok) or "step_ms_samples" not in ok.columns:
+        return []
+    ok = ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce") > 0]
+    keys = [c for c in _varying(ok) if c != axis]
+    out = []
+    cols = ["point_id", axis, "seq_len", "device", "step_ms_median", "step_ms_samples"]
+    order, spans, gkeys = _sorted_groups(ok, keys, by=ok[axis].to_numpy())
+    xs = pd.to_numeric(ok[axis], errors="coerce").to_numpy(dtype="float64")
+    for (a, b), key in zip(spans, gkeys):
+        pos = order[a:b]
+        n = len(pos)
+        if n < 3 or len(np.unique(xs[pos])) != n:
+            continue
+        rows = _rows(ok, pos, cols)
+        tps = [float(r[axis]) * float(r["seq_len"]) * 1e3 / float(r["step_ms_median"]) for r in rows]
+        # stage 1, one family: each batch against the best larger one (the test most able to show a rise)
+        best = [i + 1 + int(np.argmax(tps[i + 1:])) for i in range(n - 1)]
+        first = compare_pairs([(rows[i], rows[j]) for i, j in enumerate(best)], metric="tokens_per_s",
+                              higher_is_better=True)
+        if all(s["outcome"] == "unknown" for s in first):
+            continue
+        sat = next((i for i, s in enumerate(first) if s["outcome"] != "b_better"), n - 1)
+        mag = 0.0 if sat == n - 1 else 1.0  # saturated configurations first; the text only for those kept
+        out.append((mag, functools.partial(_saturation_finding, key, rows, tps, sat, axis)))
+        if sum(m for m, _ in out) >= MAX_PER_RULE:
+            break  # the sort is stable: no later configuration can displace these
+    out.sort(key=lambda t: -t[0])
+    return [build() for _, build in out[:MAX_PER_RULE]]
+
+
+def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
+    n = len(rows)
+    # stage 2, another family: the rise up to the saturation point and every larger batch against it
+    want = [(0, n - 1), (n - 2, n - 1)] if sat == n - 1 else [(0, sat)] * bool(sat) + [
+        (sat, j) for j in range(sat + 1, n)]
+    stats = dict(zip(want, compare_pairs([(rows[i], rows[j]) for i, j in want], metric="tokens_per_s",
+                                         higher_is_better=True)))
+    ab = _ABBR.get(axis, axis)
+    dev = str(rows[0].get("device") or "")
+    where = "this CPU" if dev.startswith("cpu") else "this GPU" if dev.startswith("cuda") else "this device"
+    b0, bs = rows[0], rows[sat]
+    tok = _int(float(bs["batch_size"]) * float(bs["seq_len"]))
+    head = f"Throughput along {axis}{_ctx(key)}: tokens/s"
+    if sat == n - 1:
+        s = stats[(n - 2, n - 1)]
+        first = stats[(0, n - 1)]
+        grow = (f"rises {describe_ratio(first['ratio'], first['ci_low'], first['ci_high'])} from "
+                f"{ab}={_int(b0[axis])} to {ab}={_int(bs[axis])}" if first["outcome"] == "b_better" else
+                f"ends at {_num(tps[-1])}")
+        last = (f"still {describe_ratio(s['ratio'], s['ci_low'], s['ci_high'])} higher at {ab}={_int(bs[axis])} "
+                f"than at {ab}={_int(rows[n - 2][axis])}" if s["outcome"] == "b_better" else
+                f"still rises decidedly at {ab}={_int(bs[axis])} against {ab}={_int(b0[axis])}")
+        text = (f"{head} {grow}, {last}: no saturation up to {ab}={_int(bs[axis])} ({tok} tokens per step); "
+                f"larger batches may still pay off (`--set sweep.{axis}=[...]`).")
+    else:
+        later = [stats[(sat, j)] for j in range(sat + 1, n)]
+        up = max(max(s["ci_high"] - 1.0 for s in later if np.isfinite(s["ci_high"])), 0.0) if any(
+            np.isfinite(s["ci_high"]) for s in later) else np.nan
+        up = max(up, TIE_MARGIN) if np.isfinite(up) else np.inf
+        bound = f"{100 * up:.0f}%"
+        drops = [(j, s) for j, s in zip(range(sat + 1, n), later) if s["outcome"] == "a_better"]
+        tight = up <= SATURATION_BOUND  # the data bound any further gain: saturation can be stated
+        s = stats.get((0, sat))
+        rise = (f"{head} rises {describe_ratio(s['ratio'], s['ci_low'], s['ci_high'])} from "
+                f"{ab}={_int(b0[axis])} to {ab}={_int(bs[axis])}" if sat else
+                f"{head} does not rise decidedly beyond {ab}={_int(b0[axis])}")
+        if tight:
+            text = (f"{rise} and then by less than {bound}: {ab}={_int(bs[axis])} ({tok} tokens per step, "
+                    f"{_num(tps[sat])} tokens/s) {'already ' if not sat else ''}saturates {where}.")
+        else:
+            more = f"up to +{bound}" if np.isfinite(up) else "any amount"
+            text = (f"{rise}, but past {ab}={_int(bs[axis])} the steps are too noisy to say it saturates "
+                    f"(larger batches may still gain {more} within the 95% CI): measure longer "
+                    f"(measure.max_s) to locate the saturation point.")
+        if drops:
+            j, d = drops[-1]
+            text = text[:-1] + (f"; at {ab}={_int(rows[j][axis])} it falls {100 * (1 - d['ratio']):.0f}% "
+                                f"(95% CI {100 * (1 - d['ci_high']):.0f}-{100 * (1 - d['ci_low']):.0f}%).")
+    ev = [{"batch_size": _plain(r[axis]), "tokens_per_s": v, "point_id": str(r["point_id"])}
+          for r, v in zip(rows, tps)]
+    return Finding("saturation", "info", text, {"axis": axis, **key}, [e["point_id"] for e in ev],
+                   f"scaling:{axis}", ev)
+
+
+def _num(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
+def _trend_stats(ok: pd.DataFrame, fits: pd.DataFrame, axis: str) -> pd.DataFrame:
+    """``fits`` with ``trend`` (``a_better``/``b_better``/``tie``/``unknown``: the first point of each fit
+    against its last, by the ranking statistics) and ``trend_margin``."""
+    where = _memo(_id_positions, ok)
+    pairs = []
+    for ids in fits["point_ids"]:
+        pos = [where[i] for i in ids if i in where]
+        rs = sorted(_rows(ok, pos, ["point_id", axis, "step_ms_samples", "seq_len", "batch_size"]),
+                    key=lambda r: float(r[axis]))
+        pairs.append((rs[0], rs[-1]) if len(rs) >= 2 else None)
+    res = [compare_pairs([p])[0] if p is not None else {"outcome": "unknown", "margin": np.nan, "ci_low": np.nan,
+                                                          "ci_high": np.nan} for p in pairs]
+    tie = [s["outcome"] == "tie" for s in res]  # only a tie's band is written: only then is its CI read
+    return fits.assign(trend=[s["outcome"] for s in res],
+                       trend_margin=[s["margin"] if t else np.nan for s, t in zip(res, tie)],
+                       trend_lo=[s["ci_low"] if t else np.nan for s, t in zip(res, tie)],
+                       trend_hi=[s["ci_high"] if t else np.nan for s, t in zip(res, tie)])
+
+
+def _id_positions(df: pd.DataFrame) -> dict[str, int]:
+    return {str(p): i for i, p in enumerate(df["point_id"])}
+
+
 def _winner_rows(ok: pd.DataFrame, cmp: list[str], ctx: list[str]) -> pd.DataFrame:
-    # numbers as the row-by-row version met them: the winner's as numpy scalars (a zero step divides to inf rather
-    # than raising), the others' memory as plain objects (None stays None)
+    """Per group of points identical but for ``cmp``: the fastest, and each other point against it, with statistics.
+
+    Every comparison is made by :func:`txbench.analysis.ranking.compare_pairs` (blocks of steps, bootstrap CI of
+    the ratio, Mann-Whitney U, Holm within the group); the medians only pick the candidate.
+    """
     step = pd.to_numeric(ok["step_ms_median"], errors="coerce").to_numpy(dtype="float64")
     mem = ok["peak_mem_bytes"].to_numpy(dtype=object) if "peak_mem_bytes" in ok.columns else np.full(len(ok), None)
-    mem_w = ok["peak_mem_bytes"].to_numpy() if "peak_mem_bytes" in ok.columns else mem
     noisy = (ok["noisy"] == True).to_numpy(dtype=bool) if "noisy" in ok.columns else np.zeros(len(ok), dtype=bool)  # noqa: E712
     pids = [str(p) for p in ok["point_id"]]
     # one label per implementation/precision, not one per row
@@ -195,31 +338,66 @@ def _winner_rows(ok: pd.DataFrame, cmp: list[str], ctx: list[str]) -> pd.DataFra
     names = dict(zip(who[firsts].tolist(), (_label(r, cmp) for r in _rows(ok, firsts, cmp))))
     label = [names[c] for c in who.tolist()]
     order, spans, keys = _sorted_groups(ok, ctx, by=ok["step_ms_median"].to_numpy())
-    rows = []
+    data = _rows(ok, range(len(ok)), ["step_ms_samples", "seq_len", "batch_size"])
+    groups, pairs = [], []
     for (a, b), key in zip(spans, keys):
         pos = order[a:b].tolist()
         if len(set(who[pos].tolist())) < 2:
             continue
-        w, wm = pos[0], mem_w[pos[0]]
-        others = [{"who": label[o], "speedup": step[o] / step[w],
-                   "mem_ratio": (mem[o] / wm) if pd.notna(mem[o]) and wm else None} for o in pos[1:]]
-        rows.append({**key, "winner": label[w], "margin": others[0]["speedup"], "others": others,
+        groups.append((key, pos, len(pairs)))
+        pairs += [(data[pos[0]], data[o]) for o in pos[1:]]
+    # one family per group (the comparisons one sentence states): Holm within it
+    stats = [s for _, pos, start in groups for s in compare_pairs(pairs[start:start + len(pos) - 1])]
+    rows = []
+    for key, pos, start in groups:
+        w, wm = pos[0], mem[pos[0]]
+        others = []
+        for o, s in zip(pos[1:], stats[start:start + len(pos) - 1]):
+            mr = (mem[o] / wm) if pd.notna(mem[o]) and pd.notna(wm) and wm else None
+            s.update(who=label[o], speedup=step[o] / step[w], mem_ratio=mr)  # its CI is read only when written
+            others.append(s)
+        decided = others[0]["outcome"] == "a_better"
+        tied = [o for o in others if o["outcome"] != "a_better"]
+        rows.append({**key, "winner": label[w], "decided": decided, "margin": others[0]["speedup"],
+                     "tied": [o["who"] for o in tied], "tie_margin": max((o["margin"] for o in tied), default=0.0),
+                     "unknown": any(o["outcome"] == "unknown" for o in tied), "others": others,
                      "point_ids": [pids[i] for i in pos], "step_ms": float(step[w]), "noisy": bool(noisy[pos].any())})
     return pd.DataFrame(rows)
 
 
-def _versus(row) -> str:
+def _versus(row, decided_only: bool = True) -> str:
+    """"1.3x (95% CI 1.2-1.4x) faster than `sdpa_math` and uses 2.0x less peak memory; ..." for decided ones."""
     parts = []
     for o in row["others"]:
+        if decided_only and o["outcome"] != "a_better":
+            continue
         mem = o["mem_ratio"]
         m = "" if mem is None or 0.9 < mem < 1.1 else (
             f" and uses {_x(mem)} less peak memory" if mem >= 1.1 else f" but uses {_x(1 / mem)} more peak memory")
-        parts.append(f"{_x(o['speedup'])} faster than {o['who']}{m}")
+        parts.append(f"{describe_ratio(o['speedup'], o['ci_low'], o['ci_high'])} faster than {o['who']}{m}")
     return "; ".join(parts)
 
 
+def _tie_words(row) -> str:
+    """"`naive` and `sdpa_flash` tie within ±9%" (or cannot be ranked without samples)."""
+    names = [row["winner"], *row["tied"]]
+    joined = ", ".join(names[:-1]) + " and " + names[-1]
+    if row["unknown"] and not np.isfinite(row["tie_margin"]):
+        return f"{joined} {describe_tie(math.inf)}"
+    worst = max((o for o in row["others"] if o["outcome"] != "a_better"), key=lambda o: o["margin"])
+    return f"{joined} tie {describe_tie(row['tie_margin'], worst['ci_low'], worst['ci_high'])}"
+
+
+def _single_winner_text(r, key) -> str:
+    if r["decided"]:
+        return f"{r['winner']} is the fastest{_ctx(key)}: {_versus(r)}."
+    text = f"{_cap(_tie_words(r))}{_ctx(key)}"
+    rest = _versus(r)
+    return text + (f"; {r['winner']} is {rest}." if rest else ": the difference is inside the noise of the steps.")
+
+
 def winners(points, ops=None) -> list[Finding]:
-    """Fastest attention/precision per point with speedup and memory saving, and crossovers along each axis."""
+    """Fastest attention/precision per point, decided with statistics; ties said as ties; decided crossovers."""
     ok = _ok_rows(points)
     ok = (ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce").notna()] if "step_ms_median" in ok.columns
           else ok.iloc[0:0])
@@ -236,32 +414,45 @@ def winners(points, ops=None) -> list[Finding]:
         for key, fam in _groups(table, fam_keys):
             if axis is None:
                 r = fam.iloc[0]
-                text = f"{r['winner']} is the fastest{_ctx(key)}: {_versus(r)}."
-                out.append((r["margin"],
-                            functools.partial(_winner_finding, text, key, r["point_ids"], fam, ["others"])))
+                mag = r["margin"] if r["decided"] else 0.0
+                out.append((mag, functools.partial(_winner_finding, _single_winner_text(r, key), key,
+                                                   r["point_ids"], fam, ["others"])))
                 continue
             fam = fam.sort_values(axis)
-            decisive = fam[fam["margin"] >= DECISIVE_SPEEDUP]
-            if decisive.empty:
-                continue  # ties everywhere: nothing worth a sentence
-            best = decisive.loc[decisive["others"].map(lambda o: max(x["speedup"] for x in o)).idxmax()]
+            decisive, ties = fam[fam["decided"]], fam[~fam["decided"]]
             ab = _ABBR.get(axis, axis)
-            if decisive["winner"].nunique() > 1:
-                segs = [f"{w} wins at {ab}={', '.join(str(_int(v)) for v in d[axis])} "
-                        f"(by up to {_x(d['margin'].max())})"
-                        for w, d in decisive.groupby("winner", sort=False)]
-                end = decisive.iloc[-1]  # say what wins where the axis is largest, as users scale up
-                text = (f"Crossover along {axis}{_ctx(key)}: " + "; ".join(segs) +
-                        f". At {_val(axis, end[axis])} {end['winner']} is {_versus(end)}.")
-                mag = 100.0 + best["margin"]  # crossovers first
+            at = functools.partial(_at, axis)
+            tie_band = (_range(ties["tie_margin"].min(), ties["tie_margin"].max(), _pct)
+                        if len(ties) and np.isfinite(ties["tie_margin"]).all() else None)
+            tie_note = (f"ties {describe_tie(ties['tie_margin'].max())} at {ab}={at(ties)}" if tie_band
+                        else f"no decided winner at {ab}={at(ties)}") if len(ties) else ""
+            if decisive.empty:
+                names = list(dict.fromkeys([n for _, r in fam.iterrows() for n in (r["winner"], *r["tied"])]))
+                joined = ", ".join(names[:-1]) + " and " + names[-1]
+                if tie_band:
+                    text = (f"{joined} tie at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())}){_ctx(key)}:"
+                            f" the fastest and the runner-up are {describe_tie(ties['tie_margin'].max())} of each "
+                            f"other, inside the noise of the steps.")
+                else:
+                    text = (f"{joined} cannot be ranked along {axis}{_ctx(key)}: too few per-step samples "
+                            f"for a statistic.")
+                mag = 0.0
             else:
-                where = (f"at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())})" if len(decisive) == len(fam)
-                         else f"at {ab}={', '.join(str(_int(v)) for v in decisive[axis])} (ties within 5% elsewhere)")
-                text = (f"{best['winner']} is fastest {where}{_ctx(key)}; "
-                        f"at {_val(axis, best[axis])} it is {_versus(best)}.")
-                mag = best["margin"]
-            if fam["noisy"].any():
-                text += " Some of these points are noisy, so close rankings are uncertain."
+                best = decisive.loc[decisive["margin"].idxmax()]
+                if decisive["winner"].nunique() > 1:
+                    segs = [f"{w} wins at {ab}={at(d)} (by up to {describe_ratio(*_best_ratio(d), inline=True)})"
+                            for w, d in decisive.groupby("winner", sort=False)]
+                    end = decisive.iloc[-1]  # say what wins where the axis is largest, as users scale up
+                    text = (f"Crossover along {axis}{_ctx(key)}: " + "; ".join(segs)
+                            + (f"; {tie_note}" if tie_note else "")
+                            + f". At {_val(axis, end[axis])} {end['winner']} is {_versus(end)}.")
+                    mag = 100.0 + best["margin"]  # crossovers first
+                else:
+                    where = (f"at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())})" if ties.empty
+                             else f"at {ab}={at(decisive)} ({tie_note})")
+                    text = (f"{best['winner']} is fastest {where}{_ctx(key)}; "
+                            f"at {_val(axis, best[axis])} it is {_versus(best)}.")
+                    mag = best["margin"]
             ids = sorted({p for lst in fam["point_ids"] for p in lst})
             out.append((mag, functools.partial(_winner_finding, text, {"axis": axis, **key}, ids, fam,
                                                ["others", "point_ids"])))
@@ -270,12 +461,131 @@ def winners(points, ops=None) -> list[Finding]:
     return [build() for _, build in out[:MAX_PER_RULE]]
 
 
+def _at(axis: str, d: pd.DataFrame) -> str:
+    return ", ".join(str(_int(v)) for v in d[axis])
+
+
+def _best_ratio(d: pd.DataFrame) -> tuple[float, float, float]:
+    """(ratio, CI low, CI high) of the largest decided margin over the runner-up in ``d``."""
+    r = d.loc[d["margin"].idxmax()]["others"][0]
+    return r["speedup"], r["ci_low"], r["ci_high"]
+
+
 def _winner_finding(text, scope, ids, fam, drop) -> Finding:
     return Finding("winners", "info", text, scope, ids, "winners", _records(fam.drop(columns=drop)))
 
 
+#: What a factor's value does to the backward when a contrast isolates it (value test, words).
+_HIGH_CAUSES = (
+    ("checkpointing", lambda v: v not in (None, "none"), "activation checkpointing recomputes the forward inside "
+                                                        "the backward"),
+    ("attention", lambda v: str(v).startswith(("sdpa_flash", "flex")), "flash attention recomputes the scores in "
+                                                                      "its backward"),
+    ("precision", lambda v: v in ("bf16", "fp16"), "the {v} kernels' backward (input and weight gradients) runs a "
+                                                   "slower path than their forward on this device"),
+)
+_SWEEP_HINT = {"attention": "[naive,{v}]", "precision": "[fp32,{v}]", "checkpointing": "[none,{v}]"}
+
+
+def _same_but(ps: pd.DataFrame, row, factor: str, cols: list[str]) -> pd.DataFrame:
+    """Rows of ``ps`` equal to ``row`` in every column of ``cols`` but ``factor``, where ``factor`` differs."""
+    sel = np.ones(len(ps), dtype=bool)
+    for c in cols:
+        if c == factor:
+            continue
+        sel &= (ps[c].isna() & pd.isna(row[c])).to_numpy() | (ps[c] == row[c]).to_numpy()
+    sel &= ~((ps[factor] == row[factor]).to_numpy() | (ps[factor].isna() & pd.isna(row[factor])).to_numpy())
+    return ps[sel]
+
+
+def _contrast(ps: pd.DataFrame, effect, factor: str, value, cols: list[str], suspect, first) -> tuple[list, list]:
+    """Pairs (with ``value``, without) of points that differ only in ``factor``: those that isolate the effect
+    (present with the value, absent without), and those that contradict it (absent with, or present without).
+    The partners are points whose ``factor`` is not itself a suspect (fp32 for fp16); ``first``'s pairs come first."""
+    holds, breaks = [], []
+    has = ps[(ps[factor] == value).to_numpy()]
+    has = pd.concat([has[has["point_id"] == first], has[has["point_id"] != first]])
+    for _, p in has.iterrows():
+        for _, q in _same_but(ps, p, factor, cols).iterrows():
+            if suspect(q[factor]):
+                continue
+            (holds if effect(p) and not effect(q) else breaks).append((p, q))
+    return holds, breaks
+
+
+def _size_contrast(ps: pd.DataFrame, w, effect, cols: list[str], axes: list[str]):
+    """The largest point of ``w``'s configuration along a numeric axis, when the effect is gone there."""
+    for axis in axes:
+        same = _same_but(ps, w, axis, cols)
+        same = same[pd.to_numeric(same[axis], errors="coerce") > float(w[axis])]
+        if len(same):
+            top = same.loc[pd.to_numeric(same[axis], errors="coerce").idxmax()]
+            if not effect(top):
+                return axis, top
+    return None
+
+
+def _cause_words(w, ps: pd.DataFrame, what: str, cols: list[str]) -> str:
+    """"Likely cause: ... (the points that show it)" when the run holds the contrast, else which axis to sweep."""
+    def r(p):
+        return f"{p['bwd_fwd_ratio']:.1f}x"
+
+    def effect(p):
+        return (p["bwd_fwd_ratio"] > BWD_FWD_HIGH) if what == "high" else (p["bwd_fwd_ratio"] < BWD_FWD_LOW)
+
+    num = [a for a in numeric_axes(ps) if a in cols]
+    cats = [c for c in cols if c not in num]
+    causes, against, hints, tested = [], [], [], set()
+    if what == "high":
+        for factor, suspect, words in _HIGH_CAUSES:
+            if factor not in ps.columns or not suspect(w.get(factor)):
+                continue
+            v = w[factor]
+            tested.add(factor)
+            hint = f"{factor} (`--set sweep.{factor}={_SWEEP_HINT[factor].format(v=v)}`)"
+            if factor not in cats:
+                hints.append(hint)
+                continue
+            holds, breaks = _contrast(ps, effect, factor, v, cats + num, suspect, w["point_id"])
+            if holds and not breaks:
+                shown = "; ".join(f"{r(p)} at {_where(p, cols)} against {r(q)} at {_where(q, cols)}"
+                                  for p, q in holds[:2])
+                causes.append(f"{words.format(v=v)} ({shown})")
+            elif breaks:
+                p, q = breaks[0]
+                odd = q if effect(q) else p
+                against.append(f"it is not {_val(factor, v)} alone: {_where(odd, cols)} takes {r(odd)}")
+            else:
+                hints.append(hint)
+    size = _size_contrast(ps, w, effect, cats + num, num)
+    if size and not causes:
+        axis, top = size
+        what_words = ("a small step whose backward is many small kernels with fixed costs each"
+                      if what == "high" else
+                      "a small step where fixed per-op costs (dispatch, launches) weigh the same in both passes")
+        causes.append(f"{what_words} (the ratio is {r(top)} at {_where(top, cols)} against {r(w)} at "
+                      f"{_where(w, cols)})")
+    if causes:
+        return "Likely cause: " + "; ".join(causes) + "."
+    # a factor with no known mechanism can still carry the effect: say so, without naming a cause
+    for factor in (c for c in cats if c not in tested):
+        holds, breaks = _contrast(ps, effect, factor, w[factor], cats + num, lambda v: False, w["point_id"])
+        if holds and not breaks:
+            p, q = holds[0]
+            return (f"No known cause is named, but the contrast isolates it to {_val(factor, w[factor])} "
+                    f"({r(p)} at {_where(p, cols)} against {r(q)} at {_where(q, cols)}).")
+    text = "The sweep does not isolate the cause"
+    if against:
+        text += " (" + "; ".join(against) + ")"
+    if not hints:
+        pool = ([("attention", "[naive,sdpa_flash]")] if what == "high" else []) + [
+            ("batch_size", "[...]"), ("seq_len", "[...]")]
+        hints = [f"{a} (`--set sweep.{a}={v}`)" for a, v in pool if a in ps.columns and a not in cols][:2]
+    return text + (": sweep " + " or ".join(hints) + " to isolate it." if hints else ".")
+
+
 def phases(points, ops=None) -> list[Finding]:
-    """Backward/forward ratio far from ~2, and a large optimizer share, with the likely cause."""
+    """Backward/forward ratio far from ~2, and a large optimizer share; a cause only where a contrast isolates it."""
     ps = phase_split(points)
     if ps.empty:
         return []
@@ -293,14 +603,8 @@ def phases(points, ops=None) -> list[Finding]:
         w = g.iloc[0]
         span = (f"{_range(g['bwd_fwd_ratio'].min(), g['bwd_fwd_ratio'].max(), lambda v: f'{v:.1f}')}x "
                 f"over {len(g)} of {len(ps)} points")
-        if what == "high":
-            cause = ("flash attention recomputes the scores in its backward"
-                     if str(w.get("attention")).startswith("sdpa_flash")
-                     else "recomputation (activation checkpointing) or a backward made of many small kernels")
-        else:
-            cause = "a small step where fixed per-op costs (dispatch, launches) weigh the same in both passes"
         text = (f"Backward takes {w['bwd_fwd_ratio']:.1f}x the forward at {_where(w, axes)} (expected ~2x; {span}). "
-                f"Likely cause: {cause}."
+                + _cause_words(w, ps, what, [a for a in axes if a in ps.columns])
                 + (" The point is noisy, so the ratio is uncertain." if _is(w.get("noisy"), True) else ""))
         out.append(Finding("phases", "info", text, _scope(w, axes), _ids(g), "phases",
                            _records(g, ["point_id", *axes, "fwd_ms", "bwd_ms", "opt_ms", "bwd_fwd_ratio"])))
@@ -362,7 +666,12 @@ def noisy_points(points, ops=None) -> list[Finding]:
 
 
 def mfu(points, ops=None) -> list[Finding]:
-    """Achieved TFLOP/s and MFU against the device peak, per device and precision (CPU peak is measured)."""
+    """Achieved TFLOP/s and MFU against the device peak, per device and precision (CPU peak is measured).
+
+    A measured CPU peak is per point (its own matmul shapes are calibrated too), so the run's MFU is restated
+    against the best peak of the group; a point that ran above it gets no MFU and a warning, never a figure
+    above 100%.
+    """
     df = _ok_rows(points)
     if "tflops_per_s" not in df.columns:
         return []
@@ -373,37 +682,109 @@ def mfu(points, ops=None) -> list[Finding]:
     for key, g in _groups(df, [c for c in ("device", "precision") if c in df.columns]):
         t = g["tflops_per_s"].astype(float)
         ach = _range(t.min(), t.max(), lambda v: f"{v:.3g}") + " TFLOP/s"
-        m = pd.to_numeric(g.get("mfu"), errors="coerce")
+        peak = pd.to_numeric(g.get("peak_tflops"), errors="coerce")
+        src_all = g["peak_source"].astype(str) if "peak_source" in g.columns else pd.Series("", index=g.index)
+        measured = src_all.str.lower().str.contains("measured")
+        # one denominator for a measured group: the best peak any of its points calibrated
+        denom = peak.where(~measured, peak[measured].max() if measured.any() else np.nan)
+        stored = pd.to_numeric(g.get("mfu"), errors="coerce") if "mfu" in g.columns else pd.Series(np.nan,
+                                                                                                    index=g.index)
+        m = (stored * peak / denom).where(stored.notna(), t / denom)
+        over = (t > denom * (1 + 1e-9)) | (m > 1.0)
+        m = m.where(~over)
         if m.notna().any():
             w = g.loc[m.idxmax()]
             src = str(w.get("peak_source") or "unknown source")
             kind = "a measured GEMM peak on this CPU, not a datasheet figure" if "measured" in src.lower() else src
             text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach}, "
                     f"MFU {_range(m.min(), m.max(), _pct)} of "
-                    f"{w['peak_tflops']:.3g} TFLOP/s ({kind}); best {_where(w, axes)} at {_pct(m.max())}.")
+                    f"{denom[m.idxmax()]:.3g} TFLOP/s ({kind}); best {_where(w, axes)} at {_pct(m.max())}.")
             sev = "warning" if str(key.get("device", "")).startswith("cuda") and m.max() < 0.10 else "info"
-        else:
+        elif not over.any():
             w = g.loc[t.idxmax()]
             text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach} (best {_where(w, axes)}); "
                     f"no peak is known for "
                     f"{w.get('device_name') or 'this device'} ({w.get('peak_source') or 'no source'}), so no MFU.")
             sev = "info"
+        else:
+            text = f"{key.get('precision', '')} on {key.get('device', '')}: {ach}."
+            sev = "info"
+        if over.any():
+            bad = g[over.to_numpy()]
+            tb = bad["tflops_per_s"].astype(float)
+            where = ", ".join(_where(r, axes) for _, r in bad.head(3).iterrows())
+            text += (f" MFU is left empty at {len(bad)} of {len(g)} points ({where}): they ran at "
+                     f"{_range(tb.min(), tb.max(), lambda v: f'{v:.3g}')} TFLOP/s, above the "
+                     f"{denom[over].max():.3g} TFLOP/s peak, and MFU cannot exceed 100%: that peak does not hold "
+                     f"for this step's kernels (a CPU peak measured by an older txbench, on square matmuls only, "
+                     f"can be too low; see docs/methodology.md).")
+            sev = "warning"
+        ev = g.assign(mfu=m.to_numpy(), peak_tflops=denom.to_numpy())
         out.append(Finding("mfu", sev, text, key, _ids(g), "mfu",
-                           _records(g, ["point_id", *axes, "tflops_per_s", "mfu", "peak_tflops", "peak_source"])))
+                           _records(ev, ["point_id", *axes, "tflops_per_s", "mfu", "peak_tflops", "peak_source"])))
     return out
 
+
+def forecast(points, ops=None, memory=None) -> list[Finding]:
+    """The largest batch and sequence length that fit ``memory`` (default: the device's), per configuration."""
+    table = memory_forecast(points, memory)
+    if table.empty:
+        return []
+    dev = device_memory(points)
+    src = ("the device's memory as recorded in the run" if not memory or (dev and int(memory) == dev)
+           else "as given")
+    keys = [c for c in table.columns[: list(table.columns).index("static0")]]
+    out = []
+    for _, r in table.iterrows():
+        key = {k: _plain(r[k]) for k in keys}
+        per = _bytes(r["act_per_token_layer"]) + " per token per layer"
+        quad = f" + {_bytes(r['c'])} per B·T² (the T x T scores)" if r["quadratic"] else ""
+        fit_q = (f"the fit is within {_pct(r['max_rel_error'])} of the {r['n_points']} measured points"
+                 + (" (a loose fit: treat the forecast as rough)" if r["max_rel_error"] > 0.15 else ""))
+        text = (f"Memory forecast for {_bytes(r['memory'])} ({src}){_ctx(key)}: static {_bytes(r['static0'])} + "
+                f"{per}{quad}; {fit_q}. Fits up to B≈{_approx(r['max_batch'])} at T={_int(r['at_seq_len'])} and "
+                f"T≈{_approx(r['max_seq_len'])} at B={_int(r['at_batch'])}.")
+        if r["n_seq_lens"] < 2:
+            text += (" T was not swept, so the T forecast assumes memory linear in T"
+                     + (" although this implementation keeps T x T scores: it is too high" if
+                        r["attention_impl"] in QUADRATIC else "") + ".")
+        for c in r["oom_checks"][:2]:
+            verdict = "as forecast" if c["agrees"] else "although the forecast says it fits: the model misses there"
+            text += (f" At B={c['batch_size']} the forecast for {_bytes(c['device_memory'])} stops fitting at "
+                     f"T≈{_approx(c['predicted_max_seq_len'])}; the run hit OOM at T={c['seq_len']}, {verdict}.")
+        sev = "warning" if any(not c["agrees"] for c in r["oom_checks"]) else "info"
+        ev = _records(pd.DataFrame([r.drop(labels=["point_ids", "oom_checks"])]))
+        chart = "memory:seq_len" if "seq_len" in _varying(points) else "memory:batch_size"
+        out.append(Finding("forecast", sev, text, key, list(r["point_ids"]), chart,
+                           ev + [{"oom_checks": r["oom_checks"]}]))
+    return out[:MAX_PER_RULE]
+
+
+def _approx(n) -> str:
+    n = float(n)
+    if n >= 2**61:
+        return "unbounded"
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return str(int(n))
 
 
 #: Every rule, in the order of importance used to break ties within a severity.
 FINDING_RULES = (unverified_kernels, failures, gpu_idle, category_trends, hotspots, phases, noisy_points,
-         winners, scaling, feasibility_frontier, top_categories, mfu)
+         winners, scaling, saturation, feasibility_frontier, forecast, top_categories, mfu)
 
 
-def find(points: pd.DataFrame, ops: pd.DataFrame | None = None) -> list[Finding]:
-    """All findings of a run, most important first (severity, then rule order, then magnitude within a rule)."""
+def find(points: pd.DataFrame, ops: pd.DataFrame | None = None, *, memory: float | None = None) -> list[Finding]:
+    """All findings of a run, most important first (severity, then rule order, then magnitude within a rule).
+
+    ``memory``: bytes the memory forecast is for (default: the device's memory recorded in the run's env).
+    """
     found, seen = [], set()
     with shared_frames():  # the rules share the ok points, varying columns and category shares of these frames
-        results = [rule(points, ops) for rule in FINDING_RULES]
+        results = [rule(points, ops, memory=memory) if rule is forecast else rule(points, ops)
+                   for rule in FINDING_RULES]
     for rank, result in enumerate(results):
         for i, f in enumerate(result):
             if f.text not in seen:  # two groupings can produce the same sentence

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from functools import lru_cache
 
-__all__ = ["fingerprint", "cpu_model", "git_commit"]
+__all__ = ["fingerprint", "cpu_model", "cpu_isa", "cpu_memory_bytes", "git_commit", "MATRIX_ISA_FLAGS"]
+
+#: /proc/cpuinfo flags that change what a CPU matmul costs (vector width, native bf16/fp16, matrix units).
+MATRIX_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+                    "amx_tile", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "sve", "sve2", "bf16", "i8mm")
 
 
 @lru_cache(maxsize=1)
@@ -22,6 +26,33 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_isa() -> tuple[str, ...]:
+    """The matrix-relevant ISA flags of this CPU (:data:`MATRIX_ISA_FLAGS` present in /proc/cpuinfo), sorted.
+
+    Two CPUs sold under one model string (an "AMD EPYC" with and without
+    AVX512-BF16) differ here; empty where /proc/cpuinfo has no flags line.
+    """
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return tuple(sorted(f for f in MATRIX_ISA_FLAGS if f in flags))
+
+
+def cpu_memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (what a CPU point can allocate at most), or None."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def git_commit(path: str = ".") -> str | None:
@@ -54,6 +85,7 @@ def fingerprint(device: str | None = None) -> dict:
         "os": platform.platform(),
         "hostname": platform.node(),
         "cpu_model": cpu_model(),
+        "cpu_isa": list(cpu_isa()),
         "cpu_count": os.cpu_count(),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -83,7 +115,7 @@ def fingerprint(device: str | None = None) -> dict:
             driver=_nvidia_driver(),
         )
     else:
-        env.update(device="cpu", device_name=cpu_model())
+        env.update(device="cpu", device_name=cpu_model(), device_memory_bytes=cpu_memory_bytes())
     return env
 
 
