@@ -33,12 +33,22 @@ def test_point_ids_of_shipped_suites_never_change(suite):
 def test_a_field_added_at_its_default_keeps_every_point_id(monkeypatch):
     cfg = Point(seq_len=256, attention="naive").to_dict()
     before = fields.identity(cfg)
-    new = fields.PointField("compile", "point", str, "none", "torch.compile mode", choices=("none", "default"),
+    new = fields.PointField("loss_impl", "point", str, "plain", "loss implementation", choices=("plain", "chunked"),
                             legacy_id=False)
     monkeypatch.setattr(fields, "FIELDS", fields.FIELDS + (new,))
     assert fields.identity(cfg) == before  # rows stored before the field existed
-    assert fields.identity({**cfg, "compile": "none"}) == before  # new points at the default
-    assert fields.identity({**cfg, "compile": "default"}) == {**before, "compile": "default"}
+    assert fields.identity({**cfg, "loss_impl": "plain"}) == before  # new points at the default
+    assert fields.identity({**cfg, "loss_impl": "chunked"}) == {**before, "loss_impl": "chunked"}
+
+
+def test_the_levers_are_later_fields_that_enter_point_id_only_when_set():
+    cfg = Point(seq_len=256, attention="naive").to_dict()
+    assert {"compile", "checkpointing", "optimizer_impl"} <= set(cfg)
+    legacy = {k: v for k, v in cfg.items() if fields.BY_NAME[k].legacy_id}
+    assert fields.identity(cfg) == legacy
+    for name, value in (("compile", "default"), ("checkpointing", "full"), ("optimizer_impl", "forloop")):
+        assert not fields.BY_NAME[name].legacy_id
+        assert fields.identity({**cfg, name: value}) == {**legacy, name: value}
 
 
 def test_dataclasses_and_table_agree():

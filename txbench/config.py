@@ -19,6 +19,9 @@ __all__ = [
     "ATTENTIONS",
     "NORMS",
     "OPTIMIZERS",
+    "OPTIMIZER_IMPLS",
+    "COMPILE_MODES",
+    "CHECKPOINTING",
     "PRECISIONS",
     "DEVICES",
     "ModelConfig",
@@ -34,6 +37,9 @@ ATTENTIONS = _fields.BY_NAME["attention"].choices
 PRECISIONS = _fields.BY_NAME["precision"].choices
 NORMS = _fields.BY_NAME["norm"].choices
 OPTIMIZERS = _fields.BY_NAME["optimizer"].choices
+OPTIMIZER_IMPLS = _fields.BY_NAME["optimizer_impl"].choices
+COMPILE_MODES = _fields.BY_NAME["compile"].choices
+CHECKPOINTING = _fields.BY_NAME["checkpointing"].choices
 DEVICES = ("cpu", "cuda")
 
 
@@ -71,6 +77,9 @@ class TrainConfig:
     lr: float = 3.0e-4
     weight_decay: float = 0.1
     seed: int = 0  # seeds the weights and the synthetic tokens
+    # "auto": fused where this torch supports it on the device, else foreach (sgd: foreach); "fused", "foreach",
+    # "forloop" (one parameter at a time) force one implementation
+    optimizer_impl: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,10 @@ class Point:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     threads: int | None = None  # torch intra-op threads on CPU; None keeps torch's default
+    # torch.compile of the model's forward (backward through AOTAutograd; the optimizer step stays eager):
+    # "none", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
+    compile: str = "none"
+    checkpointing: str = "none"  # activation checkpointing per block: "none", "full", "selective"
 
     @property
     def point_id(self) -> str:

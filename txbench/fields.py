@@ -76,6 +76,9 @@ _ATTENTIONS = ("naive", "mha", "sdpa", "sdpa_math", "sdpa_flash", "sdpa_efficien
 _PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _NORMS = ("layernorm", "rmsnorm")
 _OPTIMIZERS = ("adamw", "adam", "sgd")
+_COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+_CHECKPOINTING = ("none", "full", "selective")
+_OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "forloop")
 
 #: Every point field, in display order (the order of the Parquet config columns and of labels).
 FIELDS: tuple[PointField, ...] = (
@@ -105,6 +108,13 @@ FIELDS: tuple[PointField, ...] = (
     PointField("hf", "model", dict, {}, "Hugging Face config fields", legacy_id=False),
     PointField("factory", "model", str, "", "model factory (module:function)", legacy_id=False),
     PointField("factory_args", "model", dict, {}, "factory keyword arguments", legacy_id=False),
+    # the levers (docs/suites.md#levers); added after schema 1, so in point_id only when not at their default
+    PointField("compile", "point", str, "none", "torch.compile mode of the forward", choices=_COMPILE_MODES,
+               legacy_id=False),
+    PointField("checkpointing", "point", str, "none", "activation checkpointing per block", choices=_CHECKPOINTING,
+               short="ckpt", legacy_id=False),
+    PointField("optimizer_impl", "train", str, "auto", "optimizer implementation", choices=_OPTIMIZER_IMPLS,
+               short="opt_impl", legacy_id=False),
 )
 #: Fields whose values are mappings; ``hf.num_key_value_heads`` is a sweep axis that sets one key.
 DICT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.type is dict)

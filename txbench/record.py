@@ -69,6 +69,8 @@ class Record:
     peak_tflops: float | None = None
     peak_source: str | None = None
     mfu: float | None = None
+    recompute_flops_per_step: float | None = None  # FLOPs activation checkpointing recomputes (same convention)
+    hfu: float | None = None  # hardware FLOPs utilization: (flops_per_step + recompute) / step time / peak
     # memory (bytes)
     peak_mem_bytes: int | None = None
     peak_mem_reserved_bytes: int | None = None
@@ -78,7 +80,12 @@ class Record:
     optimizer_state_bytes: int | None = None
     activation_mem_bytes: int | None = None  # peak minus params, grads and optimizer state
     params: int | None = None
-    optimizer_impl: str | None = None
+    optimizer_impl_used: str | None = None  # "fused" | "foreach" | "forloop": what ran (requested: optimizer_impl)
+    # torch.compile (the compile field; null when not compiled)
+    compile_s: float | None = None  # first compiled steps minus the same number of eager steps (compile time)
+    graph_breaks: int | None = None  # graph breaks dynamo took while compiling the forward
+    recompiles: int | None = None  # frames compiled again after the first compiled step (the timed steps allow none)
+    compile_loss_rel_diff: float | None = None  # |compiled loss - eager loss| / |eager loss|, same weights and batch
     # attention kernel verification (filled by the profiler pass)
     attention_kernel: str | None = None
     attention_verified: bool | None = None
@@ -100,6 +107,11 @@ class Record:
     def for_point(cls, point: Point, status: str, error: str | None = None, **values) -> "Record":
         """A record carrying ``point``'s config columns plus ``values`` (unknown names raise TypeError)."""
         return cls(point_id=point.point_id, status=status, error=error, config=point.to_dict(), **values)
+
+    @property
+    def optimizer_impl(self) -> str | None:
+        """The optimizer implementation that ran (``optimizer_impl_used``); the requested one is in ``config``."""
+        return self.optimizer_impl_used
 
     @classmethod
     def from_columns(cls, point_id: str, status: str, error: str | None = None, **columns) -> "Record":

@@ -18,11 +18,29 @@ bf16       fp32               ``torch.autocast(bfloat16)``:    fp32 (autocast ca
 fp16       fp32               ``torch.autocast(float16)``,     fp32, loss scaled by  fp32 state,
                               as bf16                          ``GradScaler``        step skipped on inf
 =========  =================  ===============================  ====================  =============
+
+Levers (docs/suites.md#levers), each a point field:
+
+- ``compile``: ``torch.compile`` of the model's forward (with the loss); the
+  backward is the graph AOTAutograd derives from it; the optimizer step stays
+  eager. :meth:`TrainStep.compile_warmup` compiles before the warmup and
+  measures the compile time and the compiled-vs-eager loss;
+  :meth:`TrainStep.timed_steps` makes a recompile during the timed steps an
+  error instead of a timing that mixes code versions.
+- ``checkpointing``: ``torch.utils.checkpoint`` (non-reentrant) around every
+  block; ``selective`` saves the outputs of matmuls and attention kernels
+  (:data:`SAVED_OPS`) and recomputes everything else. Hugging Face models use
+  their ``gradient_checkpointing_enable``; a factory model exposes its blocks
+  as ``module.blocks`` (an ``nn.ModuleList``).
+- ``optimizer_impl``: ``auto`` (fused where this torch supports it on the
+  device, else foreach; SGD foreach), ``fused``, ``foreach``, ``forloop``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
@@ -30,11 +48,14 @@ from txbench.attention import sdpa_context
 from txbench.config import Point
 from txbench.model import Transformer, make_batch
 
-__all__ = ["TrainStep", "precision_reason", "autocast_dtype", "PHASES"]
+__all__ = ["TrainStep", "precision_reason", "autocast_dtype", "lever_reason", "LeverUnsupported", "CompileFailed",
+           "RecompileError", "CheckpointedBlock", "SAVED_OPS", "PHASES"]
 
 PHASES = ("fwd", "bwd", "opt")
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: relative difference of the compiled and the eager loss (same weights, same batch) a compiled point may have
+LOSS_TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 2e-2, "fp16": 1e-2}
 
 
 def autocast_dtype(precision: str) -> torch.dtype:
@@ -57,22 +78,163 @@ def precision_reason(precision: str, device) -> str | None:
     return None
 
 
+class LeverUnsupported(Exception):
+    """A lever this model cannot pull, found while building it (recorded as ``unsupported``)."""
+
+
+class CompileFailed(RuntimeError):
+    """``torch.compile`` could not compile the forward; the message is the compiler's first line."""
+
+
+class RecompileError(RuntimeError):
+    """The compiled forward recompiled during the timed steps."""
+
+
+#: Ops whose outputs ``checkpointing: selective`` saves (matmuls and attention kernels); the rest is recomputed.
+SAVED_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable",
+             "_flash_attention_forward", "_efficient_attention_forward")
+
+#: compiled steps timed as the compile time (the first builds the forward and backward graphs)
+COMPILE_STEPS = 2
+#: eager steps whose median stands for one step of the same model without compile
+EAGER_STEPS = 3
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message; torch's "backend='inductor' raised:" takes the next one too."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    if first.endswith("raised:") and len(lines) > 1:
+        first = f"{first} {lines[1]}"
+    return first[:400]
+
+
+@functools.lru_cache(maxsize=1)
+def _saved_ops() -> frozenset:
+    aten = torch.ops.aten
+    return frozenset(getattr(aten, n).default for n in SAVED_OPS if hasattr(aten, n))
+
+
+def _selective_policy(ctx, func, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    return CheckpointPolicy.MUST_SAVE if func in _saved_ops() else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _context_fn(selective: bool):
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts, noop_context_fn
+
+    return functools.partial(create_selective_checkpoint_contexts, _selective_policy) if selective else noop_context_fn
+
+
+class CheckpointedBlock(torch.nn.Module):
+    """A block whose activations are recomputed in the backward (``torch.utils.checkpoint``, non-reentrant)."""
+
+    def __init__(self, block: torch.nn.Module, selective: bool = False):
+        super().__init__()
+        self.block, self.selective, self.enabled = block, selective, True
+
+    def forward(self, *args, **kwargs):
+        if not (self.enabled and torch.is_grad_enabled()):
+            return self.block(*args, **kwargs)
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.block, *args, use_reentrant=False, context_fn=_context_fn(self.selective), **kwargs)
+
+
+def _hf_model_class(point: Point):
+    """The transformers class ``arch: hf`` builds for ``point`` (without building it), or None."""
+    try:
+        import transformers
+
+        from txbench.usermodels import hf_config, hf_task
+
+        config = hf_config(point)
+        task = hf_task(point.model.hf["model_type"], config)
+        auto = {"seq2seq": transformers.AutoModelForSeq2SeqLM, "masked_lm": transformers.AutoModelForMaskedLM,
+                "causal_lm": transformers.AutoModelForCausalLM}[task]
+        return auto._model_mapping[type(config)]
+    except Exception:  # unknown here: decided when the model is built
+        return None
+
+
+def lever_reason(point: Point) -> str | None:
+    """Why ``point``'s levers (compile, checkpointing, optimizer_impl) cannot run on this machine, or None.
+
+    Decided before launch; what only the built model can tell (a factory without
+    blocks) raises :class:`LeverUnsupported` while building.
+    """
+    dev = torch.device(point.device)
+    if point.compile == "reduce-overhead" and dev.type != "cuda":
+        return ("compile: reduce-overhead records CUDA graphs, which need a CUDA device; on CPU use default or "
+                "max-autotune")
+    if point.compile != "none" and not hasattr(torch, "compile"):
+        return f"compile: torch {torch.__version__} has no torch.compile"
+    if point.checkpointing != "none" and point.model.arch == "hf":
+        cls = _hf_model_class(point)
+        if cls is not None and not getattr(cls, "supports_gradient_checkpointing", False):
+            return f"checkpointing: {cls.__name__} does not support gradient checkpointing"
+    impl = point.train.optimizer_impl
+    if impl == "fused":
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}.get(point.train.optimizer, torch.optim.AdamW)
+        try:
+            cls([torch.nn.Parameter(torch.zeros(1, device=dev))], lr=1e-3, fused=True)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            return f"optimizer_impl: fused {cls.__name__} is not available on {dev.type} here: {_first_line(exc)}"
+    return None
+
+
+def _dynamo_counts() -> dict | None:
+    """Frames dynamo compiled and graph breaks it took so far in this process (None if this torch has no counters).
+
+    torch exposes these only through ``torch._dynamo.utils.counters``; a torch without them costs the two columns.
+    """
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    try:
+        return {"frames": int(counters["frames"].get("ok", 0)), "breaks": int(sum(counters["graph_break"].values()))}
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _set_tf32(enabled: bool) -> None:
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
 
 
 def _make_optimizer(model: torch.nn.Module, point: Point) -> tuple[torch.optim.Optimizer, str]:
+    """The optimizer and the implementation that runs: ``fused``, ``foreach`` or ``forloop``."""
     t = point.train
     params = list(model.parameters())
+    impl = t.optimizer_impl
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, foreach=True), "foreach"
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    # fused (one kernel for all parameters) where this torch supports it on the device, else foreach
-    try:
-        return cls(params, lr=t.lr, weight_decay=t.weight_decay, fused=True), "fused"
-    except (RuntimeError, ValueError, TypeError):
-        return cls(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True), "foreach"
+        cls, kw = torch.optim.SGD, {"lr": t.lr, "momentum": 0.9, "weight_decay": t.weight_decay}
+    else:
+        cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+        kw = {"lr": t.lr, "weight_decay": t.weight_decay}
+    if impl == "forloop":
+        return cls(params, foreach=False, fused=False, **kw), "forloop"
+    if impl == "foreach" or (impl == "auto" and t.optimizer == "sgd"):
+        return cls(params, foreach=True, **kw), "foreach"
+    try:  # fused: one kernel for all parameters
+        return cls(params, fused=True, **kw), "fused"
+    except (RuntimeError, ValueError, TypeError) as exc:
+        if impl == "fused":  # lever_reason rules this out before launch; a parameter dtype can still refuse it
+            why = f"optimizer_impl: fused {cls.__name__} refused this model: {_first_line(exc)}"
+            raise LeverUnsupported(why) from exc
+        # auto: fused where this torch supports it on the device, else foreach
+        return cls(params, foreach=True, **kw), "foreach"
 
 
 class TrainStep:
@@ -97,9 +259,184 @@ class TrainStep:
                 self.model = Transformer(point.model, attention=point.attention, seed=point.train.seed)
             self.batch = make_batch(point.model, point.batch_size, point.seq_len, self.device, seed=point.train.seed)
         self.model.train()
+        self._checkpointed = self._apply_checkpointing()
         self.optimizer, self.optimizer_impl = _make_optimizer(self.model, point)
         self.amp_dtype = _AUTOCAST.get(point.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if point.precision == "fp16" else None
+        self.compiled = None  # torch.compile(model) when point.compile is set: fwd() runs it
+        if point.compile != "none":
+            self.compiled = torch.compile(self.model, mode=None if point.compile == "default" else point.compile)
+        self._eager = False
+        self.lever_values: dict = {}  # compile columns of the record, filled by compile_warmup and timed_steps
+
+    # ------------------------------------------------------------------ levers
+    def _apply_checkpointing(self) -> list:
+        """Wrap each block in :class:`CheckpointedBlock` (HF: its own switch); the wrappers, or ["hf"] for HF."""
+        mode = self.point.checkpointing
+        if mode == "none":
+            return []
+        selective = mode == "selective"
+        if self.point.model.arch == "hf":
+            module = self.model
+            if not getattr(module, "supports_gradient_checkpointing", False):
+                raise LeverUnsupported(f"checkpointing: {type(module).__name__} does not support gradient "
+                                       "checkpointing")
+            self._hf_ckpt_kwargs = {"use_reentrant": False, **({"context_fn": _context_fn(True)} if selective else {})}
+            self._hf_checkpointing(True)
+            return ["hf"]
+        if self.user is not None:  # a factory model: its blocks, if it exposes them
+            lists = [getattr(self.model, "blocks", None)]
+            if not isinstance(lists[0], torch.nn.ModuleList):
+                raise LeverUnsupported(
+                    f"checkpointing: the factory's model ({type(self.model).__name__}) exposes no blocks; give it a "
+                    "`blocks` attribute, an nn.ModuleList of the blocks to checkpoint (docs/suites.md#levers)")
+        else:
+            lists = [self.model.decoder] + ([self.model.encoder] if self.model.encoder is not None else [])
+        wrappers = []
+        for blocks in lists:
+            for i in range(len(blocks)):
+                blocks[i] = CheckpointedBlock(blocks[i], selective)
+                wrappers.append(blocks[i])
+        return wrappers
+
+    def _hf_checkpointing(self, on: bool) -> None:
+        # transformers 5.x names the switch activation_checkpointing_*; older versions gradient_checkpointing_*
+        m = self.model
+        new = hasattr(m, "activation_checkpointing_enable")
+        if new and on:
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs=self._hf_ckpt_kwargs)
+        elif new:
+            m.activation_checkpointing_disable()
+        elif on:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=self._hf_ckpt_kwargs)
+        else:
+            m.gradient_checkpointing_disable()
+
+    @contextlib.contextmanager
+    def checkpointing_off(self):
+        """Within this context the step keeps every activation (for the FLOP count of the recomputation)."""
+        if not self._checkpointed:
+            yield
+            return
+        hf = self._checkpointed == ["hf"]
+        if hf:
+            self._hf_checkpointing(False)
+        else:
+            for w in self._checkpointed:
+                w.enabled = False
+        try:
+            yield
+        finally:
+            if hf:
+                self._hf_checkpointing(True)
+            else:
+                for w in self._checkpointed:
+                    w.enabled = True
+
+    @contextlib.contextmanager
+    def eager(self):
+        """Within this context ``fwd()`` runs the uncompiled model (the FLOP count and the eager reference)."""
+        old, self._eager = self._eager, True
+        try:
+            yield
+        finally:
+            self._eager = old
+
+    def _module(self):
+        return self.model if self.compiled is None or self._eager else self.compiled
+
+    def compile_warmup(self, timer) -> dict:
+        """Compile the forward and measure what it costs; ``{}`` when ``compile`` is ``none``.
+
+        Before any step, the eager model's loss on the batch (no grad); then
+        :data:`COMPILE_STEPS` compiled steps, the first of which compiles the
+        forward and the backward graph (its loss is compared with the eager one,
+        same weights and batch); then :data:`EAGER_STEPS` eager steps. Returns
+        ``compile_s`` (the compiled steps minus as many eager steps at their
+        median: the compile time, as PyTorch's dynamo benchmarks measure it),
+        ``graph_breaks`` and ``compile_loss_rel_diff``. Raises
+        :class:`CompileFailed` with the compiler's first line.
+        """
+        if self.compiled is None:
+            return {}
+        with torch.no_grad(), self.eager():
+            eager_loss = float(self.fwd())
+        before = _dynamo_counts()
+        t0 = time.perf_counter()
+        try:
+            loss = self.fwd()
+            compiled_loss = float(loss.detach())
+            self.bwd(loss)
+            del loss
+            self.opt()
+            _sync(self.device)
+        except Exception as exc:
+            from txbench.measure.point import is_oom
+
+            if is_oom(exc):
+                raise
+            raise CompileFailed(f"torch.compile (mode {self.point.compile}) failed: {type(exc).__name__}: "
+                                f"{_first_line(exc)}") from exc
+        first_s = time.perf_counter() - t0
+        after = _dynamo_counts()
+        compiled_s = first_s + sum(sum(timer(self)) for _ in range(COMPILE_STEPS - 1)) / 1e3
+        with self.eager():
+            eager_ms = sorted(sum(timer(self)) for _ in range(EAGER_STEPS))
+        rel = abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12)
+        tol = LOSS_TOLERANCE.get(self.point.precision, 1e-3)
+        if not rel <= tol:
+            raise CompileFailed(f"torch.compile (mode {self.point.compile}) changed the loss: compiled "
+                                f"{compiled_loss:.6g} vs eager {eager_loss:.6g} (relative difference {rel:.2g} > "
+                                f"{tol:g})")
+        self._frames_after_compile = after["frames"] if after else None
+        self.lever_values = {
+            "compile_s": compiled_s - COMPILE_STEPS * eager_ms[len(eager_ms) // 2] / 1e3,
+            "graph_breaks": after["breaks"] - before["breaks"] if after and before else None,
+            "compile_loss_rel_diff": rel,
+        }
+        return dict(self.lever_values)
+
+    @contextlib.contextmanager
+    def timed_steps(self):
+        """Around the timed steps: a compiled forward that would recompile raises :class:`RecompileError`.
+
+        On entering, ``lever_values["recompiles"]`` is set to the frames dynamo
+        compiled again after the first compiled step (during the warmup).
+        """
+        if self.compiled is None:
+            yield
+            return
+        now = _dynamo_counts()
+        if now is not None and getattr(self, "_frames_after_compile", None) is not None:
+            self.lever_values["recompiles"] = now["frames"] - self._frames_after_compile
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                yield
+        except RuntimeError as exc:
+            text = str(exc)
+            if isinstance(exc, RecompileError) or not ("fail_on_recompile" in text or "Detected recompile" in text):
+                raise
+            guards = [ln.strip(" -") for ln in text.splitlines() if ln.strip().startswith("- ")]
+            why = guards[0] if guards else _first_line(exc)
+            raise RecompileError(f"the compiled forward recompiled during the timed steps ({why}): the timings "
+                                 "would mix code versions; keep shapes fixed after the warmup") from exc
+
+    def lever_columns(self, values: dict) -> dict:
+        """``recompute_flops_per_step`` and ``hfu`` from the measured ``values`` (flops_per_step, mfu)."""
+        from txbench.measure.flops import recompute_flops
+
+        out = dict(self.lever_values)
+        if self.user is None:
+            recompute = recompute_flops(**self.point.to_dict())
+        else:
+            recompute = (getattr(self, "flop_count", None) or {}).get("recompute_checkpoint")
+            if recompute is None and not self._checkpointed:
+                recompute = 0
+        out["recompute_flops_per_step"] = recompute
+        flops, mfu = values.get("flops_per_step"), values.get("mfu")
+        if recompute is not None and flops and mfu is not None:
+            out["hfu"] = mfu * (flops + recompute) / flops
+        return out
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -111,10 +448,13 @@ class TrainStep:
         return sdpa_context(self.point.attention) if self.user is not None else contextlib.nullcontext()
 
     def fwd(self) -> torch.Tensor:
+        module = self._module()
+        if module is not self.model and self.point.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step may overwrite the last outputs
         with self._autocast(), self._backend():
             if self.user is not None:
-                return self.user.loss(self.model, self.batch)
-            return self.model(self.batch)
+                return self.user.loss(module, self.batch)
+            return module(self.batch)
 
     def bwd(self, loss: torch.Tensor) -> None:
         with self._backend():

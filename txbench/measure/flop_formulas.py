@@ -222,6 +222,13 @@ def _reason(exc: BaseException) -> str:
 def count_step_flops(step) -> dict:
     """Count the FLOPs of one forward + backward of ``step`` under FlopCounterMode.
 
+    A compiled step is counted through its eager model (``step.eager()``: the
+    same ops; inductor's kernels are invisible to FlopCounterMode). With
+    activation checkpointing the step is counted twice, with and without it:
+    ``total`` and the attention terms are the model's work (without), and
+    ``recompute_checkpoint`` is the difference, the forward the backward runs
+    again (None when the step has no checkpointing).
+
     ``step`` has ``fwd() -> loss``, ``bwd(loss)`` and ``opt()`` (a
     :class:`txbench.step.TrainStep`); ``step.model``, where present, lets
     attention be found by module. ``opt()`` runs after the count, uncounted, so
@@ -244,6 +251,21 @@ def count_step_flops(step) -> dict:
       which torch's formulas count and ``total`` does not;
     - ``by_op``: FLOPs per op (``total`` split), and ``note`` (None or why a figure is missing).
     """
+    import contextlib
+
+    eager = step.eager() if hasattr(step, "eager") else contextlib.nullcontext()
+    with eager:
+        out = _count_once(step)
+        out["recompute_checkpoint"] = None
+        if out["total"] is not None and getattr(step, "_checkpointed", None):
+            with step.checkpointing_off():
+                plain = _count_once(step)
+            if plain["total"] is not None:
+                out = {**plain, "recompute_checkpoint": out["total"] - plain["total"]}
+    return out
+
+
+def _count_once(step) -> dict:
     from torch.utils.flop_counter import FlopCounterMode, flop_registry
     from torch.utils.module_tracker import ModuleTracker
 

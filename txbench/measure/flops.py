@@ -18,13 +18,25 @@ Convention (written out in docs/methodology.md):
   counts 2.5 x for its backward because its kernel recomputes Q K^T.
 - Softmax, norms, activations, embeddings, loss and the optimizer are not
   counted (they are O(B·T·d) elementwise work, not FLOP-bound).
+- Activation checkpointing does not change ``flops_per_step`` (the model's
+  work, what MFU divides); the forward it runs again in the backward is
+  ``recompute_flops_per_step`` and enters HFU (hardware FLOPs utilization), as
+  Megatron-LM and PaLM separate the two. ``full`` recomputes every block's
+  forward (attention projections, scores and values, MLP; not the embedding
+  or the LM head, which run outside the blocks) except each block's last
+  matmul, the MLP's output projection: torch's non-reentrant checkpoint
+  stops recomputing once every tensor the backward needs exists, and that
+  matmul's output is not one of them (FlopCounterMode's count of the step
+  agrees). ``selective`` saves every matmul and attention output and
+  recomputes only elementwise work, which this convention does not count,
+  so its recomputation is 0 FLOPs.
 
 No torch import: the analysis layer recomputes FLOPs from stored columns.
 """
 
 from __future__ import annotations
 
-__all__ = ["forward_flops", "step_flops", "FLOP_CONVENTION"]
+__all__ = ["forward_flops", "step_flops", "recompute_flops", "FLOP_CONVENTION"]
 
 FLOP_CONVENTION = (
     "2 FLOPs per multiply-add; all matmuls incl. LM head; attention scores+values 4*B*T*S*d per layer "
@@ -64,3 +76,13 @@ def step_flops(**cfg) -> dict[str, int]:
     """Training-step FLOPs: ``flops_per_step`` (3 x forward) and ``attn_flops_per_step``."""
     f = forward_flops(**cfg)
     return {"flops_per_step": 3 * f["total"], "attn_flops_per_step": 3 * f["attn_scores"]}
+
+
+def recompute_flops(checkpointing: str = "none", **cfg) -> int:
+    """FLOPs per step that activation checkpointing recomputes in the backward (see the convention above)."""
+    if checkpointing != "full":
+        return 0
+    f = forward_flops(**cfg)
+    blocks = cfg["n_layers"] * (2 if cfg["arch"] == "encoder_decoder" else 1)
+    last_matmul = 2 * cfg["batch_size"] * cfg["seq_len"] * cfg["ffn_mult"] * cfg["d_model"] ** 2  # MLP output proj
+    return f["total"] - f["lm_head"] - blocks * last_matmul

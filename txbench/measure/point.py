@@ -16,13 +16,13 @@ import torch
 from txbench._faults import fault_for
 from txbench.attention import SDPA_BACKENDS, check_attention
 from txbench.config import MeasureConfig, Point, validate_point
-from txbench.measure.calibrate import peak_tflops
+from txbench.measure.calibrate import mfu_or_note, peak_tflops, step_gemm_shapes
 from txbench.measure.flops import step_flops
 from txbench.measure.memory import cpu_step_peak_bytes
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.measure.timing import make_timer
 from txbench.record import Record
-from txbench.step import TrainStep, autocast_dtype, precision_reason
+from txbench.step import LeverUnsupported, TrainStep, autocast_dtype, lever_reason, precision_reason
 from txbench.torch_compat import TorchUnsupported
 from txbench.usermodels import user_model_flops
 
@@ -34,7 +34,7 @@ def unsupported_reason(point: Point) -> str | None:
     dev = torch.device(point.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available on this machine (torch.cuda.is_available() is False)"
-    reason = precision_reason(point.precision, dev)
+    reason = precision_reason(point.precision, dev) or lever_reason(point)  # levers: compile, checkpointing, ...
     if reason:
         return reason
     m = point.model
@@ -211,14 +211,16 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         if fault:
             fault.install(step)
         timer = make_timer(dev)
+        levers = step.compile_warmup(timer)  # compile: first compiled steps vs eager, loss check ({} when eager)
         warm_n, warm_s = _warmup(step, timer, cfg)
         if fault:
             fault.after_warmup(step, timer)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        fwd, bwd, opt, total, stop, meas_s = _adaptive_loop(step, timer, cfg)
-        values = dict(base)
+        with step.timed_steps():  # a recompile here is an error, never a mixed timing
+            fwd, bwd, opt, total, stop, meas_s = _adaptive_loop(step, timer, cfg)
+        values = dict(base, **levers)
         values.update(summarize(total, "step_ms"))
         values.update(
             step_ms_samples=total,
@@ -236,7 +238,7 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
             warmup_s=warm_s,
             measure_s=meas_s,
             timer=timer.name,
-            optimizer_impl=step.optimizer_impl,
+            optimizer_impl_used=step.optimizer_impl,
             params=sum(p.numel() for p in step.model.parameters()),
         )
         med_s = values["step_ms_median"] / 1e3
@@ -270,13 +272,21 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
             values["flops_check_note"] = _flops_note(point, fl["flops_per_step"], counted)
         values.update(fl)
         values["tflops_per_s"] = fl["flops_per_step"] / med_s / 1e12 if fl["flops_per_step"] else None
-        peak, source = peak_tflops(dev, point.precision, autocast_dtype(point.precision))
+        peak, source = peak_tflops(dev, point.precision, autocast_dtype(point.precision),
+                                   shapes=step_gemm_shapes(point))
         values["peak_tflops"], values["peak_source"] = peak, source
-        values["mfu"] = values["tflops_per_s"] / peak if peak and values["tflops_per_s"] else None
+        values["mfu"], note = mfu_or_note(values["tflops_per_s"], peak)
+        if note:  # MFU above 100% is impossible: the peak is wrong, not the point
+            values["measure_notes"] = "; ".join(n for n in (values.get("measure_notes"), note) if n)
+        values.update(step.lever_columns(values))  # recompiles, recompute_flops_per_step, hfu
         values["device_name"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
         values["wall_s"] = time.perf_counter() - t_start
         return Record.for_point(point, "ok", None, **values), step
     except Exception as exc:
+        if isinstance(exc, LeverUnsupported):  # a lever only the built model can rule out (a factory without blocks)
+            step = None
+            _free(dev)
+            return Record.for_point(point, "unsupported", str(exc), wall_s=time.perf_counter() - t_start, **base), None
         if _no_kernel(exc) and point.attention in SDPA_BACKENDS:
             step = None
             _free(dev)

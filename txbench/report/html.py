@@ -22,6 +22,7 @@ from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from txbench.analysis.breakdown import category_shares, phase_split
 from txbench.analysis.compare import compare_runs, verdict_counts
 from txbench.analysis.findings import find
+from txbench.analysis.levers import what_to_try
 from txbench.analysis.scaling import numeric_axes
 from txbench.analysis.thresholds import DEFAULT_METRICS
 from txbench.errors import StoreError, TxbenchError
@@ -34,6 +35,7 @@ from txbench.report.sections import (
     failures_html,
     findings_html,
     header_html,
+    levers_html,
     points_data,
     points_html,
     table,
@@ -285,20 +287,26 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
     labels = point_labels(points)
     figs = _Figures()
     body = [header_html(runs)]
-    toc = [("findings", "Findings"), ("scaling", "Scaling"), ("time", "Where the time goes"), ("ops", "Top ops"),
+    toc = [("levers", "What to try next"), ("findings", "Findings"), ("scaling", "Scaling"),
+           ("time", "Where the time goes"), ("ops", "Top ops"),
            ("failures", "Failures and warnings"), ("points", "All points")]
     if len(runs) > 1:
-        toc.insert(1, ("compare", "Run comparison"))
+        toc.insert(2, ("compare", "Run comparison"))
     body.append('<nav class="toc">' + "".join(f'<a href="#{k}">{e(t)}</a>' for k, t in toc) + "</nav>")
     # sections that own charts are built first so that findings can link to them
     sweep = _sweep_section(points, figs)
     time_ = _time_section(runs, points, figs)
     compare = _compare_section(runs, figs) if len(runs) > 1 else ""
     figs.anchors.setdefault("failures", "failures")
-    findings = []
+    findings, levers = [], []
     for run in runs:
         title = f"<h3>Run {e(run.label)}: {e(run.name)}</h3>" if len(runs) > 1 else ""
         findings.append(findings_html(find(_stored(run.points), run.ops), figs.anchors, title=title))
+        levers.append(levers_html(what_to_try(_stored(run.points), run.ops), figs.anchors, title=title))
+    body.append('<section id="levers"><h2>What to try next</h2><p class="note">Speedups are median step time ratios '
+                "with the 95% CI of the regression gate's statistics (blocks of steps, or steps when a point has "
+                "too few blocks); memory is the measured peak; compile pays back after compile_s / time saved per "
+                "step.</p>" + "".join(levers) + "</section>")
     body.append('<section id="findings"><h2>Findings</h2>' + "".join(findings) + "</section>")
     if compare:
         body.append(f'<section id="compare"><h2>Run comparison</h2>{compare}</section>')

@@ -17,8 +17,8 @@ import pandas as pd
 from txbench.labels import fmt_bytes, fmt_ms, fmt_num, missing, model_names
 from txbench.report.data import RunData
 
-__all__ = ["e", "fmt_num", "fmt_ms", "fmt_bytes", "table", "header_html", "findings_html", "failures_html",
-           "points_data", "points_html", "POINT_FIELDS", "SEVERITY_TITLES"]
+__all__ = ["e", "fmt_num", "fmt_ms", "fmt_bytes", "table", "header_html", "findings_html", "levers_html",
+           "failures_html", "points_data", "points_html", "POINT_FIELDS", "SEVERITY_TITLES"]
 
 SEVERITY_TITLES = {"critical": "critical", "warning": "warning", "info": "info"}
 _BAD = ("oom", "unsupported", "error", "timeout")
@@ -118,6 +118,30 @@ def findings_html(findings: list, anchors: dict[str, str], *, title: str = "") -
         items.append(f'<li class="{sev}"><span class="sev {sev}">{e(SEVERITY_TITLES[sev])}</span>'
                      f"{_finding_text(f.text)}{link}</li>")
     return f'{title}<ol class="findings">{"".join(items)}</ol>'
+
+
+def levers_html(items: list, anchors: dict[str, str], *, title: str = "") -> str:
+    """"What to try next": the measured effect of each swept lever, then the levers the profile points to.
+
+    ``items`` are the findings of :func:`txbench.analysis.levers.what_to_try` (rules ``lever_effect`` and
+    ``try_next``), each linked to the chart that shows it.
+    """
+    def block(rule: str, head: str, empty: str) -> str:
+        chosen = [f for f in items if f.rule == rule]
+        if not chosen:
+            return f'<h4>{e(head)}</h4><p class="note">{e(empty)}</p>'
+        lis = []
+        for f in chosen:
+            target = anchors.get(f.chart or "")
+            link = f' <a href="#{e(target)}">see chart</a>' if target else ""
+            lis.append(f'<li class="info">{_finding_text(f.text)}{link}</li>')
+        return f'<h4>{e(head)}</h4><ol class="findings">{"".join(lis)}</ol>'
+
+    return (title
+            + block("lever_effect", "Measured in this run (each lever against its default, largest effect first)",
+                    "No lever was swept: no two points differ only in compile, checkpointing or optimizer_impl.")
+            + block("try_next", "Indicated by this run's profile, not measured yet",
+                    "Nothing in this run's numbers points to a lever it did not measure."))
 
 
 def _label(labels: pd.Series, uid) -> str:
