@@ -611,7 +611,8 @@ def phases(points, ops=None) -> list[Finding]:
     g = ps[ps["opt_share"] > OPT_SHARE_HIGH].sort_values("opt_share", ascending=False)
     if not g.empty:
         w = g.iloc[0]
-        impl = w.get("optimizer_impl")
+        # what ran (optimizer_impl_used); old runs stored it as optimizer_impl
+        impl = w.get("optimizer_impl_used") if pd.notna(w.get("optimizer_impl_used", None)) else w.get("optimizer_impl")
         fix = ("it is already fused, so only a larger batch helps" if impl == "fused"
                else "a fused optimizer (fused=True) or a larger batch helps")
         params = f"{w['params'] / 1e6:.3g}M parameters" if pd.notna(w.get("params")) else "the parameters"
@@ -621,7 +622,8 @@ def phases(points, ops=None) -> list[Finding]:
                 f"{_ms(w['opt_ms'])} against {_ms(w['fwd_ms'] + w['bwd_ms'])} of forward+backward on "
                 f"{_int(w['batch_size'] * w['seq_len'])} tokens; {fix}.")
         out.append(Finding("phases", "warning", text, _scope(w, axes), _ids(g), "phases",
-                           _records(g, ["point_id", *axes, "opt_ms", "opt_share", "optimizer_impl"])))
+                           _records(g, ["point_id", *axes, "opt_ms", "opt_share", "optimizer_impl",
+                                        "optimizer_impl_used"])))
     return out
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 __all__ = ["GPU_PEAKS_TFLOPS", "lookup_peak_tflops"]
 
-# (substrings that must all appear in the lower-cased device name) -> peaks
+# (substrings that must all appear in the lower-cased device name) -> peaks; the first match wins, so a name
+# that contains another (gh200 contains h200) comes first
 GPU_PEAKS_TFLOPS: list[tuple[tuple[str, ...], str, dict[str, float]]] = [
     (("h100", "pcie"), "H100 PCIe", {"fp32": 51.0, "tf32": 378.0, "bf16": 756.0, "fp16": 756.0}),
     (("h100", "nvl"), "H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0, "fp16": 835.0}),
     (("h100",), "H100 SXM", {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}),
-    (("h200",), "H200", {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}),
     (("gh200",), "GH200", {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}),
+    (("h200",), "H200", {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0, "fp16": 989.0}),
     (("a100",), "A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),
     (("l40s",), "L40S", {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0, "fp16": 362.0}),
     (("l4",), "L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),

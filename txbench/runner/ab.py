@@ -53,6 +53,11 @@ MAX_S = 45.0
 BLOCK_S = 0.25
 
 
+#: Columns of an ab row beyond compare's: rounds, steps per block, seconds to the decision, spread of the units,
+#: build epochs.
+AB_COLUMNS = ("rounds", "steps_per_block", "decided_s", "unit_sd", "builds")
+
+
 class AbError(TxbenchError):
     """A side cannot be set up: a bad interpreter, path, override or worker protocol (exit 2)."""
 
@@ -215,6 +220,47 @@ class _Pair:
         return out
 
 
+def _pin(launchers: dict, r: int) -> None:
+    """Parallel mode: give each side half of this process's CPUs, swapping the halves every round.
+
+    Two processes running side by side do not see the same machine: one vCPU may
+    take the interrupts or share its core with a busy neighbour. Swapping the
+    halves each round puts each side on each half equally often, so that
+    asymmetry cancels in the ratio as the drift does.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        return
+    half = len(cpus) // 2
+    halves = (set(cpus[:half]), set(cpus[half:2 * half]))
+    for j, k in enumerate(round_order(r)):
+        proc = launchers[k].proc
+        if proc is None or proc.poll() is not None:
+            continue
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+        except OSError:
+            tids = [proc.pid]
+        for tid in tids:  # every thread: torch's intra-op and inter-op pools too
+            try:
+                os.sched_setaffinity(tid, halves[j])
+            except OSError:
+                pass
+
+
+def _unpin(launchers: dict) -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        return
+    cpus = os.sched_getaffinity(0)
+    for lau in launchers.values():
+        if lau.proc is not None and lau.proc.poll() is None:
+            try:
+                for t in os.listdir(f"/proc/{lau.proc.pid}/task"):
+                    os.sched_setaffinity(int(t), cpus)
+            except OSError:
+                pass
+
+
 def round_order(r: int) -> tuple[str, str]:
     """Which side runs first in round ``r``: baseline, candidate, then candidate, baseline (A B B A ...)."""
     return SIDES if r % 2 == 0 else SIDES[::-1]
@@ -311,7 +357,7 @@ def _run(suites, dirs, launchers, cfg: AbConfig, cb: AbCallbacks, t_start: float
         rows.extend(new_rows)
         cb.on_point_end(i, labels[i], new_rows)
     cfg_cols = [c for c in CONFIG_COLUMNS if any(c in r for r in rows)]
-    frame = pd.DataFrame(rows, columns=_columns(cfg_cols) + ["rounds", "steps_per_block", "decided_s", "unit_sd"])
+    frame = pd.DataFrame(rows, columns=_columns(cfg_cols) + list(AB_COLUMNS))
     ident = {k: {"schema_version": None, "device": device, "device_name": envs[k]["env"].get("device_name"),
                  "suite": suites[k].name, "run_id": dirs[k].name, "torch_version": envs[k]["env"].get("torch_version"),
                  "torch_threads": envs[k]["env"].get("torch_threads"), "hostname": envs[k]["env"].get("hostname"),
@@ -356,7 +402,16 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     if any(recs[k]["status"] != "ok" for k in SIDES):
         _close(launchers)
         return recs, None
-    step_ms = max(float(recs[k]["step_ms_median"]) for k in SIDES)
+    # the block length from each side's step time alone (the open measured both sides at once)
+    probe = both.one_by_one({k: {"kind": "ab_block", "steps": 3} for k in SIDES}, SIDES, timeout)
+    if any(_failure(probe[k]) for k in probe) or len(probe) < 2:
+        k = next(k for k in SIDES if k not in probe or _failure(probe[k]))
+        status, msg = _failure(probe[k]) if k in probe else ("error", "no answer")
+        recs[k] = {**recs[k], "status": status, "error": f"during the interleaved blocks: {msg}"}
+        _close(launchers)
+        return recs, None
+    step_ms = max(float(np.median(np.add(np.add(probe[k].answer["fwd"], probe[k].answer["bwd"]),
+                                         probe[k].answer["opt"]))) for k in SIDES)
     n = max(int(round(cfg.block_s * 1e3 / max(step_ms, 1e-3))), 1)
     block_timeout = max(60.0, 50 * n * step_ms / 1e3)
     test = SequentialTest(alpha=alpha, threshold=cfg.threshold)
@@ -366,42 +421,55 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     look = 1
     failure = None
     verdict = None
+    epochs: list[list[float]] = [[]]
+    sampled = 0.0  # seconds of rounds; rebuilds between epochs do not count against the budget
     while verdict is None:
         order = round_order(len(units))
+        if cfg.mode == "parallel":
+            _pin(launchers, len(units))
         jobs = {k: {"kind": "ab_block", "steps": n} for k in SIDES}
+        t_round = time.monotonic()
         out = (both.send_all(jobs, order, block_timeout) if cfg.mode == "parallel"
                else both.one_by_one(jobs, order, block_timeout))
-        for k in SIDES:
-            fail = _failure(out[k]) if k in out else None
-            if fail:
-                failure = (k, fail)
-        if failure:
+        sampled += time.monotonic() - t_round
+        failure = next(((k, _failure(out[k])) for k in SIDES if k in out and _failure(out[k])), None)
+        if failure or len(out) < 2:
+            failure = failure or (next(k for k in SIDES if k not in out), ("error", "no answer"))
             break
         for k in SIDES:
             for ph in ("fwd", "bwd", "opt"):
                 samples[k][ph].extend(out[k].answer[ph])
-        med = {k: float(np.median([f + b + o for f, b, o in zip(out[k].answer["fwd"], out[k].answer["bwd"],
-                                                                     out[k].answer["opt"])])) for k in SIDES}
-        units.append(math.log(med["candidate"] / med["baseline"]) if min(med.values()) > 0 else math.nan)
-        elapsed = time.monotonic() - t0
-        while look <= cfg.looks and elapsed >= cfg.max_s * look / cfg.looks:
-            lk = test.look(units, look / cfg.looks)
-            look += 1
-            cb.on_look(i, len(units), lk.ratio, lk.ci_low, lk.ci_high)
-            if lk.verdict:
-                verdict = lk.verdict
+        med = {k: float(np.median(np.add(np.add(out[k].answer["fwd"], out[k].answer["bwd"]), out[k].answer["opt"])))
+               for k in SIDES}
+        unit = math.log(med["candidate"] / med["baseline"]) if min(med.values()) > 0 else math.nan
+        units.append(unit)
+        epochs[-1].append(unit)
+        if look > cfg.looks or sampled < cfg.max_s * look / cfg.looks:
+            continue
+        lk = test.look(epochs, look / cfg.looks)
+        look += 1
+        cb.on_look(i, len(units), lk.ratio, lk.ci_low, lk.ci_high)
+        verdict = lk.verdict
+        if verdict is None and epochs[-1]:
+            # a new build epoch: both sides' steps rebuilt at new addresses, so their layout bias is sampled too
+            rebuilt = both.one_by_one({k: {"kind": "ab_rebuild"} for k in SIDES}, SIDES, timeout)
+            failure = next(((k, _failure(rebuilt[k])) for k in SIDES if k in rebuilt and _failure(rebuilt[k])), None)
+            if failure:
                 break
+            epochs.append([])
     decided_s = time.monotonic() - t0
+    if cfg.mode == "parallel":
+        _unpin(launchers)
     _close(launchers)
-    note = (f"txbench ab: {len(units)} rounds of {n}-step blocks, {cfg.mode} with the other side, "
-            f"{decided_s:.0f} s")
+    note = (f"txbench ab: {len(units)} rounds of {n}-step blocks in {len([e for e in epochs if e])} builds, "
+            f"{cfg.mode} with the other side, {decided_s:.0f} s")
     for k in SIDES:
         recs[k] = _with_blocks(recs[k], samples[k]["fwd"], samples[k]["bwd"], samples[k]["opt"], note)
     if failure:
         k, (status, msg) = failure
         recs[k] = {**recs[k], "status": status, "error": f"during the interleaved blocks: {msg}"}
         return recs, None
-    return recs, {"test": test, "units": units, "steps_per_block": n, "decided_s": decided_s}
+    return recs, {"test": test, "units": units, "epochs": epochs, "steps_per_block": n, "decided_s": decided_s}
 
 
 def _open_job(point: dict, measure, threads, cfg: AbConfig) -> dict:
@@ -429,15 +497,14 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
     n_rounds = len(units)
     x = np.asarray(units, dtype=float)
     x = x[np.isfinite(x)]
-    from scipy import stats
-
-    p = float(stats.ttest_1samp(x, 0.0).pvalue) if x.size >= 2 and x.std() > 0 else math.nan
-    ratio = math.exp(float(x.mean())) if x.size else math.nan
+    p = math.nan  # the verdict comes from the looks' intervals, not from one p-value
+    ratio = last.ratio if last else (math.exp(float(x.mean())) if x.size else math.nan)
+    builds = len([e for e in seq.get("epochs", [units]) if e])
     verdict = last.verdict if last and last.verdict else "inconclusive"
     lo, hi = (last.ci_low, last.ci_high) if last else (math.nan, math.nan)
     change = f"{100 * (ratio - 1):+.1f}%" if math.isfinite(ratio) else "no ratio"
     level = f"{100 * (1 - last.alpha):.3g}% interval" if last and last.alpha else "no look"
-    when = f"after {n_rounds} rounds ({seq['decided_s']:.0f} s)"
+    when = f"after {n_rounds} rounds in {builds} builds ({seq['decided_s']:.0f} s)"
     thr = f"{100 * cfg.threshold:g}%"
     if verdict == "regression":
         note = f"{change} > {thr} {when}, {level} above 0"
@@ -454,7 +521,7 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
              "n_baseline": len(rb.get("step_ms_samples") or []), "n_candidate": len(rc.get("step_ms_samples") or []),
              "blocks_baseline": n_rounds, "blocks_candidate": n_rounds, "units": "rounds", "steps_needed": None,
              "rounds": n_rounds, "steps_per_block": seq["steps_per_block"], "decided_s": round(seq["decided_s"], 1),
-             "unit_sd": float(x.std(ddof=1)) if x.size >= 2 else math.nan}
+             "unit_sd": float(x.std(ddof=1)) if x.size >= 2 else math.nan, "builds": builds}
     mem = _compare_memory(rb.get("peak_mem_bytes"), rc.get("peak_mem_bytes"), cfg.memory_threshold)
     return [{**base, **timed}, {**base, "metric": "peak_mem_bytes", "threshold": cfg.memory_threshold, **mem}]
 

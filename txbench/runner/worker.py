@@ -17,6 +17,8 @@ built between jobs:
   point as ``point`` does (short budget, no profiler) and keeps its step warm -> ``{"record": {...}}``
 - ``{"kind": "ab_block", "steps": n}`` -> ``{"fwd": [...], "bwd": [...], "opt": [...]}`` (ms), or
   ``{"error": message}`` when a step raises (the point is then closed)
+- ``{"kind": "ab_rebuild", "warmup": n}`` builds the open point's step afresh and warms it up
+  -> ``{"rebuilt": true}`` (or ``{"error": message}``)
 - ``{"kind": "ab_close"}`` -> ``{"closed": true}``
 
 The first line the worker writes is ``{"ready": true, "pid": ..., "protocol": PROTOCOL,
@@ -118,7 +120,9 @@ def ab_open_job(job: dict) -> dict:
     if step is not None:
         if job.get("threads"):  # the point's own thread count yields to the coordinator's split of the cores
             torch.set_num_threads(job["threads"])
-        _AB.update(step=step, timer=make_timer(point.device), device=point.device)
+            _AB["threads"] = job["threads"]
+        _AB.update(step=step, timer=make_timer(point.device), device=point.device, point=point,
+                   warmup=cfg.warmup_min_steps)
     else:
         _cleanup(point.device)
     record.wall_s = time.perf_counter() - t0
@@ -142,6 +146,41 @@ def ab_block_job(job: dict) -> dict:
         ab_close_job({})
         return {"error": _first_line(exc)}
     return out
+
+
+def ab_rebuild_job(job: dict) -> dict:
+    """Build the open point's step afresh (new tensors at new addresses) and warm it up.
+
+    Where a build lands in memory moves its step time by a few percent for as long
+    as it lives (alignment, cache sets); a random-sized allocation before the build
+    moves it further, so successive builds sample that effect instead of fixing it.
+    """
+    import gc
+    import random
+
+    import torch
+
+    from txbench.measure.point import build_step
+
+    point, timer = _AB.get("point"), _AB.get("timer")
+    if point is None:
+        return {"error": "no point is open (ab_open first)"}
+    _AB.pop("step", None)
+    _AB.pop("pad", None)
+    gc.collect()
+    try:
+        _AB["pad"] = torch.empty(random.SystemRandom().randrange(1, 1 << 20), dtype=torch.uint8, device=point.device)
+        step = build_step(point)
+        if _AB.get("threads"):
+            torch.set_num_threads(_AB["threads"])
+        for _ in range(max(int(job.get("warmup", _AB.get("warmup", 3))), 1)):
+            timer(step)
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        ab_close_job({})
+        return {"error": _first_line(exc)}
+    _AB["step"] = step
+    return {"rebuilt": True}
 
 
 def ab_close_job(job: dict) -> dict:
@@ -170,7 +209,7 @@ def _cleanup(device: str) -> None:
 _DEFAULT_THREADS = 0
 
 
-_AB_JOBS = {"ab_open": ab_open_job, "ab_block": ab_block_job, "ab_close": ab_close_job}
+_AB_JOBS = {"ab_open": ab_open_job, "ab_block": ab_block_job, "ab_rebuild": ab_rebuild_job, "ab_close": ab_close_job}
 
 
 def main() -> None:
