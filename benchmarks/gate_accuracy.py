@@ -142,7 +142,10 @@ for name in {list(PLANTS)!r}:
     out[name] = ratios
 print(json.dumps(out))
 '''
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root / "base")
+    from txbench.runner.launcher import MALLOC_ENV
+
+    env = {**MALLOC_ENV, **os.environ}  # as txbench's workers run
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root / "base", env=env)
     if proc.returncode:
         raise SystemExit(f"truth check failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -103,7 +103,10 @@ def test_ab_same_code_passes_and_keeps_both_runs(tmp_path):
     # the interleaved steps are the samples, in blocks of the same size on both sides
     n_base, n_cand = len(base["step_ms_samples"][0]), len(cand["step_ms_samples"][0])
     assert n_base == n_cand == step[0]["rounds"] * step[0]["steps_per_block"]
-    assert "txbench ab" in base["measure_notes"][0]
+    assert "txbench ab" in base["measure_notes"][0] and "page faults per step" in base["measure_notes"][0]
+    # every worker reuses its heap (fixed malloc thresholds), recorded with the run
+    env = json.loads((Path(dirs["candidate"]) / "env.json").read_text())
+    assert env["malloc_env"]["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
     # the kept runs work with compare, as any run
     res2 = runner.invoke(app, ["compare", dirs["baseline"], dirs["candidate"], "--format", "json"])
     assert res2.exit_code in (0, 1) and '"rows"' in res2.stdout

@@ -64,8 +64,9 @@ MIN_UNITS = 6
 #: Default number of looks over a point's budget (one build epoch before each).
 LOOKS = 10
 #: Prior sd of a build epoch's bias in the log ratio: where a side's tensors land in memory moves its step
-#: time by a few percent for the life of the build (measured between A/A builds on the reference 2-vCPU VM).
-BUILD_SD = 0.04
+#: time for the life of the build (A/A builds on the reference 2-vCPU VM, workers with fixed malloc
+#: thresholds: 6 of 6 within ±4%).
+BUILD_SD = 0.02
 
 
 def spent(alpha: float, t: float, rho: float = RHO) -> float:

@@ -82,9 +82,10 @@ def ab(
                                           "[cyan]--candidate-set sweep.attention=[sdpa_flash][/].")
     ] = None,
     mode: Annotated[
-        Mode, typer.Option(help="alternate: blocks run one side after the other with all cores (A B B A ...); "
-                           "parallel: both sides at once, half the cores each.")
-    ] = Mode.alternate,
+        Mode, typer.Option(help="parallel (default): both sides' blocks at once, each pinned to half the cores, "
+                           "the halves swapped every round; alternate: one side after the other with all cores "
+                           "(A B B A ...).")
+    ] = Mode.parallel,
     max_s: Annotated[
         float, typer.Option("--max-s", help="Budget of interleaved sampling per point, seconds; an undecided point "
                             "is inconclusive after it.", min=1.0)

@@ -81,6 +81,7 @@ def fingerprint(device: str | None = None) -> dict:
 
     env = {
         "txbench_version": __version__,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "python": sys.version.split()[0],
         "os": platform.platform(),
         "hostname": platform.node(),

@@ -4,11 +4,13 @@ No torch import in this process: each side is a worker (:mod:`txbench.runner.wor
 possibly under another interpreter and another checkout. For each pair of
 points (paired by position in the two expansions) both workers build and warm
 up their point (``ab_open``, which also measures memory and FLOPs), then the
-coordinator runs blocks of steps on them, in ``alternate`` mode one after the
-other (A B, B A, A B, ...) with all cores each, in ``parallel`` mode at the same
-time with half the cores each. Each round's ratio of block medians is one unit
-of :class:`txbench.analysis.sequential.SequentialTest`, looked at ``looks``
-times over the point's budget ``max_s``; the point ends when decided.
+coordinator runs blocks of steps on them, in ``parallel`` mode (the default) at
+the same time with half the cores each (the halves swapped every round), in
+``alternate`` mode one after the other (A B, B A, A B, ...) with all cores each.
+Each round's ratio of block medians is one unit of
+:class:`txbench.analysis.sequential.SequentialTest`, looked at ``looks`` times
+over the point's budget ``max_s`` (both sides rebuild their step between looks);
+the point ends when decided.
 
 Both sides' results are ordinary run directories (``points.parquet`` with the
 interleaved steps as samples), so ``report``, ``show`` and ``compare`` work on them.
@@ -77,7 +79,7 @@ class SideSpec:
 
 @dataclass
 class AbConfig:
-    mode: str = "alternate"
+    mode: str = "parallel"
     max_s: float = MAX_S
     threshold: float = 0.05
     memory_threshold: float = 0.01
@@ -288,7 +290,8 @@ def run_ab(suite_path, baseline: SideSpec, candidate: SideSpec, cfg: AbConfig | 
     sides = {"baseline": baseline, "candidate": candidate}
     for s in sides.values():
         _check_side(s)
-    loaded = {k: _load_side(Path(suite_path), s) for k, s in sides.items()}
+    suite_path = Path(suite_path).absolute()  # loading a side runs in that side's directory
+    loaded = {k: _load_side(suite_path, s) for k, s in sides.items()}
     suites = {k: v[0] for k, v in loaded.items()}
     counts = {k: len(v.points("cpu")) for k, v in suites.items()}
     if counts["baseline"] != counts["candidate"]:
@@ -422,6 +425,7 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     failure = None
     verdict = None
     epochs: list[list[float]] = [[]]
+    faults = {k: 0 for k in SIDES}  # minor page faults in the timed blocks (an allocator that maps fresh pages)
     sampled = 0.0  # seconds of rounds; rebuilds between epochs do not count against the budget
     while verdict is None:
         order = round_order(len(units))
@@ -439,6 +443,7 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
         for k in SIDES:
             for ph in ("fwd", "bwd", "opt"):
                 samples[k][ph].extend(out[k].answer[ph])
+            faults[k] += int(out[k].answer.get("minflt") or 0)
         med = {k: float(np.median(np.add(np.add(out[k].answer["fwd"], out[k].answer["bwd"]), out[k].answer["opt"])))
                for k in SIDES}
         unit = math.log(med["candidate"] / med["baseline"]) if min(med.values()) > 0 else math.nan
@@ -461,8 +466,10 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     if cfg.mode == "parallel":
         _unpin(launchers)
     _close(launchers)
+    steps_done = max(len(samples["baseline"]["fwd"]), 1)
     note = (f"txbench ab: {len(units)} rounds of {n}-step blocks in {len([e for e in epochs if e])} builds, "
-            f"{cfg.mode} with the other side, {decided_s:.0f} s")
+            f"{cfg.mode} with the other side, {decided_s:.0f} s; page faults per step "
+            + " vs ".join(f"{faults[k] / steps_done:.0f}" for k in SIDES))
     for k in SIDES:
         recs[k] = _with_blocks(recs[k], samples[k]["fwd"], samples[k]["bwd"], samples[k]["opt"], note)
     if failure:

@@ -134,7 +134,10 @@ def ab_block_job(job: dict) -> dict:
     step, timer = _AB.get("step"), _AB.get("timer")
     if step is None:
         return {"error": "no point is open (ab_open first)"}
+    import resource
+
     out = {"fwd": [], "bwd": [], "opt": []}
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     try:
         for _ in range(int(job.get("steps", 1))):
             f, b, o = timer(step)
@@ -145,6 +148,7 @@ def ab_block_job(job: dict) -> dict:
         traceback.print_exc(file=sys.stderr)
         ab_close_job({})
         return {"error": _first_line(exc)}
+    out["minflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults  # page faults of the block
     return out
 
 
