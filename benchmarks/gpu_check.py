@@ -497,12 +497,18 @@ def step_timing(ctx: Ctx) -> dict:
 # --------------------------------------------------------------------------- step 5a: MFU of a 350M GPT
 
 
-def step_mfu(ctx: Ctx) -> dict:
-    res = ctx.run_suite("mfu", profile=False)
+def _first_point(res: dict) -> tuple[dict | None, dict | None]:
+    """(the sweep's first record, None), or (None, the step's error result) when it recorded nothing."""
     pts = _records(res["points"])
     if not pts:
-        return _result("error", [], res["error"] or "no record")
-    p = pts[0]
+        return None, _result("error", [], res["error"] or "no record")
+    return pts[0], None
+
+
+def step_mfu(ctx: Ctx) -> dict:
+    p, failed = _first_point(ctx.run_suite("mfu", profile=False))
+    if failed:
+        return failed
     size = f"{p['params'] / 1e6:.1f}M params, " if p.get("params") else ""
     lines = [f"{size}d={p['d_model']} L={p['n_layers']} H={p['n_heads']} T={p['seq_len']} B={p['batch_size']} "
              f"{p['precision']} {p['attention']}: {p['status']} {_cut(p['error'] or '', 60)}".rstrip()]
@@ -626,10 +632,9 @@ def step_oom(ctx: Ctx) -> dict:
 
 def step_profile(ctx: Ctx) -> dict:
     res = ctx.run_suite("profile", trace=True)
-    pts = _records(res["points"])
-    if not pts:
-        return _result("error", [], res["error"] or "no record")
-    p = pts[0]
+    p, failed = _first_point(res)
+    if failed:
+        return failed
     if p["status"] != "ok":
         return _result("fail", [f"{p['status']}: {_cut(p['error'] or '', 80)}"], f"point {p['status']}", point=p)
     ops = _records(res["ops"])

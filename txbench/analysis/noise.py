@@ -14,12 +14,12 @@ the runner was never calibrated, :data:`DEFAULT_RUN_SD`.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
+
+from txbench.cache import cache_path, read_json, write_json
 
 __all__ = ["DEFAULT_RUN_SD", "machine_key", "run_noise", "store_run_noise", "pooled_run_sd", "noise_file"]
 
@@ -29,8 +29,7 @@ DEFAULT_RUN_SD = 0.15
 
 
 def noise_file() -> Path:
-    root = Path(os.environ.get("TXBENCH_CACHE_DIR") or Path.home() / ".cache" / "txbench")
-    return root / "run_noise.json"
+    return cache_path("run_noise.json")
 
 
 def machine_key(identity: dict) -> str:
@@ -39,11 +38,7 @@ def machine_key(identity: dict) -> str:
 
 
 def _read() -> dict:
-    try:
-        data = json.loads(noise_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json(noise_file())
 
 
 def run_noise(identity: dict) -> dict:
@@ -73,9 +68,4 @@ def store_run_noise(identity: dict, sd: float, *, runs: int, suite: str, dof: in
     data = _read()
     data[machine_key(identity)] = {"sd": sd, "runs": runs, "suite": suite, "dof": dof,
                                    "date": _dt.date.today().isoformat()}
-    path = noise_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_json(noise_file(), data)

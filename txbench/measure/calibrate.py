@@ -27,13 +27,12 @@ peak is the best rate cached for its machine and dtype, its own shapes included.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
+from txbench.cache import cache_path, read_json, write_json
 from txbench.measure.peaks import lookup_peak_tflops
 
 __all__ = ["BUDGET_S", "mfu_or_note", "peak_tflops", "measure_cpu_gemm_tflops", "step_gemm_shapes",
@@ -47,8 +46,7 @@ LAYOUTS = ("nt", "nn", "tn")  # a @ b.T (a linear's forward), a @ b (input grad)
 
 
 def _cache_file() -> Path:
-    root = Path(os.environ.get("TXBENCH_CACHE_DIR") or Path.home() / ".cache" / "txbench")
-    return root / "cpu_gemm_peak.json"
+    return cache_path("cpu_gemm_peak.json")
 
 
 def measure_cpu_gemm_tflops(dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> tuple[float, int]:
@@ -157,11 +155,7 @@ def _machine_key(dtype: torch.dtype) -> str:
 
 
 def _read_cache() -> dict:
-    try:
-        data = json.loads(_cache_file().read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_json(_cache_file())
 
 
 def _write_cache(key: str, entry: dict) -> None:
@@ -171,10 +165,7 @@ def _write_cache(key: str, entry: dict) -> None:
     merged = {**(old.get("rates") or {}), **entry["rates"]}
     cache[key] = {"rates": merged, "square": entry.get("square") or old.get("square")}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
+        write_json(path, cache)
     except OSError:
         pass  # a read-only home only costs a re-measurement next time
 
