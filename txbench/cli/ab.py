@@ -118,8 +118,9 @@ def ab(
     """Compare two sides (checkouts, interpreters or suite overrides) with both alive at once, interleaved.
 
     For each point both sides' workers build and warm up the point; short
-    blocks of steps then alternate between them so both live through the same
-    moments of the machine, and the paired block ratios are tested
+    blocks of steps then run on both side by side (--mode parallel, half the
+    cores each) or one after the other (--mode alternate), so both live through
+    the same moments of the machine, and the paired block ratios are tested
     sequentially until the point is [red]regression[/], [green]improvement[/] or
     unchanged at the threshold, or its --max-s budget is spent
     ([yellow]inconclusive[/]). Exit codes: 0 no regression, 1 regression, 2 usage error.
