@@ -30,7 +30,8 @@ def test_env_fingerprint():
         assert key in env
 
 
-@pytest.mark.parametrize("cmd", ["run", "validate", "list", "env", "show"])
+@pytest.mark.parametrize("cmd", ["run", "validate", "list", "env", "show", "analyze", "report", "compare", "ab",
+                                 "calibrate", "export"])
 def test_every_command_has_help_with_an_example(cmd):
     r = runner.invoke(app, [cmd, "--help"])
     assert r.exit_code == 0
