@@ -268,6 +268,17 @@ def round_order(r: int) -> tuple[str, str]:
     return SIDES if r % 2 == 0 else SIDES[::-1]
 
 
+def _first_failure(out: dict) -> tuple[str, tuple[str, str]] | None:
+    """(side, (status, message)) of the first side whose job failed or got no answer; None when both answered."""
+    for k in SIDES:
+        if k not in out:
+            return k, ("error", "no answer")
+        fail = _failure(out[k])
+        if fail:
+            return k, fail
+    return None
+
+
 def _failure(outcome) -> tuple[str, str] | None:
     """(status, message) when a job failed: the worker died or hung, or a step raised."""
     if outcome.answer is None:
@@ -407,9 +418,9 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
         return recs, None
     # the block length from each side's step time alone (the open measured both sides at once)
     probe = both.one_by_one({k: {"kind": "ab_block", "steps": 3} for k in SIDES}, SIDES, timeout)
-    if any(_failure(probe[k]) for k in probe) or len(probe) < 2:
-        k = next(k for k in SIDES if k not in probe or _failure(probe[k]))
-        status, msg = _failure(probe[k]) if k in probe else ("error", "no answer")
+    failed = _first_failure(probe)
+    if failed:
+        k, (status, msg) = failed
         recs[k] = {**recs[k], "status": status, "error": f"during the interleaved blocks: {msg}"}
         _close(launchers)
         return recs, None
@@ -436,9 +447,8 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
         out = (both.send_all(jobs, order, block_timeout) if cfg.mode == "parallel"
                else both.one_by_one(jobs, order, block_timeout))
         sampled += time.monotonic() - t_round
-        failure = next(((k, _failure(out[k])) for k in SIDES if k in out and _failure(out[k])), None)
-        if failure or len(out) < 2:
-            failure = failure or (next(k for k in SIDES if k not in out), ("error", "no answer"))
+        failure = _first_failure(out)
+        if failure:
             break
         for k in SIDES:
             for ph in ("fwd", "bwd", "opt"):
@@ -458,7 +468,7 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
         if verdict is None and epochs[-1]:
             # a new build epoch: both sides' steps rebuilt at new addresses, so their layout bias is sampled too
             rebuilt = both.one_by_one({k: {"kind": "ab_rebuild"} for k in SIDES}, SIDES, timeout)
-            failure = next(((k, _failure(rebuilt[k])) for k in SIDES if k in rebuilt and _failure(rebuilt[k])), None)
+            failure = _first_failure(rebuilt)
             if failure:
                 break
             epochs.append([])
