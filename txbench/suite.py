@@ -96,6 +96,19 @@ class Suite(_Strict):
         return out
 
 
+def in_shard(point_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether ``point_id`` belongs to shard ``(k, n)`` (1-based k of n); every point is in ``None``.
+
+    The shard follows from the point id alone (its hash modulo n), so each point
+    lands in the same shard on every machine and for every suite order, and the
+    n shards together hold each point exactly once.
+    """
+    if shard is None:
+        return True
+    k, n = shard
+    return int(point_id, 16) % n == k - 1
+
+
 def _merge(base: dict, values: dict) -> dict:
     """The flat config of one combination: sweep values over the sections; ``hf.x`` axes set one key."""
     out = {**base, **{k: dict(v) for k, v in base.items() if isinstance(v, dict)}}

@@ -31,7 +31,7 @@ from txbench.store import (
     write_points,
     write_table,
 )
-from txbench.suite import Suite, slug
+from txbench.suite import Suite, in_shard, slug
 
 __all__ = ["SweepCallbacks", "SweepResult", "run_suite", "SweepInterrupted"]
 
@@ -98,11 +98,13 @@ def run_suite(
     isolate: bool = False,
     callbacks: SweepCallbacks | None = None,
     launcher: Launcher | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> SweepResult:
     """Run every point of ``suite`` not already in the run; store after each point.
 
     ``resume``: a run directory, or True for the latest run of this suite under
-    ``results_dir``. Raises :class:`SweepInterrupted` on Ctrl-C after storing
+    ``results_dir``. ``shard=(k, n)`` runs only the points of shard k of n
+    (:func:`txbench.suite.in_shard`); a resumed run keeps the shard it was started with. Raises :class:`SweepInterrupted` on Ctrl-C after storing
     what finished.
     """
     cb = callbacks or SweepCallbacks()
@@ -117,6 +119,9 @@ def run_suite(
         if not (run_dir / POINTS_FILE).exists():
             raise StoreError(f"{run_dir}: not a txbench run directory (no {POINTS_FILE})")
         load_points(run_dir)  # checks the schema version
+        old_shard = read_meta(run_dir).get("shard")
+        if old_shard is not None:
+            shard = tuple(old_shard)
         existing = _read_rows(run_dir / POINTS_FILE)
         ops_path = run_dir / OPS_FILE
         if ops_path.exists():
@@ -137,10 +142,12 @@ def run_suite(
         if env_out.answer is None:
             raise StoreError(f"could not start a worker: {env_out.message}")
         device = env_out.answer["device"]
-        points = suite.points(device)
+        points = [p for p in suite.points(device) if in_shard(p.point_id, shard)]
         env, unsupported = env_out.answer["env"], env_out.answer["unsupported"]
         result.env = env
         meta = {"suite": suite.name, "run_id": run_dir.name, "device": device, "env": env}
+        if shard is not None:
+            meta["shard"] = list(shard)
         if resume:
             old = read_meta(run_dir)
             meta["env_first"] = old.get("env")
