@@ -9,7 +9,8 @@ measurement path skips every hook (one environment lookup per point). Format: a 
     TXBENCH_FAULT='[{"match": {"seq_len": 64}, "action": "raise"}]'
     TXBENCH_FAULT='[{"action": "slow", "value": 0.10}]'   # every point 10% slower
 
-``match`` selects points by config fields (all must be equal; empty matches all).
+``match`` selects points by config fields (all must be equal; empty matches all);
+``rank`` (optional) limits the rule to that rank of a distributed point.
 Actions: ``raise`` (RuntimeError), ``hang`` (sleeps forever), ``exit``
 (``os._exit(3)``), ``segv`` (SIGSEGV to itself), ``oom`` (an allocator
 out-of-memory error during the build), ``slow`` (busy work of ``value`` x the
@@ -100,6 +101,8 @@ def fault_for(point) -> Fault | None:
     cfg = point.to_dict()
     for rule in rules if isinstance(rules, list) else [rules]:
         match = rule.get("match", {})
+        if "rank" in rule and rule["rank"] != int(os.environ.get("RANK", "0")):
+            continue  # a rule for one rank of a distributed point
         if all(cfg.get(k) == v for k, v in match.items()):
             return Fault(rule["action"], rule.get("value", 0.0))
     return None

@@ -22,6 +22,7 @@ __all__ = [
     "OPTIMIZER_IMPLS",
     "COMPILE_MODES",
     "CHECKPOINTING",
+    "PARALLEL",
     "PRECISIONS",
     "DEVICES",
     "ModelConfig",
@@ -40,6 +41,7 @@ OPTIMIZERS = _fields.BY_NAME["optimizer"].choices
 OPTIMIZER_IMPLS = _fields.BY_NAME["optimizer_impl"].choices
 COMPILE_MODES = _fields.BY_NAME["compile"].choices
 CHECKPOINTING = _fields.BY_NAME["checkpointing"].choices
+PARALLEL = _fields.BY_NAME["parallel"].choices
 DEVICES = ("cpu", "cuda")
 
 
@@ -114,6 +116,10 @@ class Point:
     # "none", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     compile: str = "none"
     checkpointing: str = "none"  # activation checkpointing per block: "none", "full", "selective"
+    # data parallelism across world_size ranks launched by torchrun: "none", "ddp" (DistributedDataParallel),
+    # "fsdp" (FSDP2 fully_shard per block, then the root); batch_size is per rank
+    parallel: str = "none"
+    world_size: int = 1
 
     @property
     def point_id(self) -> str:
@@ -123,7 +129,12 @@ class Point:
 
     @property
     def tokens_per_step(self) -> int:
+        """Tokens of one rank's step (``seq_len * batch_size``); the global step has ``world_size`` times more."""
         return self.seq_len * self.batch_size
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
     def to_dict(self) -> dict:
         """Flat dict of every field in table order (the Parquet config column names)."""
@@ -190,6 +201,9 @@ def validate_point(p: Point) -> None:
         m = p.model
         if m.d_model % m.n_heads:
             problems.append(("n_heads", f"{m.n_heads} does not divide d_model={m.d_model}"))
+        if p.world_size > 1 and p.parallel == "none":
+            problems.append(("world_size", f"{p.world_size} ranks need parallel: ddp or fsdp (parallel is none); "
+                             "exclude the combination or set parallel"))
         if p.seq_len > m.max_seq_len:
             problems.append(("seq_len", f"{p.seq_len} exceeds max_seq_len={m.max_seq_len}; raise model.max_seq_len"))
     if problems:

@@ -79,6 +79,8 @@ _OPTIMIZERS = ("adamw", "adam", "sgd")
 _COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _CHECKPOINTING = ("none", "full", "selective")
 _OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "forloop")
+_PARALLEL = ("none", "ddp", "fsdp")
+_WORLD_SIZES = (1, 2, 4, 8)
 
 #: Every point field, in display order (the order of the Parquet config columns and of labels).
 FIELDS: tuple[PointField, ...] = (
@@ -115,6 +117,11 @@ FIELDS: tuple[PointField, ...] = (
                short="ckpt", legacy_id=False),
     PointField("optimizer_impl", "train", str, "auto", "optimizer implementation", choices=_OPTIMIZER_IMPLS,
                short="opt_impl", legacy_id=False),
+    # data parallelism through torchrun (docs/suites.md#distributed); batch_size is per rank
+    PointField("parallel", "point", str, "none", "data parallelism", choices=_PARALLEL, bare=True,
+               legacy_id=False),
+    PointField("world_size", "point", int, 1, "ranks (processes, one device each)", choices=_WORLD_SIZES,
+               short="W", legacy_id=False),
 )
 #: Fields whose values are mappings; ``hf.num_key_value_heads`` is a sweep axis that sets one key.
 DICT_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.type is dict)

@@ -81,8 +81,10 @@ _GEMM_KERNELS = (
 #: The classification table, first match wins. Names of autograd nodes are also tried in
 #: their forward form (``NativeLayerNormBackward0`` -> ``aten::native_layer_norm``).
 CATEGORY_RULES: tuple[CategoryRule, ...] = (
-    CategoryRule(r"nccl|c10d::|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast_coalesced|cross_device_reduce",
-         "communication"),
+    # collectives: NCCL kernels, gloo's ops, c10d's calls; FSDP's own ranges (FSDP::all_gather, fsdp::*_copy_in)
+    # hold copies and waits, not the transfer, and are not communication
+    CategoryRule(r"^(?!fsdp::)(gloo:|.*(nccl|c10d::|all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|"
+                 r"broadcast_coalesced|cross_device_reduce|record_param_comms))", "communication"),
     CategoryRule(r"^(memcpy|memset)\b|^cu(da)?(memcpy|memset)|\bmemcpy (htod|dtoh|dtod|ptop)", "memcpy"),
     CategoryRule(r"^Optimizer\.|zero_grad|_fused_adam|_fused_sgd|^aten::_foreach_|multi_tensor_apply|fused_?adam|adamw?\b|"
          r"_amp_foreach_non_finite|_amp_update_scale|amp_update_scale", "optimizer"),

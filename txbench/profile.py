@@ -44,7 +44,7 @@ __all__ = ["profile_point", "record_events", "op_rows", "RawEvent", "OPS_COLUMNS
 
 #: Columns of one op row (``ops.parquet``), in order.
 OPS_COLUMNS = ("point_id", "name", "phase", "category", "region", "device", "self_ms", "total_ms", "calls",
-               "self_mem_bytes")
+               "self_mem_bytes", "rank")
 #: Row name for profiled time inside txbench's ranges but outside any op (Python, module calls).
 OVERHEAD_NAME = "[python overhead]"
 STEP_RANGE = "txbench::step"
@@ -160,15 +160,33 @@ def _finder(windows: list[tuple[int, int, str]]):
     return find
 
 
-def _union_ns(intervals) -> int:
-    total, cur_s, cur_e = 0, None, None
+def _merged(intervals) -> list[tuple[int, int]]:
+    """``intervals`` as sorted, disjoint ``(start, end)`` pairs."""
+    out: list[list[int]] = []
     for s, e in sorted(intervals):
-        if cur_e is None or s > cur_e:
-            total += (cur_e - cur_s) if cur_e is not None else 0
-            cur_s, cur_e = s, e
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
         else:
-            cur_e = max(cur_e, e)
-    return total + ((cur_e - cur_s) if cur_e is not None else 0)
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _union_ns(intervals) -> int:
+    return sum(e - s for s, e in _merged(intervals))
+
+
+def _overlap_ns(a, b) -> int:
+    """Time covered by both interval sets (each a list of ``(start, end)``, overlapping or not)."""
+    a, b = _merged(a), _merged(b)
+    i = j = total = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        total += max(hi - lo, 0)
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
 
 
 def _add(rows: dict, key, self_ns: int, total_ns: int, mem: int | None, ctx: str | None) -> None:
@@ -215,8 +233,17 @@ def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
     ms = 1e-6 / n_steps
     # other threads (CUDA's autograd thread) work while the main thread waits inside a phase range:
     # that wait is not overhead, or the CPU rows would count the time twice
+    # (a collective on a communication thread runs beside the main thread's work: it is no such wait)
     other_busy: dict[int, int] = defaultdict(int)
+    comm_iv, compute_iv = [], []
     for ev in tree:
+        if ev.kind == "op" and classify(ev.name, None) == "communication":
+            if not cuda:  # on CUDA the collective is its kernel; the CPU op only launches it
+                comm_iv.append((ev.start, ev.end))
+            continue
+        if ev.kind == "op" and ev.thread == main_thread and not cuda and ev.name.startswith("aten::"):
+            # the main thread's work is its aten ops: annotation ranges (FSDP::pre_forward, ...) can hold a wait
+            compute_iv.append((ev.start, ev.end))
         if ev.thread != main_thread and ev.parent is None and ev.kind == "op":
             w = phase_of(ev.start)
             if w:
@@ -247,6 +274,7 @@ def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
             ctx = op.ctx if (op.ctx and classify(op.name, region) in GENERIC) else op.name
         names.add(r.name)
         busy.append((r.start_ns, r.end_ns))
+        (comm_iv if classify(r.name, None) == "communication" else compute_iv).append((r.start_ns, r.end_ns))
         launches += not r.name.lower().startswith(("memcpy", "memset"))
         _add(rows, (r.name, phase, region, "cuda"), r.end_ns - r.start_ns, r.end_ns - r.start_ns, None, ctx)
     ops = []
@@ -256,6 +284,7 @@ def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
             "category": "other" if name == OVERHEAD_NAME else classify(name, region, r["ctx"]),
             "region": region, "device": dev, "self_ms": r["self"] * ms, "total_ms": r["total"] * ms,
             "calls": r["calls"] / n_steps, "self_mem_bytes": None if r["mem"] is None else r["mem"] / n_steps,
+            "rank": None,
         })
         if with_context:
             ops[-1]["fwd_name"] = r["ctx"]
@@ -264,6 +293,12 @@ def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
     info = {"profiled_step_ms": step_ms, "attention_kernel": kernel, "attention_verified": verified,
             "gpu_busy_ms_per_step": None, "gpu_idle_ms_per_step": None, "gpu_idle_share": None,
             "kernel_launches_per_step": None}
+    if comm_iv:  # collectives (a distributed point): how long, and how much of it the step waited for
+        comm_ms = _union_ns(comm_iv) * ms
+        exposed_ms = max(comm_ms - _overlap_ns(comm_iv, compute_iv) * ms, 0.0)
+        info.update(comm_ms_per_step=comm_ms, comm_exposed_ms_per_step=exposed_ms,
+                    comm_share=comm_ms / step_ms if step_ms else None,
+                    comm_exposed_share=exposed_ms / step_ms if step_ms else None)
     if cuda:
         busy_ms = _union_ns(busy) * ms
         idle_ms = max(step_ms - busy_ms, 0.0)
@@ -293,7 +328,9 @@ def _raw_events(kineto_events, mem_cuda: bool) -> list[RawEvent]:
                 out.append(RawEvent("gpu", name, e.start_ns(), e.end_ns(), linked=e.linked_correlation_id()))
             continue
         if e.is_async() or e.start_thread_id() != e.end_thread_id():
-            continue
+            # gloo records each collective as an async range on its own thread: the transfer itself
+            if not (name.startswith("gloo:") and e.start_thread_id() == e.end_thread_id()):
+                continue
         out.append(RawEvent("cpu", name, e.start_ns(), e.end_ns(), e.start_thread_id(), e.sequence_nr(),
                             e.fwd_thread_id(), e.correlation_id()))
     return out

@@ -57,9 +57,12 @@ class Record:
     measure_s: float | None = None
     timer: str | None = None  # "cuda_event" | "perf_counter_ns"
     torch_threads: int | None = None  # torch.get_num_threads() during measurement
-    # throughput and FLOPs
+    # throughput and FLOPs; a distributed point's throughput is global (all ranks), its FLOPs and MFU per rank
     tokens_per_s: float | None = None
     samples_per_s: float | None = None
+    tokens_per_s_per_device: float | None = None  # tokens_per_s / world_size
+    global_batch_size: int | None = None  # batch_size * world_size
+    first_loss: float | None = None  # loss of the first forward (no grad, before any step), global batch mean
     flops_per_step: float | None = None  # analytic, see txbench.measure.flops
     attn_flops_per_step: float | None = None
     flops_counter_per_step: float | None = None  # torch.utils.flop_counter.FlopCounterMode
@@ -86,6 +89,17 @@ class Record:
     graph_breaks: int | None = None  # graph breaks dynamo took while compiling the forward
     recompiles: int | None = None  # frames compiled again after the first compiled step (the timed steps allow none)
     compile_loss_rel_diff: float | None = None  # |compiled loss - eager loss| / |eager loss|, same weights and batch
+    # distributed points (parallel ddp/fsdp): the step time is the slowest rank's in each step
+    backend: str | None = None  # process-group backend: gloo (CPU) or nccl (CUDA)
+    rank_step_ms_medians: list[float] = field(default_factory=list)  # each rank's own median step time
+    slowest_rank: int | None = None  # the rank with the largest median step time
+    rank_skew_ms: float | None = None  # median over steps of (slowest - fastest rank's step time)
+    rank_skew: float | None = None  # rank_skew_ms / median step time of the slowest rank
+    rank_peak_mem_bytes: list[int] = field(default_factory=list)  # peak_mem_bytes of each rank (the row: max)
+    comm_ms_per_step: float | None = None  # profiled: time any collective ran (union of their intervals), rank 0
+    comm_exposed_ms_per_step: float | None = None  # of which no compute overlapped it (the step waited)
+    comm_share: float | None = None  # comm_ms_per_step / profiled_step_ms
+    comm_exposed_share: float | None = None  # comm_exposed_ms_per_step / profiled_step_ms
     # attention kernel verification (filled by the profiler pass)
     attention_kernel: str | None = None
     attention_verified: bool | None = None

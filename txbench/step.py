@@ -39,6 +39,7 @@ Levers (docs/suites.md#levers), each a point field:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import time
 
@@ -188,6 +189,19 @@ def lever_reason(point: Point) -> str | None:
     return None
 
 
+def _rank_of(point: Point) -> tuple[int, int]:
+    """This process's rank and the world size for ``point``; a distributed point must run under torchrun."""
+    if point.parallel == "none":
+        return 0, 1
+    from txbench import distributed
+
+    if not distributed.active() or distributed.world() != point.world_size:
+        raise RuntimeError(f"parallel {point.parallel} with world_size {point.world_size} runs as {point.world_size} "
+                           "ranks under torchrun, which `txbench run` starts; this process is "
+                           + (f"one of {distributed.world()} ranks" if distributed.active() else "not one of them"))
+    return distributed.rank(), distributed.world()
+
+
 def _dynamo_counts() -> dict | None:
     """Frames dynamo compiled and graph breaks it took so far in this process (None if this torch has no counters).
 
@@ -249,23 +263,38 @@ class TrainStep:
         self.device = torch.device(point.device)
         _set_tf32(point.precision == "tf32")
         self.user = None  # the user's model (arch hf or factory), see txbench.usermodels
+        # a distributed point's ranks each take their rows of one global batch (txbench.distributed.shard_batch)
+        rank, world = _rank_of(point)
+        built = dataclasses.replace(point, batch_size=point.global_batch_size) if world > 1 else point
         if point.model.arch in ("hf", "factory"):
             from txbench.usermodels import build_user_model
 
-            self.user = build_user_model(point, self.device)
+            self.user = build_user_model(built, self.device)
             self.model, self.batch = self.user.module, self.user.batch
         else:
             with self.device:  # parameters are created on the device: no host copy of a large model
                 self.model = Transformer(point.model, attention=point.attention, seed=point.train.seed)
-            self.batch = make_batch(point.model, point.batch_size, point.seq_len, self.device, seed=point.train.seed)
+            self.batch = make_batch(point.model, built.batch_size, point.seq_len, self.device, seed=point.train.seed)
+        if world > 1:
+            from txbench.distributed import shard_batch
+
+            self.batch = shard_batch(self.batch, rank, world, point.batch_size)
+            if self.user is not None:
+                self.user.batch = self.batch
         self.model.train()
         self._checkpointed = self._apply_checkpointing()
+        self.wrapped = None  # the DistributedDataParallel wrapper the step calls (parallel: ddp)
+        if point.parallel != "none":
+            from txbench.distributed import parallelize
+
+            module = parallelize(self.model, point, self._blocks())
+            self.wrapped = module if module is not self.model else None
         self.optimizer, self.optimizer_impl = _make_optimizer(self.model, point)
         self.amp_dtype = _AUTOCAST.get(point.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if point.precision == "fp16" else None
         self.compiled = None  # torch.compile(model) when point.compile is set: fwd() runs it
         if point.compile != "none":
-            self.compiled = torch.compile(self.model, mode=None if point.compile == "default" else point.compile)
+            self.compiled = torch.compile(self._base(), mode=None if point.compile == "default" else point.compile)
         self._eager = False
         self.lever_values: dict = {}  # compile columns of the record, filled by compile_warmup and timed_steps
 
@@ -342,8 +371,22 @@ class TrainStep:
         finally:
             self._eager = old
 
+    def _base(self):
+        return self.wrapped if self.wrapped is not None else self.model
+
     def _module(self):
-        return self.model if self.compiled is None or self._eager else self.compiled
+        return self._base() if self.compiled is None or self._eager else self.compiled
+
+    def _blocks(self) -> list[torch.nn.Module]:
+        """The model's repeated blocks (what FSDP shards one by one): the reference model's stacks, a factory
+        model's ``blocks``, a Hugging Face model's ``_no_split_modules`` classes; [] when it has none."""
+        if self.point.model.arch == "hf":
+            names = set(getattr(self.model, "_no_split_modules", None) or ())
+            return [m for m in self.model.modules() if type(m).__name__ in names]
+        if self.user is not None:
+            blocks = getattr(self.model, "blocks", None)
+            return list(blocks) if isinstance(blocks, torch.nn.ModuleList) else []
+        return list(self.model.decoder) + (list(self.model.encoder) if self.model.encoder is not None else [])
 
     def compile_warmup(self, timer) -> dict:
         """Compile the forward and measure what it costs; ``{}`` when ``compile`` is ``none``.
@@ -449,7 +492,7 @@ class TrainStep:
 
     def fwd(self) -> torch.Tensor:
         module = self._module()
-        if module is not self.model and self.point.compile == "reduce-overhead":
+        if module is self.compiled and self.point.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step may overwrite the last outputs
         with self._autocast(), self._backend():
             if self.user is not None:
@@ -482,11 +525,13 @@ class TrainStep:
 
     def static_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients (fp32, one per parameter) and optimizer state."""
-        pbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        gbytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        from txbench.distributed import local_numel  # this rank's shard under FSDP
+
+        pbytes = sum(local_numel(p) * p.element_size() for p in self.model.parameters())
+        gbytes = sum(local_numel(p) * p.element_size() for p in self.model.parameters() if p.requires_grad)
         obytes = 0
         for state in self.optimizer.state.values():
             for v in state.values():
                 if torch.is_tensor(v):
-                    obytes += v.numel() * v.element_size()
+                    obytes += local_numel(v) * v.element_size()
         return {"param_bytes": pbytes, "grad_bytes": gbytes, "optimizer_state_bytes": obytes}

@@ -66,7 +66,7 @@ def _arrow_type(tp) -> pa.DataType:
 OPS_SCHEMA = pa.schema([
     ("point_id", pa.string()), ("name", pa.string()), ("phase", pa.string()), ("category", pa.string()),
     ("region", pa.string()), ("device", pa.string()), ("self_ms", pa.float64()), ("total_ms", pa.float64()),
-    ("calls", pa.float64()), ("self_mem_bytes", pa.float64()),
+    ("calls", pa.float64()), ("self_mem_bytes", pa.float64()), ("rank", pa.int64()),
 ])
 
 
@@ -135,13 +135,22 @@ def load_points(path, *, check_schema: bool = True) -> pd.DataFrame:
     return df
 
 
-def load_ops(path) -> pd.DataFrame | None:
-    """``ops.parquet`` of a run directory, or None when the run has no profiler data."""
+def load_ops(path, *, all_ranks: bool = False) -> pd.DataFrame | None:
+    """``ops.parquet`` of a run directory, or None when the run has no profiler data.
+
+    A distributed point has the profile of rank 0 and, when another rank was the
+    slowest, that rank's too (column ``rank``); by default only rank 0's rows (and
+    every single-process row, ``rank`` null) are returned, so that per-point sums
+    count each op once. ``all_ranks=True`` returns every row.
+    """
     p = Path(path)
     p = p / OPS_FILE if p.is_dir() else p.with_name(OPS_FILE)
     if not p.exists():
         return None
-    return pq.read_table(p).to_pandas()
+    df = pq.read_table(p).to_pandas()
+    if not all_ranks and "rank" in df.columns:
+        df = df[df["rank"].isna() | (df["rank"] == 0)].reset_index(drop=True)
+    return df
 
 
 def resolve_run(path) -> Path:

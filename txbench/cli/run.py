@@ -107,30 +107,40 @@ def run(
         typer.Option("--tensorboard", help="Also write the run for TensorBoard into this log directory "
                      "(as [cyan]txbench export --format tensorboard[/])."),
     ] = None,
+    shard: Annotated[
+        Optional[str],
+        typer.Option("--shard", metavar="K/N", help="Run only shard K of N (1 <= K <= N): a stable 1/N of the points "
+                     "by point id, for one job of an array job; join the shards with [cyan]txbench merge[/]."),
+    ] = None,
 ):
     """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
 
     Failures (OOM, unsupported, error, timeout) are recorded per point and the
     sweep goes on. Ctrl-C stops cleanly; continue with [cyan]--resume[/].
+    [cyan]--shard K/N[/] runs one shard of the points (one job of an array job;
+    docs/cluster.md); [cyan]txbench merge[/] joins the shards.
 
     Example: [cyan]txbench run suites/seq_len.yaml --set measure.max_s=5[/]
     """
     from txbench.runner.sweep import SweepInterrupted, run_suite
     from txbench.suite import load_suite
 
+    shard_kn = _parse_shard_option(shard)
     s, resolved = load_suite(suite, set_)
     if tensorboard is not None:
         from txbench.tb_export import _writer_class
 
         _writer_class()  # a missing tensorboard package is said before anything is measured
     resume_arg = True if resume in ("latest", "last") else (Path(resume) if resume else None)
+    if resume_arg and shard_kn is not None:
+        _check_resume_shard(resume_arg, results_dir, s.name, shard_kn)
     cb = _RichProgress(quiet=quiet or as_json)
     t0 = time.monotonic()
     interrupted = False
     try:
         result = run_suite(
             s, resolved, results_dir=results_dir, resume=resume_arg, profile=profile, trace=trace, isolate=isolate,
-            callbacks=cb,
+            callbacks=cb, shard=shard_kn,
         )
     except SweepInterrupted as e:
         result, interrupted = e.result, True
@@ -175,6 +185,43 @@ def run(
     if interrupted:
         err_console.print(f"interrupted; resume with: txbench run {suite} --resume {result.run_dir}")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _parse_shard_option(text: str | None) -> tuple[int, int] | None:
+    """``--shard K/N`` as ``(K, N)``, or a usage error (exit 2) naming the option before anything runs."""
+    if text is None:
+        return None
+    from txbench.merge import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shard") from None
+
+
+def _check_resume_shard(resume_arg, results_dir: Path, suite_name: str, shard: tuple[int, int]) -> None:
+    """Refuse ``--resume`` with a ``--shard`` other than the run's own (exit 2, both named).
+
+    A resumed run keeps the shard it was started with (the sweep reads it from the run's metadata), so a
+    different ``--shard`` would be silently ignored, or, on a run started without one, would leave a run
+    whose points belong to no single shard. Without ``--shard`` a resume simply keeps the run's shard.
+    """
+    from txbench.merge import format_shard
+    from txbench.store import POINTS_FILE, latest_run, read_meta
+    from txbench.suite import slug
+
+    run_dir = latest_run(results_dir, slug(suite_name)) if resume_arg is True else Path(resume_arg)
+    if run_dir is None or not (Path(run_dir) / POINTS_FILE).exists():
+        return  # the sweep says there is nothing to resume, in its own words
+    old = read_meta(run_dir).get("shard")
+    if old is None or tuple(old) != tuple(shard):
+        started = "without --shard (all points)" if old is None else f"with --shard {format_shard(old)}"
+        keep = "without --shard" if old is None else f"with --shard {format_shard(old)} or without --shard"
+        raise typer.BadParameter(
+            f"{format_shard(shard)}: {run_dir} was started {started}, not --shard {format_shard(shard)}; "
+            f"resume it {keep}, or start a new run for shard {format_shard(shard)}",
+            param_hint="--shard",
+        )
 
 
 def _write_report(run_dir: Path, quiet: bool) -> Path | None:

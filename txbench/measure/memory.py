@@ -29,6 +29,8 @@ def tensor_bytes(tensors) -> int:
     for t in tensors:
         if not torch.is_tensor(t):
             continue
+        if hasattr(t, "to_local"):  # a DTensor (FSDP2): this rank's shard
+            t = t.to_local()
         s = t.untyped_storage()
         key = s.data_ptr()
         if key in seen:

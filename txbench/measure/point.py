@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from txbench import distributed
 from txbench._faults import fault_for
 from txbench.attention import SDPA_BACKENDS, check_attention
 from txbench.config import MeasureConfig, Point, validate_point
@@ -34,7 +35,8 @@ def unsupported_reason(point: Point) -> str | None:
     dev = torch.device(point.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         return "CUDA is not available on this machine (torch.cuda.is_available() is False)"
-    reason = precision_reason(point.precision, dev) or lever_reason(point)  # levers: compile, checkpointing, ...
+    # levers (compile, checkpointing, ...) and the ranks of a distributed point
+    reason = precision_reason(point.precision, dev) or lever_reason(point) or distributed.parallel_reason(point)
     if reason:
         return reason
     m = point.model
@@ -113,7 +115,6 @@ def _free(device: torch.device) -> None:
 def _adaptive_loop(step, timer, cfg: MeasureConfig) -> tuple[list, list, list, list, str, float]:
     fwd, bwd, opt, total = [], [], [], []
     t0 = time.perf_counter()
-    reason = "max_steps"
     while True:
         f, b, o = timer(step)
         fwd.append(f)
@@ -121,18 +122,26 @@ def _adaptive_loop(step, timer, cfg: MeasureConfig) -> tuple[list, list, list, l
         opt.append(o)
         total.append(f + b + o)
         n, elapsed = len(total), time.perf_counter() - t0
+        reason = None
         if n >= cfg.max_steps:
             reason = "max_steps"
-            break
-        if n < cfg.min_steps:  # min_steps is a floor that the time cap does not cut
-            continue
-        if ci_rel_halfwidth(total) <= cfg.target_ci:
+        elif n < cfg.min_steps:  # min_steps is a floor that the time cap does not cut
+            reason = None
+        elif ci_rel_halfwidth(total) <= cfg.target_ci:
             reason = "ci"
-            break
-        if elapsed >= cfg.max_s:
+        elif elapsed >= cfg.max_s:
             reason = "max_s"
+        reason = distributed.agree(reason)  # the ranks of a distributed point stop together (rank 0 decides)
+        if reason:
             break
     return fwd, bwd, opt, total, reason, time.perf_counter() - t0
+
+
+def _first_loss(step) -> float:
+    """The loss before any step (no grad), over the global batch: the same number on 1 rank or N."""
+    with torch.no_grad(), step.eager():
+        loss = float(step.fwd())
+    return distributed.mean_over_ranks(loss)
 
 
 def _warmup(step, timer, cfg: MeasureConfig) -> tuple[int, float]:
@@ -142,7 +151,7 @@ def _warmup(step, timer, cfg: MeasureConfig) -> tuple[int, float]:
         timer(step)
         n += 1
         elapsed = time.perf_counter() - t0
-        if n >= cfg.warmup_max_steps or (n >= cfg.warmup_min_steps and elapsed >= cfg.warmup_s):
+        if distributed.agree(n >= cfg.warmup_max_steps or (n >= cfg.warmup_min_steps and elapsed >= cfg.warmup_s)):
             return n, elapsed
 
 
@@ -211,6 +220,9 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         if fault:
             fault.install(step)
         timer = make_timer(dev)
+        if distributed.active():  # each step's time is the slowest rank's; the ranks' own are kept
+            timer = distributed.RankTimer(timer)
+        first_loss = _first_loss(step)
         levers = step.compile_warmup(timer)  # compile: first compiled steps vs eager, loss check ({} when eager)
         warm_n, warm_s = _warmup(step, timer, cfg)
         if fault:
@@ -218,9 +230,13 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
+        if isinstance(timer, distributed.RankTimer):
+            timer.reset()
         with step.timed_steps():  # a recompile here is an error, never a mixed timing
             fwd, bwd, opt, total, stop, meas_s = _adaptive_loop(step, timer, cfg)
-        values = dict(base, **levers)
+        values = dict(base, **levers, first_loss=first_loss)
+        if isinstance(timer, distributed.RankTimer):
+            values.update(timer.columns(), backend=distributed.BACKENDS[dev.type])
         values.update(summarize(total, "step_ms"))
         values.update(
             step_ms_samples=total,
@@ -242,8 +258,11 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
             params=sum(p.numel() for p in step.model.parameters()),
         )
         med_s = values["step_ms_median"] / 1e3
-        values["tokens_per_s"] = point.tokens_per_step / med_s
-        values["samples_per_s"] = point.batch_size / med_s
+        # a distributed step processes world_size ranks' batches in the slowest rank's time
+        values["global_batch_size"] = point.global_batch_size
+        values["tokens_per_s"] = point.tokens_per_step * point.world_size / med_s
+        values["tokens_per_s_per_device"] = values["tokens_per_s"] / point.world_size
+        values["samples_per_s"] = point.global_batch_size / med_s
         # memory
         values.update(step.static_bytes())
         if dev.type == "cuda":

@@ -19,6 +19,7 @@ import yaml
 from txbench.config import Point
 from txbench.errors import StoreError
 from txbench.record import FINAL_STATUSES, Record
+from txbench.runner.distributed import TorchrunLauncher
 from txbench.runner.launcher import Launcher, WorkerLauncher
 from txbench.store import (
     OPS_FILE,
@@ -104,8 +105,8 @@ def run_suite(
 
     ``resume``: a run directory, or True for the latest run of this suite under
     ``results_dir``. ``shard=(k, n)`` runs only the points of shard k of n
-    (:func:`txbench.suite.in_shard`); a resumed run keeps the shard it was started with. Raises :class:`SweepInterrupted` on Ctrl-C after storing
-    what finished.
+    (:func:`txbench.suite.in_shard`); a resumed run keeps the shard it was started with.
+    Raises :class:`SweepInterrupted` on Ctrl-C after storing what finished.
     """
     cb = callbacks or SweepCallbacks()
     t0 = time.monotonic()
@@ -132,6 +133,8 @@ def run_suite(
 
     own = launcher is None
     launcher = launcher or WorkerLauncher(log_path=run_dir / "worker.log", isolate=isolate)
+    # points with parallel set run as ranks under torchrun, one process tree per point
+    ranks = TorchrunLauncher(log_path=run_dir / "worker.log")
     result = SweepResult(run_dir=run_dir)
     try:
         # 1. environment, device and availability, decided before any point runs
@@ -178,7 +181,7 @@ def run_suite(
                 }
                 if trace:
                     trace_dir.mkdir(exist_ok=True)
-                out = launcher.run(job, timeout_s=suite.measure.timeout_s)
+                out = (ranks if point.parallel != "none" else launcher).run(job, timeout_s=suite.measure.timeout_s)
                 if out.answer is not None:
                     rec, new_ops = out.answer["record"], out.answer.get("ops", [])
                 else:
@@ -195,6 +198,7 @@ def run_suite(
             write_points(run_dir / POINTS_FILE, records, meta)
         result.records = records
     except KeyboardInterrupt:
+        ranks.close()
         launcher.close()
         result.records = _read_rows(run_dir / POINTS_FILE) if (run_dir / POINTS_FILE).exists() else []
         result.wall_s = time.monotonic() - t0

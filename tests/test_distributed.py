@@ -1,0 +1,122 @@
+"""Distributed points (parallel ddp/fsdp, world_size) through torchrun on gloo, and their failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from txbench.cli import app
+from txbench.store import load_ops, load_points
+
+runner = CliRunner()
+
+#: a step of a few milliseconds; two ranks of one thread each fit this 2-core machine
+MEASURE = {"warmup_s": 0.0, "warmup_min_steps": 2, "min_steps": 3, "max_steps": 6, "max_s": 1.0, "profile_steps": 1,
+           "timeout_s": 120}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+needs_two = pytest.mark.skipif(_cores() < 2, reason="two ranks need two CPU cores")
+
+
+def _run(write_suite, tmp_path, sweep, exclude=(), env=None, measure=None):
+    suite = write_suite("dist", sweep={"seq_len": [32], "precision": ["fp32"], "attention": ["sdpa"], **sweep},
+                        exclude=list(exclude), measure={**MEASURE, **(measure or {})})
+    r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp_path), "--json", "--no-report"], env=env)
+    assert r.exit_code == 0, r.output
+    return Path(json.loads(r.stdout.strip().splitlines()[-1])["run_dir"])
+
+
+def _rank_processes() -> list[str]:
+    """Command lines of live txbench rank processes and torchruns (there must be none between points)."""
+    out = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and ("txbench.runner.rank" in cmd or "torch.distributed.run" in cmd):
+            out.append(f"{d.name}: {cmd}")
+    return out
+
+
+@needs_two
+@pytest.mark.slow
+def test_ddp_and_fsdp_train_the_same_global_batch_as_one_process(write_suite, tmp_path):
+    # one process with batch 4 against two ranks of batch 2: the same 4 sequences, so the same first loss
+    run = _run(write_suite, tmp_path,
+               {"batch_size": [2, 4], "parallel": ["none", "ddp", "fsdp"], "world_size": [1, 2]},
+               exclude=[{"parallel": "none", "world_size": 2}, {"parallel": ["ddp", "fsdp"], "batch_size": 4},
+                        {"parallel": ["ddp", "fsdp"], "world_size": 1}, {"parallel": "none", "batch_size": 2}])
+    df = load_points(run)
+    assert list(df["status"]) == ["ok"] * 3, df[["parallel", "world_size", "status", "error"]]
+    df = df.set_index("parallel")
+    ref = df.loc["none", "first_loss"]
+    for mode in ("ddp", "fsdp"):
+        row = df.loc[mode]
+        assert row["world_size"] == 2 and row["global_batch_size"] == 4 and row["backend"] == "gloo"
+        assert abs(row["first_loss"] - ref) <= 1e-4 * abs(ref), (mode, row["first_loss"], ref)
+        assert row["tokens_per_s"] == pytest.approx(2 * row["tokens_per_s_per_device"])
+        assert len(row["rank_step_ms_medians"]) == 2 and len(row["rank_peak_mem_bytes"]) == 2
+        assert row["peak_mem_bytes"] == max(row["rank_peak_mem_bytes"])
+        assert row["torch_threads"] == max(_cores() // 2, 1)
+        assert row["rank_skew"] >= 0 and row["comm_ms_per_step"] > 0 and 0 < row["comm_share"] < 1
+    # FSDP keeps half the parameters (and their optimizer state) on each rank; DDP all of them
+    assert df.loc["fsdp", "param_bytes"] < 0.6 * df.loc["ddp", "param_bytes"]
+    assert df.loc["ddp", "param_bytes"] == df.loc["none", "param_bytes"]
+    ops = load_ops(run)
+    for mode in ("ddp", "fsdp"):
+        cats = set(ops.loc[ops["point_id"] == df.loc[mode, "point_id"], "category"])
+        assert "communication" in cats, (mode, cats)
+    assert ops.loc[ops["point_id"] == df.loc["none", "point_id"], "rank"].isna().all()
+    assert not _rank_processes()
+
+
+@needs_two
+@pytest.mark.slow
+def test_a_failing_or_hung_rank_ends_its_point_and_leaves_no_process(write_suite, tmp_path):
+    faults = [{"match": {"seq_len": 32}, "rank": 1, "action": "raise"},
+              {"match": {"seq_len": 40}, "rank": 1, "action": "hang"},
+              {"match": {"seq_len": 48}, "rank": 0, "action": "exit"}]
+    run = _run(write_suite, tmp_path, {"seq_len": [32, 40, 48, 56], "batch_size": [2], "parallel": ["ddp"],
+                                       "world_size": [2]},
+               env={"TXBENCH_FAULT": json.dumps(faults)}, measure={"timeout_s": 15, "profile_steps": 0})
+    df = load_points(run).set_index("seq_len")
+    assert df.loc[32, "status"] == "error" and df.loc[32, "error"].startswith("rank 1 of 2:")
+    assert "test fault: raise" in df.loc[32, "error"]
+    assert df.loc[40, "status"] == "timeout" and "within 15 s" in df.loc[40, "error"]
+    assert df.loc[48, "status"] == "error" and "rank 0 of 2" in df.loc[48, "error"]
+    assert "exited with code 3" in df.loc[48, "error"]
+    assert df.loc[56, "status"] == "ok"  # the sweep went on
+    assert not _rank_processes()
+
+
+def test_ranks_the_machine_cannot_host_are_unsupported(write_suite, tmp_path):
+    run = _run(write_suite, tmp_path, {"batch_size": [2], "parallel": ["ddp"], "world_size": [8]})
+    df = load_points(run)
+    if _cores() >= 8:
+        pytest.skip("this machine has 8 cores")
+    assert df.loc[0, "status"] == "unsupported"
+    assert "world_size 8 needs 8 CPU cores" in df.loc[0, "error"]
+
+
+def test_world_size_without_parallel_is_refused_before_anything_runs(write_suite, tmp_path):
+    suite = write_suite("dist", sweep={"seq_len": [32], "world_size": [1, 2]})
+    r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp_path / "results")])
+    assert r.exit_code == 2
+    assert "world_size" in r.output and "parallel" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "results").exists()  # nothing ran
+
+
+def test_unknown_parallel_value_names_the_allowed_ones(write_suite, tmp_path):
+    suite = write_suite("dist", sweep={"seq_len": [32], "parallel": ["zero3"]})
+    r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "parallel" in r.output and "ddp" in r.output and "fsdp" in r.output
