@@ -120,3 +120,38 @@ def test_unknown_parallel_value_names_the_allowed_ones(write_suite, tmp_path):
     suite = write_suite("dist", sweep={"seq_len": [32], "parallel": ["zero3"]})
     r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp_path)])
     assert r.exit_code == 2 and "parallel" in r.output and "ddp" in r.output and "fsdp" in r.output
+
+
+def test_devices_option_is_checked_before_anything_runs(write_suite, tmp_path):
+    suite = write_suite("dist")
+    r = runner.invoke(app, ["run", str(suite), "--devices", "gpu0", "--results-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "--devices" in r.output and "cuda:0" in r.output
+    r = runner.invoke(app, ["run", str(suite), "--devices", "cuda:0,cuda:0", "--results-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "twice" in r.output
+    # on a machine without CUDA (or a cpu suite) the option is refused and no run directory is left
+    r = runner.invoke(app, ["run", str(suite), "--devices", "all", "--results-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "--devices" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.parquet"))
+
+
+@needs_two
+@pytest.mark.slow
+def test_a_device_pool_gives_the_same_rows_as_a_serial_run(write_suite, tmp_path, monkeypatch):
+    # the pool's scheduling is device-agnostic: on CPU, two "slots" run two workers at once, and a
+    # world_size 2 point waits for both; what a GPU machine does with cuda:0,cuda:1
+    from txbench.runner import sweep
+    from txbench.suite import load_suite
+
+    path = write_suite("pool", sweep={"seq_len": [16, 24, 32], "batch_size": [2], "precision": ["fp32"],
+                                      "attention": ["sdpa"], "parallel": ["none", "ddp"], "world_size": [1, 2]},
+                       exclude=[{"parallel": "none", "world_size": 2}, {"parallel": "ddp", "world_size": 1}],
+                       measure={**MEASURE, "profile_steps": 0})
+    suite, resolved = load_suite(path)
+    serial = sweep.run_suite(suite, resolved, results_dir=tmp_path / "serial", profile=False)
+    monkeypatch.setattr(sweep, "_device_indices", lambda devices, device, env: list(devices))
+    pooled = sweep.run_suite(suite, resolved, results_dir=tmp_path / "pool", profile=False, devices=[0, 1])
+    a, b = load_points(serial.run_dir), load_points(pooled.run_dir)
+    assert list(a.columns) == list(b.columns)
+    assert list(a["point_id"]) == list(b["point_id"]) == [p.point_id for p in suite.points("cpu")]
+    assert list(b["status"]) == ["ok"] * 6
+    assert not _rank_processes()

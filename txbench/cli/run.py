@@ -107,6 +107,11 @@ def run(
         typer.Option("--tensorboard", help="Also write the run for TensorBoard into this log directory "
                      "(as [cyan]txbench export --format tensorboard[/])."),
     ] = None,
+    devices: Annotated[
+        Optional[str],
+        typer.Option("--devices", metavar="cuda:0,cuda:1|all", help="Run points on these CUDA devices at once, one "
+                     "worker per device (a point with world_size N takes N of them); [cyan]all[/]: every GPU."),
+    ] = None,
     shard: Annotated[
         Optional[str],
         typer.Option("--shard", metavar="K/N", help="Run only shard K of N (1 <= K <= N): a stable 1/N of the points "
@@ -126,6 +131,14 @@ def run(
     from txbench.suite import load_suite
 
     shard_kn = _parse_shard_option(shard)
+    device_list = None
+    if devices is not None:
+        from txbench.runner.sweep import parse_devices
+
+        try:
+            device_list = parse_devices(devices)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--devices") from None
     s, resolved = load_suite(suite, set_)
     if tensorboard is not None:
         from txbench.tb_export import _writer_class
@@ -140,7 +153,7 @@ def run(
     try:
         result = run_suite(
             s, resolved, results_dir=results_dir, resume=resume_arg, profile=profile, trace=trace, isolate=isolate,
-            callbacks=cb, shard=shard_kn,
+            callbacks=cb, shard=shard_kn, devices=device_list,
         )
     except SweepInterrupted as e:
         result, interrupted = e.result, True

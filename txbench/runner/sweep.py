@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
+import os
 import secrets
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from txbench.config import Point
-from txbench.errors import StoreError
+from txbench.errors import StoreError, TxbenchError
 from txbench.record import FINAL_STATUSES, Record
 from txbench.runner.distributed import TorchrunLauncher
 from txbench.runner.launcher import Launcher, WorkerLauncher
@@ -34,7 +36,7 @@ from txbench.store import (
 )
 from txbench.suite import Suite, in_shard, slug
 
-__all__ = ["SweepCallbacks", "SweepResult", "run_suite", "SweepInterrupted"]
+__all__ = ["SweepCallbacks", "SweepResult", "run_suite", "SweepInterrupted", "parse_devices"]
 
 
 class SweepInterrupted(Exception):
@@ -88,6 +90,112 @@ def _ops_table(rows: list[dict]):
     return pa.Table.from_pylist(rows, schema=OPS_SCHEMA)
 
 
+def parse_devices(text: str) -> list[int] | str:
+    """``--devices``: ``"all"``, or CUDA devices as ``cuda:0,cuda:1`` (bare indices too); raises ValueError."""
+    text = text.strip()
+    if text == "all":
+        return "all"
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        idx = part[len("cuda:"):] if part.startswith("cuda:") else part
+        if not idx.isdigit():
+            raise ValueError(f"{part!r} is not a CUDA device; give cuda:0,cuda:1,... or all (CPU points run one at "
+                             "a time, each with the machine's cores)")
+        if int(idx) in out:
+            raise ValueError(f"cuda:{idx} is given twice")
+        out.append(int(idx))
+    if not out:
+        raise ValueError("no device given; give cuda:0,cuda:1,... or all")
+    return out
+
+
+def _device_indices(devices: list[int] | str, device: str, env: dict) -> list[int]:
+    """The CUDA indices ``devices`` names on this machine; a TxbenchError (exit 2) before any point runs."""
+    if device != "cuda":
+        raise TxbenchError(f"--devices runs points on several CUDA devices at once, but this suite runs on {device} "
+                           "(no CUDA device here, or the suite's device is cpu); leave --devices out")
+    count = int(env.get("device_count") or 0)
+    if devices == "all":
+        return list(range(count))
+    missing = [d for d in devices if d >= count]
+    if missing:
+        raise TxbenchError(f"--devices: {', '.join(f'cuda:{d}' for d in missing)} not on this machine, which has "
+                           f"{count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    return list(devices)
+
+
+def _measure(launcher: Launcher, point: Point, job: dict, timeout_s: float) -> tuple[dict, list]:
+    """One point's record and op rows through ``launcher``; a failed worker becomes a record saying how."""
+    out = launcher.run(job, timeout_s=timeout_s)
+    if out.answer is not None:
+        return out.answer["record"], out.answer.get("ops", [])
+    status = {"timeout": "timeout", "killed": "oom"}.get(out.failure, "error")
+    return _failure_record(point, status, out.message, out.wall_s), []
+
+
+class _DevicePool:
+    """A worker per CUDA device (it sees only that device, as ``cuda``); points run on free devices at once.
+
+    Points start in the suite's order: a point waits until the devices it needs
+    (one, or ``world_size`` for a distributed point) are free. Measuring happens
+    in threads (each blocks on its worker's pipe); storing and progress stay in
+    the calling thread.
+    """
+
+    def __init__(self, devices: list[int], run_dir: Path, isolate: bool):
+        self.devices = devices
+        self.run_dir = run_dir
+        self.workers = {d: WorkerLauncher(log_path=run_dir / f"worker-cuda{d}.log", isolate=isolate,
+                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": str(d)}) for d in devices}
+        self.ranks: list[TorchrunLauncher] = []
+
+    def _launcher(self, point: Point, slots: list[int]) -> Launcher:
+        if point.parallel == "none":
+            return self.workers[slots[0]]
+        r = TorchrunLauncher(log_path=self.run_dir / "worker.log", cuda_devices=slots)
+        self.ranks.append(r)
+        return r
+
+    def run(self, todo, unsupported, job_of, timeout_s, cb, store) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        free, running = list(self.devices), {}
+        pending = list(enumerate(todo))
+        with ThreadPoolExecutor(max_workers=len(self.devices)) as ex:
+            while pending or running:
+                while pending:
+                    i, point = pending[0]
+                    need = point.world_size if point.parallel != "none" else 1
+                    reason = unsupported.get(point.point_id)
+                    if reason is None and need > len(self.devices):
+                        reason = (f"world_size {need} needs {need} devices; --devices gave {len(self.devices)}")
+                    if reason is not None:
+                        pending.pop(0)
+                        cb.on_point_start(i, point)
+                        store(i, point, Record.for_point(point, "unsupported", reason).to_dict(), [])
+                        continue
+                    if need > len(free):
+                        break
+                    slots, free = free[:need], free[need:]
+                    pending.pop(0)
+                    cb.on_point_start(i, point)
+                    fut = ex.submit(_measure, self._launcher(point, slots), point, job_of(point), timeout_s)
+                    running[fut] = (i, point, slots)
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i, point, slots = running.pop(fut)
+                    free += slots
+                    store(i, point, *fut.result())
+
+    def close(self) -> None:
+        for r in self.ranks:
+            r.close()
+        for w in self.workers.values():
+            w.close()
+
+
 def run_suite(
     suite: Suite,
     resolved: dict,
@@ -100,13 +208,17 @@ def run_suite(
     callbacks: SweepCallbacks | None = None,
     launcher: Launcher | None = None,
     shard: tuple[int, int] | None = None,
+    devices: list[int] | str | None = None,
 ) -> SweepResult:
     """Run every point of ``suite`` not already in the run; store after each point.
 
     ``resume``: a run directory, or True for the latest run of this suite under
     ``results_dir``. ``shard=(k, n)`` runs only the points of shard k of n
     (:func:`txbench.suite.in_shard`); a resumed run keeps the shard it was started with.
-    Raises :class:`SweepInterrupted` on Ctrl-C after storing what finished.
+    ``devices``: CUDA device indices (or ``"all"``) to run points on at once, one
+    worker per device; a distributed point takes ``world_size`` of them (see
+    :func:`parse_devices`). Raises :class:`SweepInterrupted` on Ctrl-C after
+    storing what finished.
     """
     cb = callbacks or SweepCallbacks()
     t0 = time.monotonic()
@@ -147,6 +259,18 @@ def run_suite(
         device = env_out.answer["device"]
         points = [p for p in suite.points(device) if in_shard(p.point_id, shard)]
         env, unsupported = env_out.answer["env"], env_out.answer["unsupported"]
+        if devices is not None:
+            try:
+                slots = _device_indices(devices, device, env)
+            except TxbenchError:
+                if not resume:  # nothing was measured: leave no empty run behind
+                    launcher.close()
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                    try:
+                        run_dir.parent.rmdir()  # the suite's directory, when this was its first run
+                    except OSError:
+                        pass
+                raise
         result.env = env
         meta = {"suite": suite.name, "run_id": run_dir.name, "device": device, "env": env}
         if shard is not None:
@@ -166,27 +290,19 @@ def run_suite(
         if not profile:
             mcfg.pop("profile_steps")
         trace_dir = run_dir / "traces"
-        for i, point in enumerate(todo):
-            cb.on_point_start(i, point)
-            if point.point_id in unsupported:
-                rec = Record.for_point(point, "unsupported", unsupported[point.point_id]).to_dict()
-                new_ops = []
-            else:
-                job = {
-                    "kind": "point",
-                    "point": point.to_dict(),
-                    "measure": {**mcfg, "profile_steps": profile_steps},
-                    "profile_steps": profile_steps,
-                    "trace_path": str(trace_dir / f"{point.point_id}.json.gz") if trace else None,
-                }
-                if trace:
-                    trace_dir.mkdir(exist_ok=True)
-                out = (ranks if point.parallel != "none" else launcher).run(job, timeout_s=suite.measure.timeout_s)
-                if out.answer is not None:
-                    rec, new_ops = out.answer["record"], out.answer.get("ops", [])
-                else:
-                    status = {"timeout": "timeout", "killed": "oom"}.get(out.failure, "error")
-                    rec, new_ops = _failure_record(point, status, out.message, out.wall_s), []
+        if trace:
+            trace_dir.mkdir(exist_ok=True)
+
+        def job_of(point: Point) -> dict:
+            return {
+                "kind": "point",
+                "point": point.to_dict(),
+                "measure": {**mcfg, "profile_steps": profile_steps},
+                "profile_steps": profile_steps,
+                "trace_path": str(trace_dir / f"{point.point_id}.json.gz") if trace else None,
+            }
+
+        def store(i: int, point: Point, rec: dict, new_ops: list) -> None:
             records.append(rec)
             ops_rows.extend(new_ops)
             write_points(run_dir / POINTS_FILE, records, meta)
@@ -194,6 +310,27 @@ def run_suite(
                 write_table(run_dir / OPS_FILE, _ops_table(ops_rows), {"suite": suite.name})
             result.measured += 1
             cb.on_point_end(i, point, rec)
+
+        if devices is None:
+            for i, point in enumerate(todo):
+                cb.on_point_start(i, point)
+                if point.point_id in unsupported:
+                    rec, new_ops = Record.for_point(point, "unsupported", unsupported[point.point_id]).to_dict(), []
+                else:
+                    rec, new_ops = _measure(ranks if point.parallel != "none" else launcher, point, job_of(point),
+                                            suite.measure.timeout_s)
+                store(i, point, rec, new_ops)
+        else:
+            launcher.close()  # the pool's workers each see one device; this one saw them all
+            pool = _DevicePool(slots, run_dir, isolate)
+            try:
+                pool.run(todo, unsupported, job_of, suite.measure.timeout_s, cb, store)
+            finally:
+                pool.close()
+        order = {p.point_id: k for k, p in enumerate(points)}
+        records.sort(key=lambda r: order.get(r["point_id"], -1))  # the suite's order, however points finished
+        if devices is not None and todo:
+            write_points(run_dir / POINTS_FILE, records, meta)
         if not todo and not (run_dir / POINTS_FILE).exists():
             write_points(run_dir / POINTS_FILE, records, meta)
         result.records = records
