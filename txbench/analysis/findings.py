@@ -29,6 +29,7 @@ from txbench.analysis.findings_ops import (
     top_categories,
 )
 from txbench.analysis.forecast import QUADRATIC, device_memory, memory_forecast
+from txbench.analysis.parallel import parallel_memory, scaling_efficiency
 from txbench.analysis.ranking import TIE_MARGIN, compare_pairs, describe_ratio, describe_tie
 from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
 from txbench.analysis.types import SEVERITIES, Finding
@@ -65,8 +66,8 @@ from txbench.store import load_ops, load_points, resolve_run
 
 __all__ = [
     "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots",
-    "phases", "noisy_points", "winners", "scaling", "saturation", "feasibility_frontier", "forecast", "top_categories",
-    "mfu",
+    "phases", "noisy_points", "winners", "scaling_efficiency", "parallel_memory", "scaling", "saturation",
+    "feasibility_frontier", "forecast", "top_categories", "mfu",
 ]
 
 
@@ -216,7 +217,7 @@ def saturation(points, ops=None) -> list[Finding]:
     ok = ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce") > 0]
     keys = [c for c in _varying(ok) if c != axis]
     out = []
-    cols = ["point_id", axis, "seq_len", "device", "step_ms_median", "step_ms_samples"]
+    cols = ["point_id", axis, "seq_len", "device", "step_ms_median", "step_ms_samples", "world_size"]
     order, spans, gkeys = _sorted_groups(ok, keys, by=ok[axis].to_numpy())
     xs = pd.to_numeric(ok[axis], errors="coerce").to_numpy(dtype="float64")
     for (a, b), key in zip(spans, gkeys):
@@ -225,7 +226,8 @@ def saturation(points, ops=None) -> list[Finding]:
         if n < 3 or len(np.unique(xs[pos])) != n:
             continue
         rows = _rows(ok, pos, cols)
-        tps = [float(r[axis]) * float(r["seq_len"]) * 1e3 / float(r["step_ms_median"]) for r in rows]
+        # global tokens/s, as the record's tokens_per_s: batch_size is per rank, and a point runs world_size ranks
+        tps = [float(r[axis]) * float(r["seq_len"]) * _world(r) * 1e3 / float(r["step_ms_median"]) for r in rows]
         # stage 1, one family: each batch against the best larger one (the test most able to show a rise)
         best = [i + 1 + int(np.argmax(tps[i + 1:])) for i in range(n - 1)]
         first = compare_pairs([(rows[i], rows[j]) for i, j in enumerate(best)], metric="tokens_per_s",
@@ -252,7 +254,9 @@ def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
     dev = str(rows[0].get("device") or "")
     where = "this CPU" if dev.startswith("cpu") else "this GPU" if dev.startswith("cuda") else "this device"
     b0, bs = rows[0], rows[sat]
-    tok = _int(float(bs["batch_size"]) * float(bs["seq_len"]))
+    w = _world(bs)
+    tok = (f"{_int(float(bs['batch_size']) * float(bs['seq_len']) * w)} tokens per step"
+           + (f" over {w} ranks" if w > 1 else ""))
     head = f"Throughput along {axis}{_ctx(key)}: tokens/s"
     if sat == n - 1:
         s = stats[(n - 2, n - 1)]
@@ -263,7 +267,7 @@ def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
         last = (f"still {describe_ratio(s['ratio'], s['ci_low'], s['ci_high'])} higher at {ab}={_int(bs[axis])} "
                 f"than at {ab}={_int(rows[n - 2][axis])}" if s["outcome"] == "b_better" else
                 f"still rises decidedly at {ab}={_int(bs[axis])} against {ab}={_int(b0[axis])}")
-        text = (f"{head} {grow}, {last}: no saturation up to {ab}={_int(bs[axis])} ({tok} tokens per step); "
+        text = (f"{head} {grow}, {last}: no saturation up to {ab}={_int(bs[axis])} ({tok}); "
                 f"larger batches may still pay off (`--set sweep.{axis}=[...]`).")
     else:
         later = [stats[(sat, j)] for j in range(sat + 1, n)]
@@ -278,7 +282,7 @@ def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
                 f"{ab}={_int(b0[axis])} to {ab}={_int(bs[axis])}" if sat else
                 f"{head} does not rise decidedly beyond {ab}={_int(b0[axis])}")
         if tight:
-            text = (f"{rise} and then by less than {bound}: {ab}={_int(bs[axis])} ({tok} tokens per step, "
+            text = (f"{rise} and then by less than {bound}: {ab}={_int(bs[axis])} ({tok}, "
                     f"{_num(tps[sat])} tokens/s) {'already ' if not sat else ''}saturates {where}.")
         else:
             more = f"up to +{bound}" if np.isfinite(up) else "any amount"
@@ -293,6 +297,12 @@ def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
           for r, v in zip(rows, tps)]
     return Finding("saturation", "info", text, {"axis": axis, **key}, [e["point_id"] for e in ev],
                    f"scaling:{axis}", ev)
+
+
+def _world(row) -> int:
+    """Ranks of a point (1 for a single process, and for runs stored before the field existed)."""
+    w = pd.to_numeric(row.get("world_size"), errors="coerce")
+    return int(w) if pd.notna(w) and w >= 1 else 1
 
 
 def _num(v: float) -> str:
@@ -483,8 +493,20 @@ _HIGH_CAUSES = (
                                                                       "its backward"),
     ("precision", lambda v: v in ("bf16", "fp16"), "the {v} kernels' backward (input and weight gradients) runs a "
                                                    "slower path than their forward on this device"),
+    # a distributed point's backward holds the gradient collectives; its forward none (ddp) or only all-gathers (fsdp)
+    ("world_size", lambda v: _is_int(v) and int(v) > 1, "with {v} ranks the backward holds the gradient collectives "
+                                                        "(all-reduce under ddp, reduce-scatter under fsdp), and the "
+                                                        "step waits for what compute does not hide"),
 )
-_SWEEP_HINT = {"attention": "[naive,{v}]", "precision": "[fp32,{v}]", "checkpointing": "[none,{v}]"}
+_SWEEP_HINT = {"attention": "[naive,{v}]", "precision": "[fp32,{v}]", "checkpointing": "[none,{v}]",
+               "world_size": "[1,{v}]"}
+
+
+def _is_int(v) -> bool:
+    try:
+        return float(v).is_integer()
+    except (TypeError, ValueError):
+        return False
 
 
 def _same_but(ps: pd.DataFrame, row, factor: str, cols: list[str]) -> pd.DataFrame:
@@ -775,7 +797,8 @@ def _approx(n) -> str:
 
 #: Every rule, in the order of importance used to break ties within a severity.
 FINDING_RULES = (unverified_kernels, failures, gpu_idle, category_trends, hotspots, phases, noisy_points,
-         winners, scaling, saturation, feasibility_frontier, forecast, top_categories, mfu)
+         winners, scaling_efficiency, parallel_memory, scaling, saturation, feasibility_frontier, forecast,
+         top_categories, mfu)
 
 
 def find(points: pd.DataFrame, ops: pd.DataFrame | None = None, *, memory: float | None = None) -> list[Finding]:
