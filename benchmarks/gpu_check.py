@@ -17,6 +17,9 @@ reported with its first error line and the check goes on):
   5a mfu        MFU of a ~350M-parameter GPT at T=2048, bf16, sdpa_flash (goal >= 45%)
   5b flash      SDPA flash forward+backward TFLOP/s at T=4096 vs FlashAttention-2's published ~335
   6 oom         a point too big for the GPU is recorded oom with its peak; the next point is ok
+  6b ddp       DDP and FSDP2 points through torchrun on NCCL (one rank per GPU, all GPUs with
+                ``--devices all``): ok, backend nccl, the same first-step loss as one process, the
+                communication category and its exposed share (suite benchmarks/gpu_check/ddp.yaml)
   7 profile     the profiler pass: GPU busy/idle per step, kernel launches, categories, top kernels,
                 one Perfetto trace kept
   8 report      ``txbench report`` of the sweep
@@ -71,13 +74,14 @@ WIDTH = 100
 # (key, title, budget on GPU in s, budget in the dry run in s). The GPU budgets add up to 445 s; the dry
 # run's only stop a hang, generous for a CPU shared with other jobs (they run in 2-3 minutes in all)
 STEPS = (
-    ("pytest", "1 pytest -m gpu", 45, 120),
-    ("list", "2 txbench list", 45, 120),
-    ("sweep", "3 attention sweep", 190, 300),
+    ("pytest", "1 pytest -m gpu", 40, 120),
+    ("list", "2 txbench list", 40, 120),
+    ("sweep", "3 attention sweep", 165, 300),
     ("timing", "4 timing agreement", 35, 120),
-    ("mfu", "5a MFU 350M GPT", 45, 120),
+    ("mfu", "5a MFU 350M GPT", 40, 120),
     ("flash", "5b SDPA flash TFLOP/s", 15, 60),
     ("oom", "6 OOM then ok", 30, 120),
+    ("ddp", "6b DDP/FSDP2 on NCCL", 40, 180),
     ("profile", "7 profiler pass", 25, 120),
     ("report", "8 report and files", 15, 120),
 )
@@ -95,6 +99,7 @@ DRY_SETS = {
         "sweep.seq_len=[128,64]", "sweep.batch_size=[4,2]",
         "exclude=[{seq_len: 128, batch_size: 2}, {seq_len: 64, batch_size: 4}]"],
     "profile": _TINY_MODEL + _TINY_MEASURE + ["sweep.seq_len=[64]"],
+    "ddp": _TINY_MODEL + _TINY_MEASURE + ["sweep.seq_len=[64]", "sweep.precision=[fp32]"],
 }
 # the rehearsal cannot exhaust CPU memory on a shared machine: txbench's fault injection raises the
 # allocator's out-of-memory error while the first point builds, and the sweep must record and survive it
@@ -198,12 +203,13 @@ class Ctx:
                        min(timeout or 1e9, self.left()), env)
 
     def run_suite(self, name: str, *, trace: bool = False, profile: bool = True, env_extra: dict | None = None,
-                  timeout: float | None = None) -> dict:
+                  timeout: float | None = None, extra: list[str] | None = None) -> dict:
         """``txbench run benchmarks/gpu_check/<name>.yaml`` (shrunk by --set in the dry run); its stored tables."""
         import pandas as pd
 
         results = self.work / "results" / name
         args = ["run", str(SUITES / f"{name}.yaml"), "--results-dir", str(results), "--json", "--no-report"]
+        args += extra or []
         args += ["--trace"] if trace else []
         args += [] if profile else ["--no-profile"]
         sets = DRY_SETS[name] + ["device=cpu"] if self.dry else []
@@ -627,6 +633,51 @@ def step_oom(ctx: Ctx) -> dict:
     return _result("fail" if problems else "ok", lines, "; ".join(problems), points=pts)
 
 
+# --------------------------------------------------------------------------- step 6b: DDP and FSDP2 on NCCL
+
+
+def step_ddp(ctx: Ctx) -> dict:
+    extra = [] if ctx.dry else ["--devices", "all"]  # the device pool too: one slot per GPU
+    if not ctx.dry and _cuda_count() >= 2:
+        extra += ["--set", "sweep.world_size=[1,2]"]
+    res = ctx.run_suite("ddp", extra=extra)
+    pts = _records(res["points"])
+    if not pts:
+        return _result("error", [], res["error"] or "no point recorded")
+    ops = _records(res["ops"])
+    ref = next((p for p in pts if p["parallel"] == "none" and p["status"] == "ok"), None)
+    lines, problems = [], []
+    for p in pts:
+        name = f"{p['parallel']} W={p['world_size']}"
+        if p["status"] != "ok":
+            lines.append(f"{name}: {p['status']}: {_cut(p['error'] or '', 70)}")
+            problems.append(f"{name} {p['status']}")
+            continue
+        comm = [o for o in ops if o["point_id"] == p["point_id"] and o["category"] == "communication"]
+        kernels = sorted({o["name"] for o in comm if o["device"] == "cuda"})
+        lines.append(f"{name}: {_ms(p['step_ms_median'])} ms, {p.get('backend')}, first loss {p['first_loss']:.5f}, "
+                     f"comm {_pct(p.get('comm_share'))} of the step ({_pct(p.get('comm_exposed_share'))} exposed), "
+                     f"{len(kernels)} communication kernels" + (f" e.g. {_cut(kernels[0], 40)}" if kernels else ""))
+        if p["parallel"] != "none":
+            if p.get("backend") != ("nccl" if ctx.device == "cuda" else "gloo"):
+                problems.append(f"{name}: backend {p.get('backend')}")
+            if p["world_size"] > 1 and not comm:
+                problems.append(f"{name}: no communication rows")
+            if ref is not None and p["world_size"] == 1 and abs(p["first_loss"] - ref["first_loss"]) > 1e-3 * abs(
+                    ref["first_loss"]):
+                problems.append(f"{name}: first loss {p['first_loss']:.6g} vs one process {ref['first_loss']:.6g}")
+    return _result("fail" if problems else "ok", lines, "; ".join(problems), points=pts)
+
+
+def _cuda_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
 # --------------------------------------------------------------------------- step 7: the profiler pass
 
 
@@ -705,7 +756,8 @@ def step_report(ctx: Ctx) -> dict:
 
 
 STEP_FNS = {"pytest": step_pytest, "list": step_list, "sweep": step_sweep, "timing": step_timing,
-            "mfu": step_mfu, "flash": step_flash, "oom": step_oom, "profile": step_profile, "report": step_report}
+            "mfu": step_mfu, "flash": step_flash, "oom": step_oom, "ddp": step_ddp, "profile": step_profile,
+            "report": step_report}
 
 
 # --------------------------------------------------------------------------- the parent: budgets, summary, files
