@@ -235,5 +235,7 @@ class RankTimer:
         per_rank = [statistics.median(s[r] for s in self.steps) for r in range(self.n)]
         skew = statistics.median(max(s) - min(s) for s in self.steps)
         slow = statistics.median(max(s) for s in self.steps)
-        return {"rank_step_ms_medians": per_rank, "slowest_rank": max(range(self.n), key=per_rank.__getitem__),
+        return {"rank_step_ms_medians": per_rank, "rank_step_ms_samples": [[s[r] for s in self.steps]
+                                                                          for r in range(self.n)],
+                "slowest_rank": max(range(self.n), key=per_rank.__getitem__),
                 "rank_skew_ms": skew, "rank_skew": skew / slow if slow else None}

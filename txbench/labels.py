@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from txbench.fields import BY_NAME, CONFIG_COLUMNS, DICT_FIELDS, from_json, varying_columns
+from txbench.fields import BY_NAME, CONFIG_COLUMNS, DICT_FIELDS, FIELDS, from_json, varying_columns
 
 __all__ = [
     "DEFAULT_AXES",
@@ -95,9 +95,17 @@ def label_of(values: Mapping, *, sep: str = " ", eq: str = "=") -> str:
     return sep.join(parts) if parts else "all points"
 
 
+#: Fields added after schema 1 that the full label names when they are not at their default (levers, parallelism).
+_LATER_FIELDS = tuple(f.name for f in FIELDS if not f.legacy_id and f.type is not dict and f.name not in
+                      FULL_LABEL_FIELDS)
+
+
 def full_label(config: Mapping) -> str:
-    """The label of one point on its own (``decoder d=256 L=4 H=4 T=512 B=8 fp32 sdpa cpu``)."""
-    return label_of({c: config[c] for c in FULL_LABEL_FIELDS if c in config})
+    """The label of one point on its own (``decoder d=256 L=4 H=4 T=512 B=8 fp32 sdpa cpu``), with the levers
+    and the parallelism when set (``... cpu ddp W=2``)."""
+    values = {c: config[c] for c in FULL_LABEL_FIELDS if c in config}
+    values.update({c: config[c] for c in _LATER_FIELDS if c in config and config[c] != BY_NAME[c].default})
+    return label_of(values)
 
 
 #: The fields that name a model (the reference model's arch, or the user's model, and its size).

@@ -92,6 +92,7 @@ class Record:
     # distributed points (parallel ddp/fsdp): the step time is the slowest rank's in each step
     backend: str | None = None  # process-group backend: gloo (CPU) or nccl (CUDA)
     rank_step_ms_medians: list[float] = field(default_factory=list)  # each rank's own median step time
+    rank_step_ms_samples: list[list[float]] = field(default_factory=list)  # per rank, its time of each timed step
     slowest_rank: int | None = None  # the rank with the largest median step time
     rank_skew_ms: float | None = None  # median over steps of (slowest - fastest rank's step time)
     rank_skew: float | None = None  # rank_skew_ms / median step time of the slowest rank

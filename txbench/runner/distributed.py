@@ -178,7 +178,8 @@ class TorchrunLauncher(Launcher):
             if failure == "timeout":
                 return Outcome(failure="timeout", message=message, wall_s=wall)
             return self._failed(point, answers, message, log_start, wall)
-        finally:
+        finally:  # Ctrl-C included: no rank outlives its point
+            self._stop_all()
             if log is not subprocess.DEVNULL:
                 log.close()
             self._proc = None
