@@ -66,6 +66,7 @@ def test_ddp_and_fsdp_train_the_same_global_batch_as_one_process(write_suite, tm
         assert abs(row["first_loss"] - ref) <= 1e-4 * abs(ref), (mode, row["first_loss"], ref)
         assert row["tokens_per_s"] == pytest.approx(2 * row["tokens_per_s_per_device"])
         assert len(row["rank_step_ms_medians"]) == 2 and len(row["rank_peak_mem_bytes"]) == 2
+        assert [len(s) for s in row["rank_step_ms_samples"]] == [row["n_steps"]] * 2
         assert row["peak_mem_bytes"] == max(row["rank_peak_mem_bytes"])
         assert row["torch_threads"] == max(_cores() // 2, 1)
         assert row["rank_skew"] >= 0 and row["comm_ms_per_step"] > 0 and 0 < row["comm_share"] < 1
@@ -154,4 +155,35 @@ def test_a_device_pool_gives_the_same_rows_as_a_serial_run(write_suite, tmp_path
     assert list(a.columns) == list(b.columns)
     assert list(a["point_id"]) == list(b["point_id"]) == [p.point_id for p in suite.points("cpu")]
     assert list(b["status"]) == ["ok"] * 6
+    assert not _rank_processes()
+
+
+def test_ab_refuses_distributed_points_before_anything_runs(tmp_path):
+    suite = Path(__file__).resolve().parent.parent / "suites" / "ddp.yaml"
+    r = runner.invoke(app, ["ab", str(suite), "--results-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "single-process" in r.output and "ddp, fsdp" in r.output
+    assert not (tmp_path / "r").exists()
+
+
+@needs_two
+@pytest.mark.slow
+def test_ctrl_c_during_a_distributed_point_leaves_no_rank_behind(write_suite, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suite = write_suite("dist", sweep={"seq_len": [32], "batch_size": [2], "parallel": ["ddp"], "world_size": [2]},
+                        measure={**MEASURE, "timeout_s": 120})
+    env = {**os.environ, "TXBENCH_FAULT": json.dumps([{"rank": 1, "action": "hang"}])}
+    proc = subprocess.Popen([sys.executable, "-m", "txbench", "run", str(suite), "--results-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 90
+    while len([c for c in _rank_processes() if "txbench.runner.rank" in c]) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the ranks did not start"
+        time.sleep(0.2)
+    time.sleep(3)  # rank 0 waits in DDP's first broadcast, rank 1 in its hang
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()[-2000:]
     assert not _rank_processes()

@@ -132,9 +132,15 @@ def _load_side(suite_path: Path, side: SideSpec) -> tuple[Suite, dict]:
     with _side_imports(side.path):
         load_suite(suite_path)  # problems of the file itself are reported against the file
         try:
-            return load_suite(suite_path, side.sets)
+            suite, resolved = load_suite(suite_path, side.sets)
         except SuiteError as e:
             raise SuiteError(e.problems, f"{side.option('set')} {' '.join(side.sets)}") from None
+    ranked = sorted({p.parallel for p in suite.points("cpu") if p.parallel != "none"})
+    if ranked:  # a side is one worker process; ranks under torchrun have no interleaved blocks
+        raise AbError(f"{side.name} side: txbench ab compares single-process points, and this suite has parallel "
+                      f"{', '.join(ranked)} points; exclude them ({side.option('set')}), or run both sides with "
+                      "txbench run and judge them with txbench compare")
+    return suite, resolved
 
 
 def _check_side(side: SideSpec) -> None:
