@@ -117,6 +117,8 @@ def _pool(frames: list[pd.DataFrame]) -> pd.DataFrame:
             if acc["status"] == "ok" and rec["status"] != "ok":
                 acc.update(status=rec["status"], error=rec.get("error"))
             for k, v in rec.items():
+                if k.startswith("rank_"):  # per-rank lists of a distributed point: the first round's stand
+                    continue
                 if k.endswith("_samples") and v is not None:
                     acc[k] = list(acc.get(k) if acc.get(k) is not None else []) + list(v)
                 elif k.endswith("_bytes") and v is not None and not pd.isna(v):
