@@ -152,42 +152,53 @@ class _DevicePool:
     def _launcher(self, point: Point, slots: list[int]) -> Launcher:
         if point.parallel == "none":
             return self.workers[slots[0]]
-        r = TorchrunLauncher(log_path=self.run_dir / "worker.log", cuda_devices=slots)
+        # a log per device set: the launcher reads torchrun's failure summary from its own log
+        r = TorchrunLauncher(log_path=self.run_dir / f"worker-cuda{'-'.join(map(str, slots))}.log", cuda_devices=slots)
         self.ranks.append(r)
         return r
 
     def run(self, todo, unsupported, job_of, timeout_s, cb, store) -> None:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        from concurrent.futures import ThreadPoolExecutor
 
         free, running = list(self.devices), {}
         pending = list(enumerate(todo))
         with ThreadPoolExecutor(max_workers=len(self.devices)) as ex:
-            while pending or running:
-                while pending:
-                    i, point = pending[0]
-                    need = point.world_size if point.parallel != "none" else 1
-                    reason = unsupported.get(point.point_id)
-                    if reason is None and need > len(self.devices):
-                        reason = (f"world_size {need} needs {need} devices; --devices gave {len(self.devices)}")
-                    if reason is not None:
-                        pending.pop(0)
-                        cb.on_point_start(i, point)
-                        store(i, point, Record.for_point(point, "unsupported", reason).to_dict(), [])
-                        continue
-                    if need > len(free):
-                        break
-                    slots, free = free[:need], free[need:]
+            try:
+                self._schedule(ex, pending, free, running, unsupported, job_of, timeout_s, cb, store)
+            except BaseException:  # Ctrl-C: stop the workers before the executor waits for their threads
+                self.close()
+                raise
+
+    def _schedule(self, ex, pending, free, running, unsupported, job_of, timeout_s, cb, store) -> None:
+        """Start each pending point when its devices are free (in order); store each as it finishes."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while pending or running:
+            while pending:
+                i, point = pending[0]
+                need = point.world_size if point.parallel != "none" else 1
+                reason = unsupported.get(point.point_id)
+                if reason is None and need > len(self.devices):
+                    reason = (f"world_size {need} needs {need} devices; --devices gave {len(self.devices)}")
+                if reason is not None:
                     pending.pop(0)
                     cb.on_point_start(i, point)
-                    fut = ex.submit(_measure, self._launcher(point, slots), point, job_of(point), timeout_s)
-                    running[fut] = (i, point, slots)
-                if not running:
+                    store(i, point, Record.for_point(point, "unsupported", reason).to_dict(), [])
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    i, point, slots = running.pop(fut)
-                    free += slots
-                    store(i, point, *fut.result())
+                if need > len(free):
+                    break
+                slots, free = free[:need], free[need:]
+                pending.pop(0)
+                cb.on_point_start(i, point)
+                fut = ex.submit(_measure, self._launcher(point, slots), point, job_of(point), timeout_s)
+                running[fut] = (i, point, slots)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, point, slots = running.pop(fut)
+                free += slots
+                store(i, point, *fut.result())
 
     def close(self) -> None:
         for r in self.ranks:
