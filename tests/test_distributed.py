@@ -67,6 +67,12 @@ def test_ddp_and_fsdp_train_the_same_global_batch_as_one_process(write_suite, tm
         assert row["tokens_per_s"] == pytest.approx(2 * row["tokens_per_s_per_device"])
         assert len(row["rank_step_ms_medians"]) == 2 and len(row["rank_peak_mem_bytes"]) == 2
         assert [len(s) for s in row["rank_step_ms_samples"]] == [row["n_steps"]] * 2
+        # per rank and step the phases add up to its step; each step's row is the slowest rank's
+        for r in range(2):
+            parts = zip(row["rank_fwd_ms_samples"][r], row["rank_bwd_ms_samples"][r], row["rank_opt_ms_samples"][r])
+            assert [sum(p) for p in parts] == pytest.approx(list(row["rank_step_ms_samples"][r]))
+        slowest = [max(a, b) for a, b in zip(*row["rank_step_ms_samples"])]
+        assert list(row["step_ms_samples"]) == pytest.approx(slowest)
         assert row["peak_mem_bytes"] == max(row["rank_peak_mem_bytes"])
         assert row["torch_threads"] == max(_cores() // 2, 1)
         assert row["rank_skew"] >= 0 and row["comm_ms_per_step"] > 0 and 0 < row["comm_share"] < 1

@@ -210,6 +210,7 @@ class RankTimer:
         nccl = dist.get_backend() == "nccl"
         self.dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         self.steps: list[list[float]] = []  # per step: every rank's total, by rank
+        self.phases: list[list[list[float]]] = []  # per step: every rank's (fwd, bwd, opt)
 
     def __call__(self, step) -> tuple[float, float, float]:
         import torch.distributed as dist
@@ -220,11 +221,12 @@ class RankTimer:
         rows = [t.tolist() for t in parts]
         totals = [sum(r) for r in rows]
         self.steps.append(totals)
+        self.phases.append(rows)
         slowest = max(range(self.n), key=totals.__getitem__)
         return tuple(rows[slowest])
 
     def reset(self) -> None:
-        self.steps = []
+        self.steps, self.phases = [], []
 
     def columns(self) -> dict:
         """Per-rank medians, the slowest rank and the median spread between ranks, over the steps since reset."""
@@ -235,7 +237,9 @@ class RankTimer:
         per_rank = [statistics.median(s[r] for s in self.steps) for r in range(self.n)]
         skew = statistics.median(max(s) - min(s) for s in self.steps)
         slow = statistics.median(max(s) for s in self.steps)
-        return {"rank_step_ms_medians": per_rank, "rank_step_ms_samples": [[s[r] for s in self.steps]
-                                                                          for r in range(self.n)],
+        by_rank = {f"rank_{ph}_ms_samples": [[p[r][k] for p in self.phases] for r in range(self.n)]
+                   for k, ph in enumerate(("fwd", "bwd", "opt"))}
+        return {**by_rank, "rank_step_ms_medians": per_rank,
+                "rank_step_ms_samples": [[s[r] for s in self.steps] for r in range(self.n)],
                 "slowest_rank": max(range(self.n), key=per_rank.__getitem__),
                 "rank_skew_ms": skew, "rank_skew": skew / slow if slow else None}

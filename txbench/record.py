@@ -93,6 +93,9 @@ class Record:
     backend: str | None = None  # process-group backend: gloo (CPU) or nccl (CUDA)
     rank_step_ms_medians: list[float] = field(default_factory=list)  # each rank's own median step time
     rank_step_ms_samples: list[list[float]] = field(default_factory=list)  # per rank, its time of each timed step
+    rank_fwd_ms_samples: list[list[float]] = field(default_factory=list)  # per rank and step, its forward + loss
+    rank_bwd_ms_samples: list[list[float]] = field(default_factory=list)  # ... its backward
+    rank_opt_ms_samples: list[list[float]] = field(default_factory=list)  # ... its optimizer step
     slowest_rank: int | None = None  # the rank with the largest median step time
     rank_skew_ms: float | None = None  # median over steps of (slowest - fastest rank's step time)
     rank_skew: float | None = None  # rank_skew_ms / median step time of the slowest rank
