@@ -75,13 +75,13 @@ WIDTH = 100
 # run's only stop a hang, generous for a CPU shared with other jobs (they run in 2-3 minutes in all)
 STEPS = (
     ("pytest", "1 pytest -m gpu", 40, 120),
-    ("list", "2 txbench list", 40, 120),
-    ("sweep", "3 attention sweep", 165, 300),
+    ("list", "2 txbench list", 35, 120),
+    ("sweep", "3 attention sweep", 155, 300),
     ("timing", "4 timing agreement", 35, 120),
     ("mfu", "5a MFU 350M GPT", 40, 120),
     ("flash", "5b SDPA flash TFLOP/s", 15, 60),
     ("oom", "6 OOM then ok", 30, 120),
-    ("ddp", "6b DDP/FSDP2 on NCCL", 40, 180),
+    ("ddp", "6b DDP/FSDP2 on NCCL", 55, 180),  # 3 torch imports (worker, 2 torchruns) and NCCL set-up
     ("profile", "7 profiler pass", 25, 120),
     ("report", "8 report and files", 15, 120),
 )
