@@ -341,3 +341,21 @@ def test_report_of_two_real_runs_shows_what_compare_decides(write_suite, tmp_pat
     assert r.exit_code == 0, r.output
     df = assert_report_matches_compare(out.read_text(), *dirs)
     assert len(df) == 8 and set(df["metric"]) == {"step_ms", "peak_mem_bytes"}  # 4 points, both default metrics
+
+
+def test_a_run_over_ranks_charts_throughput_and_memory_per_parallel_mode(tmp_path):
+    recs = [ok_record(point(64, "sdpa"), steps(10.0, seed=1, **TIGHT))]
+    for mode, slow in (("ddp", 1.1), ("fsdp", 1.4)):
+        for w in (1, 2):
+            p = point(64, "sdpa", parallel=mode, world_size=w)
+            rec = ok_record(p, steps(10.0 * (slow if w == 2 else 1.0), seed=w, **TIGHT))
+            rec["tokens_per_s"] *= w  # global over the ranks, as a distributed record stores it
+            recs.append(rec)
+    figs = figures(render_report([write_run(tmp_path / "run", recs)]))
+    tokens = figs["chart-throughput-world_size"]
+    lines = {t["name"]: arr(t["x"]) for t in tokens["data"] if t.get("mode", "").startswith("lines")}
+    assert lines == {"none": [1.0], "ddp": [1.0, 2.0], "fsdp": [1.0, 2.0]}, lines
+    ddp = next(t for t in tokens["data"] if t.get("name") == "ddp")
+    y = arr(ddp["y"])
+    assert y[1] / y[0] == pytest.approx(2 / 1.1, rel=0.05)
+    assert "chart-memory-world_size" in figs

@@ -158,9 +158,11 @@ def slices(points: pd.DataFrame, cols: list[str]) -> list[tuple[str, np.ndarray]
     return out
 
 
-def line_keys(points: pd.DataFrame) -> np.ndarray:
-    """Per row, the label of its chart line (``A: naive fp32``); ``all points`` when nothing varies."""
-    return group_labels(points, line_columns(points))
+def line_keys(points: pd.DataFrame, axis: str | None = None) -> np.ndarray:
+    """Per row, the label of its chart line (``A: naive fp32``); ``all points`` when nothing varies.
+
+    A categorical column drawn as the x ``axis`` (``world_size``) names no line."""
+    return group_labels(points, [c for c in line_columns(points) if c != axis])
 
 
 def nest(props: dict) -> dict:
@@ -269,7 +271,7 @@ def sweep_figure(
     """
     m = METRICS[metric] if isinstance(metric, str) else metric
     df = points.reset_index(drop=True)
-    keys = line_keys(df)
+    keys = line_keys(df, axis)
     names = sorted(set(keys))
     colors, dashes = _line_styles(df, keys, colors)
     others = [a for a in numeric_axes(df) if a != axis] if axis else []

@@ -178,6 +178,18 @@ def _sweep_section(points: pd.DataFrame, figs: _Figures) -> str:
         if _has(points, "peak_mem_bytes"):
             parts.append(figs.add(f"chart-memory-{key}", sweep_figure(points, "memory", axis),
                                   f"memory:{key}", "memory"))
+    if "world_size" in points.columns and points["world_size"].nunique() > 1:
+        # ranks are no size of the work (no power law), but throughput and memory per rank along them are
+        # what data parallelism is judged by: ideal is tokens/s growing with the ranks at flat memory
+        parts.append("<h3>Along the ranks (world_size)</h3>"
+                     '<p class="note">One line per parallel mode. Ideal data parallelism doubles the tokens/s '
+                     "with the ranks (batch_size is per rank) at the same memory per rank; the findings state "
+                     "the scaling efficiency with its CI and cause.</p>")
+        parts.append(figs.add("chart-throughput-world_size", sweep_figure(points, "tokens", "world_size"),
+                              "throughput:world_size", "scaling_efficiency"))
+        if _has(points, "peak_mem_bytes"):
+            parts.append(figs.add("chart-memory-world_size", sweep_figure(points, "memory", "world_size"),
+                                  "memory:world_size", "parallel_memory"))
     if not _has(points, "mfu"):
         parts.append('<p class="note">MFU is not shown: no point has a known peak FLOP/s for its device and precision '
                      "(achieved TFLOP/s is).</p>")
