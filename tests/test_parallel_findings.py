@@ -176,7 +176,7 @@ def test_fsdp_against_ddp_memory_speed_and_shards():
     assert ("Per rank fsdp keeps 1 MiB of parameters, 1 MiB of gradients and 2 MiB of optimizer state, against "
             "2 MiB, 2 MiB and 4 MiB under ddp (2.0x less" in f.text)
     assert "Use fsdp where the ddp batch does not fit" in f.text
-    assert f.point_ids == [ddp["point_id"], fsdp["point_id"]] and f.chart == "memory"
+    assert f.point_ids == [ddp["point_id"], fsdp["point_id"]] and f.chart == "memory:world_size"
 
 
 def test_fsdp_and_ddp_at_equal_speed_tie_and_rank_peaks_are_shown_when_they_differ():

@@ -351,7 +351,9 @@ def test_a_run_over_ranks_charts_throughput_and_memory_per_parallel_mode(tmp_pat
             rec = ok_record(p, steps(10.0 * (slow if w == 2 else 1.0), seed=w, **TIGHT))
             rec["tokens_per_s"] *= w  # global over the ranks, as a distributed record stores it
             recs.append(rec)
-    figs = figures(render_report([write_run(tmp_path / "run", recs)]))
+    page = render_report([write_run(tmp_path / "run", recs)])
+    figs = figures(page)
+    assert 'href="#chart-throughput-world_size"' in page  # the scaling-efficiency findings link to it
     tokens = figs["chart-throughput-world_size"]
     lines = {t["name"]: arr(t["x"]) for t in tokens["data"] if t.get("mode", "").startswith("lines")}
     assert lines == {"none": [1.0], "ddp": [1.0, 2.0], "fsdp": [1.0, 2.0]}, lines

@@ -341,7 +341,7 @@ def _efficiency_finding(p: dict, axes: list[str]) -> Finding:
             (("baseline", base), ("ranks", r))]
     scope = {**_scope(r, axes), "parallel": str(r["parallel"]), "world_size": int(r["world_size"])}
     return Finding("scaling_efficiency", severity, text, scope, [str(base["point_id"]), str(r["point_id"])],
-                   "scaling", _records(pd.DataFrame(rows)) + [stat])
+                   "throughput:world_size", _records(pd.DataFrame(rows)) + [stat])
 
 
 def _lonely_finding(lonely: list[dict], axes: list[str]) -> Finding:
@@ -368,7 +368,7 @@ def _lonely_finding(lonely: list[dict], axes: list[str]) -> Finding:
     rows = [x["row"] for x in lonely]
     ev = _records(pd.DataFrame(rows), ["point_id", *axes, "parallel", "world_size", "step_ms_median"])
     return Finding("scaling_efficiency", "info", text, {"world_size": ws}, [str(r["point_id"]) for r in rows],
-                   "scaling", ev)
+                   "throughput:world_size", ev)
 
 
 def scaling_efficiency(points, ops=None) -> list[Finding]:
@@ -474,6 +474,6 @@ def parallel_memory(points, ops=None) -> list[Finding]:
         ev = [{c: x.get(c) for c in cols if c in x.index} for x in (d, f)]
         scope = {**_scope(f, axes), "world_size": int(f["world_size"])}
         out.append((score, Finding("parallel_memory", "info", text, scope, [str(d["point_id"]), str(f["point_id"])],
-                                   "memory", _records(pd.DataFrame(ev)))))
+                                   "memory:world_size", _records(pd.DataFrame(ev)))))
     out.sort(key=lambda t: -t[0])
     return [f for _, f in out[:MAX_PER_RULE]]

@@ -186,7 +186,7 @@ def _sweep_section(points: pd.DataFrame, figs: _Figures) -> str:
                      "with the ranks (batch_size is per rank) at the same memory per rank; the findings state "
                      "the scaling efficiency with its CI and cause.</p>")
         parts.append(figs.add("chart-throughput-world_size", sweep_figure(points, "tokens", "world_size"),
-                              "throughput:world_size", "scaling_efficiency"))
+                              "throughput:world_size"))
         if _has(points, "peak_mem_bytes"):
             parts.append(figs.add("chart-memory-world_size", sweep_figure(points, "memory", "world_size"),
                                   "memory:world_size", "parallel_memory"))

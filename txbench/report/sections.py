@@ -106,6 +106,12 @@ def _finding_text(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", e(text))
 
 
+def _chart_link(anchors: dict[str, str], chart: str | None) -> str:
+    """`` see chart`` linking the chart a finding names: ``memory:world_size``, else ``memory``; or nothing."""
+    target = anchors.get(chart or "") or anchors.get((chart or "").split(":")[0])
+    return f' <a href="#{e(target)}">see chart</a>' if target else ""
+
+
 def findings_html(findings: list, anchors: dict[str, str], *, title: str = "") -> str:
     """A severity-colored list of findings, most important first, each linked to the chart that shows it."""
     if not findings:
@@ -113,8 +119,7 @@ def findings_html(findings: list, anchors: dict[str, str], *, title: str = "") -
     items = []
     for f in findings:
         sev = f.severity if f.severity in SEVERITY_TITLES else "info"
-        target = anchors.get(f.chart or "")
-        link = f' <a href="#{e(target)}">see chart</a>' if target else ""
+        link = _chart_link(anchors, f.chart)
         items.append(f'<li class="{sev}"><span class="sev {sev}">{e(SEVERITY_TITLES[sev])}</span>'
                      f"{_finding_text(f.text)}{link}</li>")
     return f'{title}<ol class="findings">{"".join(items)}</ol>'
@@ -132,8 +137,7 @@ def levers_html(items: list, anchors: dict[str, str], *, title: str = "") -> str
             return f'<h4>{e(head)}</h4><p class="note">{e(empty)}</p>'
         lis = []
         for f in chosen:
-            target = anchors.get(f.chart or "")
-            link = f' <a href="#{e(target)}">see chart</a>' if target else ""
+            link = _chart_link(anchors, f.chart)
             lis.append(f'<li class="info">{_finding_text(f.text)}{link}</li>')
         return f'<h4>{e(head)}</h4><ol class="findings">{"".join(lis)}</ol>'
 
