@@ -193,3 +193,44 @@ def test_ctrl_c_during_a_distributed_point_leaves_no_rank_behind(write_suite, tm
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()[-2000:]
     assert not _rank_processes()
+
+
+UNUSED_FACTORY = '''
+import torch
+import torch.nn.functional as F
+
+
+class WithSpare(torch.nn.Module):
+    """A model with a branch never taken: its parameters get no gradient (as an idle expert's)."""
+
+    def __init__(self, vocab, d):
+        super().__init__()
+        self.emb, self.out = torch.nn.Embedding(vocab, d), torch.nn.Linear(d, vocab)
+        self.spare = torch.nn.Linear(d, d)
+
+    def forward(self, input_ids, labels):
+        return F.cross_entropy(self.out(self.emb(input_ids)).flatten(0, 1), labels.flatten())
+
+
+def build(point):
+    return WithSpare(point.model.vocab_size, point.model.d_model)
+'''
+
+
+@needs_two
+@pytest.mark.slow
+def test_ddp_finds_parameters_without_gradient_and_says_so(write_suite, tmp_path, monkeypatch):
+    # without find_unused_parameters, DDP fails the second step of such a model
+    (tmp_path / "spare_model.py").write_text(UNUSED_FACTORY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    suite = write_suite("dist", model={"arch": "factory", "factory": "spare_model:build", "d_model": 32,
+                                       "n_layers": 1, "n_heads": 2, "vocab_size": 128},
+                        sweep={"seq_len": [32], "batch_size": [2], "attention": ["sdpa"], "parallel": ["ddp"],
+                               "world_size": [2]},
+                        measure={**MEASURE, "profile_steps": 0})
+    r = runner.invoke(app, ["run", str(suite), "--results-dir", str(tmp_path / "res"), "--json", "--no-report"])
+    assert r.exit_code == 0, r.output
+    row = load_points(json.loads(r.stdout.strip().splitlines()[-1])["run_dir"]).iloc[0]
+    assert row["status"] == "ok", row["error"]
+    assert "find_unused_parameters=True" in row["measure_notes"] and "spare.weight" in row["measure_notes"]

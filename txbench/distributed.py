@@ -125,12 +125,15 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def parallelize(model: torch.nn.Module, point, blocks: list[torch.nn.Module]) -> torch.nn.Module:
+def parallelize(model: torch.nn.Module, point, blocks: list[torch.nn.Module],
+                find_unused: bool = False) -> torch.nn.Module:
     """Wrap ``model`` for ``point.parallel``; returns the module the step calls.
 
     ``ddp``: ``DistributedDataParallel`` (gradients all-reduced in 25 MiB buckets
     during the backward, ``gradient_as_bucket_view=True``; the returned wrapper is
-    what the step calls). ``fsdp``: FSDP2,
+    what the step calls). ``find_unused``: some parameters get no gradient in a step
+    (a mixture of experts' idle expert, a branch not taken), which DDP must be told
+    (``find_unused_parameters=True``, a graph traversal per step). ``fsdp``: FSDP2,
     ``fully_shard`` on each of ``blocks`` and then on the root, with its defaults:
     parameters, gradients and optimizer state sharded across the ranks and
     ``reshard_after_forward=True`` (ZeRO-3); no FSDP mixed-precision policy, because
@@ -143,7 +146,8 @@ def parallelize(model: torch.nn.Module, point, blocks: list[torch.nn.Module]) ->
         dev = torch.device(point.device)
         ids = [torch.cuda.current_device()] if dev.type == "cuda" else None
         # gradients as views of the all-reduce buckets: no second copy of them (and the memory count stays true)
-        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
+        return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True,
+                                       find_unused_parameters=find_unused)
     if point.parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

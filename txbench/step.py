@@ -284,10 +284,15 @@ class TrainStep:
         self.model.train()
         self._checkpointed = self._apply_checkpointing()
         self.wrapped = None  # the DistributedDataParallel wrapper the step calls (parallel: ddp)
+        self.notes: list[str] = []  # what the record's measure_notes should say about how the step was built
         if point.parallel != "none":
             from txbench.distributed import parallelize
 
-            module = parallelize(self.model, point, self._blocks())
+            unused = self._unused_parameters() if point.parallel == "ddp" else []
+            if unused:
+                self.notes.append(f"DDP with find_unused_parameters=True: {len(unused)} parameter(s) got no gradient "
+                                  f"in a probe step ({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''})")
+            module = parallelize(self.model, point, self._blocks(), find_unused=bool(unused))
             self.wrapped = module if module is not self.model else None
         self.optimizer, self.optimizer_impl = _make_optimizer(self.model, point)
         self.amp_dtype = _AUTOCAST.get(point.precision)
@@ -370,6 +375,16 @@ class TrainStep:
             yield
         finally:
             self._eager = old
+
+    def _unused_parameters(self) -> list[str]:
+        """Names of trainable parameters that one forward and backward on this rank's batch leaves without a
+        gradient (DDP must know of them); the gradients are dropped again."""
+        loss = self.user.loss(self.model, self.batch) if self.user is not None else self.model(self.batch)
+        loss.backward()
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        for p in self.model.parameters():
+            p.grad = None
+        return names
 
     def _base(self):
         return self.wrapped if self.wrapped is not None else self.model

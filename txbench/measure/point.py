@@ -235,6 +235,8 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         with step.timed_steps():  # a recompile here is an error, never a mixed timing
             fwd, bwd, opt, total, stop, meas_s = _adaptive_loop(step, timer, cfg)
         values = dict(base, **levers, first_loss=first_loss)
+        if step.notes:
+            values["measure_notes"] = "; ".join(step.notes)
         if isinstance(timer, distributed.RankTimer):
             values.update(timer.columns(), backend=distributed.BACKENDS[dev.type])
         values.update(summarize(total, "step_ms"))
@@ -274,7 +276,7 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
                 values["peak_mem_bytes"] = int(cpu_step_peak_bytes(step))
                 values["mem_method"] = "live tensors at step start + peak net allocations of one profiled step"
             except TorchUnsupported as exc:  # a torch without allocation events costs the figure, not the point
-                values["measure_notes"] = str(exc)
+                values["measure_notes"] = "; ".join(n for n in (values.get("measure_notes"), str(exc)) if n)
         if values.get("peak_mem_bytes") is not None:
             static = values["param_bytes"] + values["grad_bytes"] + values["optimizer_state_bytes"]
             values["activation_mem_bytes"] = max(values["peak_mem_bytes"] - static, 0)
