@@ -163,6 +163,7 @@ class TorchrunLauncher(Launcher):
         (job_dir / "job.json").write_text(json.dumps(job))
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         log_start = self.log_path.stat().st_size if self.log_path and self.log_path.exists() else 0
+        stopped = False
         try:
             try:
                 self._proc = subprocess.Popen(self._command(world, job_dir), stdin=subprocess.DEVNULL, stdout=log,
@@ -171,6 +172,7 @@ class TorchrunLauncher(Launcher):
                 return Outcome(failure="died", message=f"cannot run torchrun with {self.python}: {e.strerror or e}")
             failure, message = self._wait(job_dir, world, timeout_s, t0)
             self._stop_all()
+            stopped = True
             wall = time.monotonic() - t0
             answers = self._answers(job_dir, world)
             if failure is None and len(answers) == world and all(_ok(a) for a in answers.values()):
@@ -179,7 +181,8 @@ class TorchrunLauncher(Launcher):
                 return Outcome(failure="timeout", message=message, wall_s=wall)
             return self._failed(point, answers, message, log_start, wall)
         finally:  # Ctrl-C included: no rank outlives its point
-            self._stop_all()
+            if not stopped:
+                self._stop_all()
             if log is not subprocess.DEVNULL:
                 log.close()
             self._proc = None
