@@ -92,8 +92,9 @@ def test_ddp_and_fsdp_train_the_same_global_batch_as_one_process(write_suite, tm
 def test_a_failing_or_hung_rank_ends_its_point_and_leaves_no_process(write_suite, tmp_path):
     faults = [{"match": {"seq_len": 32}, "rank": 1, "action": "raise"},
               {"match": {"seq_len": 40}, "rank": 1, "action": "hang"},
-              {"match": {"seq_len": 48}, "rank": 0, "action": "exit"}]
-    run = _run(write_suite, tmp_path, {"seq_len": [32, 40, 48, 56], "batch_size": [2], "parallel": ["ddp"],
+              {"match": {"seq_len": 48}, "rank": 0, "action": "exit"},
+              {"match": {"seq_len": 64}, "rank": 1, "action": "oom"}]
+    run = _run(write_suite, tmp_path, {"seq_len": [32, 40, 48, 56, 64], "batch_size": [2], "parallel": ["ddp"],
                                        "world_size": [2]},
                env={"TXBENCH_FAULT": json.dumps(faults)}, measure={"timeout_s": 15, "profile_steps": 0})
     df = load_points(run).set_index("seq_len")
@@ -103,6 +104,7 @@ def test_a_failing_or_hung_rank_ends_its_point_and_leaves_no_process(write_suite
     assert df.loc[48, "status"] == "error" and "rank 0 of 2" in df.loc[48, "error"]
     assert "exited with code 3" in df.loc[48, "error"]
     assert df.loc[56, "status"] == "ok"  # the sweep went on
+    assert df.loc[64, "status"] == "oom" and df.loc[64, "error"].startswith("rank 1 of 2:")
     assert not _rank_processes()
 
 
