@@ -27,11 +27,13 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def write_json(path: Path, data: dict) -> Path:
-    """Write ``data`` to ``path`` atomically (a temporary file, then a rename); raises OSError."""
+def write_json(path: Path, data: dict, default=None) -> Path:
+    """Write ``data`` to ``path`` atomically (a temporary file, then a rename); raises OSError.
+
+    ``default`` turns what JSON cannot hold into what it can (``json.dumps``'s hook)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp.write_text(json.dumps(data, indent=1, default=default))
     os.replace(tmp, path)
     return path

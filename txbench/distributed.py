@@ -30,6 +30,8 @@ import os
 
 import torch
 
+from txbench.runner.launcher import cpu_cores
+
 __all__ = ["active", "rank", "world", "setup", "teardown", "parallelize", "shard_batch", "agree", "RankTimer",
            "parallel_reason", "local_numel", "mean_over_ranks", "BACKENDS"]
 
@@ -56,11 +58,11 @@ def world() -> int:
     return dist.get_world_size() if active() else 1
 
 
-def _cpu_cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
+def _collective_device() -> torch.device:
+    """Where a collective's tensors live: the rank's GPU under NCCL, the CPU under gloo."""
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def parallel_reason(point) -> str | None:
@@ -81,7 +83,7 @@ def parallel_reason(point) -> str | None:
         if not dist.is_nccl_available():
             return "parallel on CUDA needs the NCCL backend, which this torch lacks"
     else:
-        n = len(_cpu_cores())
+        n = len(cpu_cores())
         if point.world_size > n:
             return (f"world_size {point.world_size} needs {point.world_size} CPU cores (at least one thread per rank); "
                     f"this machine has {n}")
@@ -106,7 +108,7 @@ def setup(device_type: str, world_size: int, threads: int | None) -> dict:
         torch.cuda.set_device(local)
         info["device_index"] = local
     else:
-        cores = _cpu_cores()
+        cores = cpu_cores()
         per = threads or max(len(cores) // world_size, 1)
         mine = cores[local * per:(local + 1) * per]
         if len(mine) == per and hasattr(os, "sched_setaffinity"):
@@ -186,8 +188,7 @@ def mean_over_ranks(x: float) -> float:
         return x
     import torch.distributed as dist
 
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([float(x)], dtype=torch.float64, device=dev)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
 
@@ -211,8 +212,7 @@ class RankTimer:
 
         self.timer, self.name = timer, timer.name
         self.n = dist.get_world_size()
-        nccl = dist.get_backend() == "nccl"
-        self.dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        self.dev = _collective_device()
         self.steps: list[list[float]] = []  # per step: every rank's total, by rank
         self.phases: list[list[list[float]]] = []  # per step: every rank's (fwd, bwd, opt)
 

@@ -25,23 +25,30 @@ See docs/cluster.md.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
-import secrets
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from txbench.errors import TxbenchError
 from txbench.record import FINAL_STATUSES
-from txbench.store import OPS_FILE, OPS_SCHEMA, POINTS_FILE, SCHEMA_VERSION, read_meta, write_points, write_table
+from txbench.store import (
+    OPS_FILE,
+    OPS_SCHEMA,
+    POINTS_FILE,
+    SCHEMA_VERSION,
+    new_run_id,
+    read_meta,
+    read_rows,
+    write_points,
+    write_table,
+)
 
 __all__ = ["MergeError", "MergeResult", "parse_shard", "format_shard", "merge_runs"]
 
@@ -128,11 +135,6 @@ class MergeResult:
         }
 
 
-def _read_rows(path: Path) -> list[dict]:
-    # pyarrow keeps nulls as None (pandas would turn them into NaN and break the schema)
-    return pq.read_table(path).to_pylist()
-
-
 def _load_input(path: Path) -> _Input:
     if not path.exists():
         raise MergeError(f"{path}: no such directory; expected a run directory (results/<suite>/<run_id>)")
@@ -159,7 +161,7 @@ def _load_input(path: Path) -> _Input:
         env = json.loads((path / "env.json").read_text())
     ops_path = path / OPS_FILE
     return _Input(path=path, meta=meta, env=env or {}, suite_text=suite_text, suite=suite,
-                  rows=_read_rows(path / POINTS_FILE), ops=_read_rows(ops_path) if ops_path.is_file() else None)
+                  rows=read_rows(path / POINTS_FILE), ops=read_rows(ops_path) if ops_path.is_file() else None)
 
 
 def _check_output(out: Path) -> None:
@@ -269,11 +271,6 @@ def _trace_files(inp: _Input, row: dict) -> list[str]:
     return sorted(r for r in rels if (inp.path / r).is_file())
 
 
-def _new_run_id() -> str:
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"merged-{now}-{secrets.token_hex(2)}"
-
-
 def merge_runs(run_dirs, out, *, allow_mixed: bool = False) -> MergeResult:
     """Merge the run directories ``run_dirs`` into the new run directory ``out``; see the module docstring.
 
@@ -311,7 +308,7 @@ def merge_runs(run_dirs, out, *, allow_mixed: bool = False) -> MergeResult:
     records = [row for _, row in kept.values()]
     meta = {
         "suite": first.meta.get("suite"),
-        "run_id": _new_run_id(),
+        "run_id": new_run_id("merged-"),
         "device": first.meta.get("device"),
         "env": first.env,
         "merged_from": [

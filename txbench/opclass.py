@@ -26,6 +26,7 @@ See docs/profiling.md for the rules in words.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ __all__ = [
     "CATEGORY_RULES",
     "CategoryRule",
     "classify",
+    "is_communication",
     "detect_attention_kernel",
     "verify_attention",
     "VERIFIABLE",
@@ -140,6 +142,12 @@ def _by_table(name: str, region: str | None) -> str:
             if rule.matches(alias, region):
                 return rule.category
     return "other"
+
+
+@functools.lru_cache(maxsize=4096)
+def is_communication(name: str) -> bool:
+    """Whether ``name`` is a collective (the ``communication`` rule alone: one regex, cached per name)."""
+    return any(r.matches(name, None) for r in CATEGORY_RULES if r.category == "communication")
 
 
 def classify(name: str, region: str | None = None, fwd_name: str | None = None) -> str:

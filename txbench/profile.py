@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from txbench.config import Point
-from txbench.opclass import GENERIC, classify, verify_attention
+from txbench.opclass import GENERIC, classify, is_communication, verify_attention
 from txbench.torch_compat import TorchUnsupported, kineto_events
 
 __all__ = ["profile_point", "record_events", "op_rows", "RawEvent", "OPS_COLUMNS", "OVERHEAD_NAME",
@@ -237,7 +237,7 @@ def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
     other_busy: dict[int, int] = defaultdict(int)
     comm_iv, compute_iv = [], []
     for ev in tree:
-        if ev.kind == "op" and classify(ev.name, None) == "communication":
+        if ev.kind == "op" and is_communication(ev.name):
             if not cuda:  # on CUDA the collective is its kernel; the CPU op only launches it
                 comm_iv.append((ev.start, ev.end))
             continue
@@ -274,7 +274,7 @@ def op_rows(events: list[RawEvent], point: Point, *, cuda: bool = False,
             ctx = op.ctx if (op.ctx and classify(op.name, region) in GENERIC) else op.name
         names.add(r.name)
         busy.append((r.start_ns, r.end_ns))
-        (comm_iv if classify(r.name, None) == "communication" else compute_iv).append((r.start_ns, r.end_ns))
+        (comm_iv if is_communication(r.name) else compute_iv).append((r.start_ns, r.end_ns))
         launches += not r.name.lower().startswith(("memcpy", "memset"))
         _add(rows, (r.name, phase, region, "cuda"), r.end_ns - r.start_ns, r.end_ns - r.start_ns, None, ctx)
     ops = []

@@ -318,14 +318,11 @@ class TrainStep:
             self._hf_ckpt_kwargs = {"use_reentrant": False, **({"context_fn": _context_fn(True)} if selective else {})}
             self._hf_checkpointing(True)
             return ["hf"]
-        if self.user is not None:  # a factory model: its blocks, if it exposes them
-            lists = [getattr(self.model, "blocks", None)]
-            if not isinstance(lists[0], torch.nn.ModuleList):
-                raise LeverUnsupported(
-                    f"checkpointing: the factory's model ({type(self.model).__name__}) exposes no blocks; give it a "
-                    "`blocks` attribute, an nn.ModuleList of the blocks to checkpoint (docs/suites.md#levers)")
-        else:
-            lists = [self.model.decoder] + ([self.model.encoder] if self.model.encoder is not None else [])
+        lists = self._block_lists()
+        if lists is None:
+            raise LeverUnsupported(
+                f"checkpointing: the factory's model ({type(self.model).__name__}) exposes no blocks; give it a "
+                "`blocks` attribute, an nn.ModuleList of the blocks to checkpoint (docs/suites.md#levers)")
         wrappers = []
         for blocks in lists:
             for i in range(len(blocks)):
@@ -392,16 +389,21 @@ class TrainStep:
     def _module(self):
         return self._base() if self.compiled is None or self._eager else self.compiled
 
+    def _block_lists(self) -> list[torch.nn.ModuleList] | None:
+        """The ModuleLists of the model's blocks: the reference model's stacks, a factory model's ``blocks``
+        (None when it exposes none). Not for Hugging Face models (see :meth:`_blocks`)."""
+        if self.user is not None:
+            blocks = getattr(self.model, "blocks", None)
+            return [blocks] if isinstance(blocks, torch.nn.ModuleList) else None
+        return [self.model.decoder] + ([self.model.encoder] if self.model.encoder is not None else [])
+
     def _blocks(self) -> list[torch.nn.Module]:
-        """The model's repeated blocks (what FSDP shards one by one): the reference model's stacks, a factory
-        model's ``blocks``, a Hugging Face model's ``_no_split_modules`` classes; [] when it has none."""
+        """The model's repeated blocks (what FSDP shards one by one): :meth:`_block_lists`' blocks, a Hugging
+        Face model's ``_no_split_modules`` classes; [] when it has none."""
         if self.point.model.arch == "hf":
             names = set(getattr(self.model, "_no_split_modules", None) or ())
             return [m for m in self.model.modules() if type(m).__name__ in names]
-        if self.user is not None:
-            blocks = getattr(self.model, "blocks", None)
-            return list(blocks) if isinstance(blocks, torch.nn.ModuleList) else []
-        return list(self.model.decoder) + (list(self.model.encoder) if self.model.encoder is not None else [])
+        return [b for blocks in self._block_lists() or [] for b in blocks]
 
     def compile_warmup(self, timer) -> dict:
         """Compile the forward and measure what it costs; ``{}`` when ``compile`` is ``none``.

@@ -43,7 +43,9 @@ __all__ = [
     "read_meta",
     "resolve_run",
     "latest_run",
+    "new_run_id",
     "new_run_dir",
+    "read_rows",
 ]
 
 SCHEMA_VERSION = 1
@@ -169,6 +171,20 @@ def latest_run(results_dir, suite_name: str) -> Path | None:
         return None
     runs = sorted(d for d in base.iterdir() if d.is_dir() and (d / POINTS_FILE).exists())
     return runs[-1] if runs else None
+
+
+def read_rows(path) -> list[dict]:
+    """The rows of a Parquet file as dicts; nulls stay None (pandas would turn them into NaN and break the schema)."""
+    return pq.read_table(path).to_pylist()
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A new run id: ``<prefix>20261201T223904Z-baa5`` (UTC time, then 4 random hex digits)."""
+    import datetime as _dt
+    import secrets
+
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{prefix}{now}-{secrets.token_hex(2)}"
 
 
 def new_run_dir(results_dir, suite_name: str, run_id: str) -> Path:

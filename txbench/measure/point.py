@@ -220,7 +220,8 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         if fault:
             fault.install(step)
         timer = make_timer(dev)
-        if distributed.active():  # each step's time is the slowest rank's; the ranks' own are kept
+        ranked = distributed.active()
+        if ranked:  # each step's time is the slowest rank's; the ranks' own are kept
             timer = distributed.RankTimer(timer)
         first_loss = _first_loss(step)
         levers = step.compile_warmup(timer)  # compile: first compiled steps vs eager, loss check ({} when eager)
@@ -230,14 +231,14 @@ def measure_point_keep(point: Point, measure: MeasureConfig | None = None) -> tu
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        if isinstance(timer, distributed.RankTimer):
-            timer.reset()
+        if ranked:
+            timer.reset()  # the timed steps only
         with step.timed_steps():  # a recompile here is an error, never a mixed timing
             fwd, bwd, opt, total, stop, meas_s = _adaptive_loop(step, timer, cfg)
         values = dict(base, **levers, first_loss=first_loss)
         if step.notes:
             values["measure_notes"] = "; ".join(step.notes)
-        if isinstance(timer, distributed.RankTimer):
+        if ranked:
             values.update(timer.columns(), backend=distributed.BACKENDS[dev.type])
         values.update(summarize(total, "step_ms"))
         values.update(

@@ -39,10 +39,9 @@ from txbench.fields import CONFIG_COLUMNS
 from txbench.labels import short_labels
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.record import Record
-from txbench.runner.launcher import WorkerLauncher
-from txbench.runner.sweep import _new_run_id
+from txbench.runner.launcher import WorkerLauncher, cpu_cores
 from txbench.runner.worker import PROTOCOL
-from txbench.store import POINTS_FILE, new_run_dir, write_points
+from txbench.store import POINTS_FILE, new_run_dir, new_run_id, write_points
 from txbench.suite import Suite, load_suite, slug
 
 __all__ = ["AbError", "SideSpec", "AbConfig", "AbCallbacks", "AbResult", "run_ab", "round_order", "MODES", "SIDES"]
@@ -236,8 +235,8 @@ def _pin(launchers: dict, r: int) -> None:
     halves each round puts each side on each half equally often, so that
     asymmetry cancels in the ratio as the drift does.
     """
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) < 2:
+    cpus = cpu_cores()
+    if len(cpus) < 2 or not hasattr(os, "sched_setaffinity"):
         return
     half = len(cpus) // 2
     halves = (set(cpus[:half]), set(cpus[half:2 * half]))
@@ -315,7 +314,7 @@ def run_ab(suite_path, baseline: SideSpec, candidate: SideSpec, cfg: AbConfig | 
         raise AbError(f"the sides expand to {counts['baseline']} (baseline) and {counts['candidate']} (candidate) "
                       "points; points are paired by position, so --baseline-set/--candidate-set must keep the "
                       "number of points the same")
-    run_id = _new_run_id()
+    run_id = new_run_id()
     name = slug(suites["baseline"].name)
     dirs = {k: new_run_dir(results_dir, name, f"{run_id}-{k}") for k in sides}
     for k in sides:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from txbench.config import Point
 from txbench.record import Record
-from txbench.runner.launcher import MALLOC_ENV, Launcher, Outcome, _signal_name
+from txbench.runner.launcher import MALLOC_ENV, Launcher, Outcome, _signal_name, cpu_cores
 
 __all__ = ["TorchrunLauncher", "merge_ranks", "START_TIMEOUT_S"]
 
@@ -144,12 +144,9 @@ class TorchrunLauncher(Launcher):
             if self.cuda_devices is not None:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.cuda_devices))
         else:
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except AttributeError:
-                cores = os.cpu_count() or 1
             # torchrun would set 1 (with a warning) where unset; each rank sets its share itself
-            env.setdefault("OMP_NUM_THREADS", str(point.get("threads") or max(cores // point["world_size"], 1)))
+            share = point.get("threads") or max(len(cpu_cores()) // point["world_size"], 1)
+            env.setdefault("OMP_NUM_THREADS", str(share))
         return env
 
     def run(self, job: dict, timeout_s: float) -> Outcome:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Launcher", "WorkerLauncher", "Outcome", "MALLOC_ENV"]
+__all__ = ["Launcher", "WorkerLauncher", "Outcome", "MALLOC_ENV", "cpu_cores"]
 
 #: glibc malloc settings of every worker. By default glibc moves its mmap and trim thresholds as a process
 #: frees large blocks, so whether a step's activations come from the heap or from fresh pages (thousands of
@@ -32,6 +32,13 @@ __all__ = ["Launcher", "WorkerLauncher", "Outcome", "MALLOC_ENV"]
 #: threshold, are mapped afresh on every side alike).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
               "MALLOC_TOP_PAD_": str(64 << 20)}
+
+
+def cpu_cores() -> list[int]:
+    """The CPUs this process may run on (its affinity on Linux, else every CPU), sorted."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
 
 
 @dataclass

@@ -41,18 +41,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _write(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    return str(o)
-
-
 def main() -> None:
     job_dir = Path(sys.argv[1])
     rank = int(os.environ.get("RANK", "0"))
@@ -81,7 +69,10 @@ def main() -> None:
     status = (out.get("record") or {}).get("status")
     if status != "ok":
         out["failed_at"] = time.time()
-    _write(job_dir / f"rank{rank}.json", out)
+    from txbench.cache import write_json
+    from txbench.runner.worker import _json_default
+
+    write_json(job_dir / f"rank{rank}.json", out, default=_json_default)  # atomic: the launcher never reads half
     sys.stderr.flush()
     if status != "ok":
         os._exit(1)  # torchrun stops the other ranks

@@ -7,10 +7,8 @@ through :class:`SweepCallbacks`; nothing here prints.
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import json
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +28,9 @@ from txbench.store import (
     latest_run,
     load_points,
     new_run_dir,
+    new_run_id,
     read_meta,
+    read_rows,
     write_points,
     write_table,
 )
@@ -67,21 +67,9 @@ class SweepResult:
     env: dict = field(default_factory=dict)
 
 
-def _new_run_id() -> str:
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{now}-{secrets.token_hex(2)}"
-
-
 def _failure_record(point: Point, status: str, message: str, wall_s: float) -> dict:
     rec = Record.for_point(point, status, message, wall_s=wall_s)
     return rec.to_dict()
-
-
-def _read_rows(path: Path) -> list[dict]:
-    # pyarrow keeps nulls as None (pandas would turn them into NaN and break the schema)
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
 
 
 def _ops_table(rows: list[dict]):
@@ -160,36 +148,34 @@ class _DevicePool:
     def run(self, todo, unsupported, job_of, timeout_s, cb, store) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        free, running = list(self.devices), {}
-        pending = list(enumerate(todo))
         with ThreadPoolExecutor(max_workers=len(self.devices)) as ex:
             try:
-                self._schedule(ex, pending, free, running, unsupported, job_of, timeout_s, cb, store)
+                self._schedule(ex, todo, unsupported, job_of, timeout_s, cb, store)
             except BaseException:  # Ctrl-C: stop the workers before the executor waits for their threads
                 self.close()
                 raise
 
-    def _schedule(self, ex, pending, free, running, unsupported, job_of, timeout_s, cb, store) -> None:
-        """Start each pending point when its devices are free (in order); store each as it finishes."""
+    def _schedule(self, ex, todo, unsupported, job_of, timeout_s, cb, store) -> None:
+        """Start each point when its devices are free (in the suite's order); store each as it finishes."""
         from concurrent.futures import FIRST_COMPLETED, wait
 
+        free, running, pending = list(self.devices), {}, list(enumerate(todo))
         while pending or running:
             while pending:
                 i, point = pending[0]
-                need = point.world_size if point.parallel != "none" else 1
+                need = point.world_size  # 1 unless parallel (validation)
                 reason = unsupported.get(point.point_id)
                 if reason is None and need > len(self.devices):
-                    reason = (f"world_size {need} needs {need} devices; --devices gave {len(self.devices)}")
-                if reason is not None:
-                    pending.pop(0)
-                    cb.on_point_start(i, point)
-                    store(i, point, Record.for_point(point, "unsupported", reason).to_dict(), [])
-                    continue
-                if need > len(free):
+                    reason = f"world_size {need} needs {need} devices; --devices gave {len(self.devices)}"
+                if reason is None and need > len(free):
                     break
-                slots, free = free[:need], free[need:]
                 pending.pop(0)
                 cb.on_point_start(i, point)
+                if reason is not None:
+                    store(i, point, Record.for_point(point, "unsupported", reason).to_dict(), [])
+                    continue
+                slots = free[:need]
+                del free[:need]
                 fut = ex.submit(_measure, self._launcher(point, slots), point, job_of(point), timeout_s)
                 running[fut] = (i, point, slots)
             if not running:
@@ -243,15 +229,15 @@ def run_suite(
         if not (run_dir / POINTS_FILE).exists():
             raise StoreError(f"{run_dir}: not a txbench run directory (no {POINTS_FILE})")
         load_points(run_dir)  # checks the schema version
-        old_shard = read_meta(run_dir).get("shard")
-        if old_shard is not None:
-            shard = tuple(old_shard)
-        existing = _read_rows(run_dir / POINTS_FILE)
+        old_meta = read_meta(run_dir)
+        if old_meta.get("shard") is not None:
+            shard = tuple(old_meta["shard"])
+        existing = read_rows(run_dir / POINTS_FILE)
         ops_path = run_dir / OPS_FILE
         if ops_path.exists():
-            ops_rows = _read_rows(ops_path)
+            ops_rows = read_rows(ops_path)
     else:
-        run_dir = new_run_dir(results_dir, name, _new_run_id())
+        run_dir = new_run_dir(results_dir, name, new_run_id())
         (run_dir / "suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
 
     own = launcher is None
@@ -287,8 +273,7 @@ def run_suite(
         if shard is not None:
             meta["shard"] = list(shard)
         if resume:
-            old = read_meta(run_dir)
-            meta["env_first"] = old.get("env")
+            meta["env_first"] = old_meta.get("env")
         (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
 
         done = {r["point_id"] for r in existing if r.get("status") in FINAL_STATUSES}
@@ -348,7 +333,7 @@ def run_suite(
     except KeyboardInterrupt:
         ranks.close()
         launcher.close()
-        result.records = _read_rows(run_dir / POINTS_FILE) if (run_dir / POINTS_FILE).exists() else []
+        result.records = read_rows(run_dir / POINTS_FILE) if (run_dir / POINTS_FILE).exists() else []
         result.wall_s = time.monotonic() - t0
         raise SweepInterrupted(result) from None
     finally:
