@@ -142,7 +142,7 @@ for name in {list(PLANTS)!r}:
     out[name] = ratios
 print(json.dumps(out))
 '''
-    from txbench.runner.launcher import MALLOC_ENV
+    from txbench.host import MALLOC_ENV
 
     env = {**MALLOC_ENV, **os.environ}  # as txbench's workers run
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root / "base", env=env)

@@ -30,7 +30,7 @@ import os
 
 import torch
 
-from txbench.runner.launcher import cpu_cores
+from txbench.host import cpu_cores
 
 __all__ = ["active", "rank", "world", "setup", "teardown", "parallelize", "shard_batch", "agree", "RankTimer",
            "parallel_reason", "local_numel", "mean_over_ranks", "BACKENDS"]

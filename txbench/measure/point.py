@@ -17,7 +17,7 @@ from txbench import distributed
 from txbench._faults import fault_for
 from txbench.attention import SDPA_BACKENDS, check_attention
 from txbench.config import MeasureConfig, Point, validate_point
-from txbench.measure.calibrate import mfu_or_note, peak_tflops, step_gemm_shapes
+from txbench.measure.cpu_peak import mfu_or_note, peak_tflops, step_gemm_shapes
 from txbench.measure.flops import step_flops
 from txbench.measure.memory import cpu_step_peak_bytes
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize

@@ -36,10 +36,11 @@ from txbench.analysis.compare import _columns, _compare_memory, _status_row
 from txbench.analysis.sequential import LOOKS, SequentialTest, holm_alpha
 from txbench.errors import SuiteError, TxbenchError
 from txbench.fields import CONFIG_COLUMNS
+from txbench.host import cpu_cores
 from txbench.labels import short_labels
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.record import Record
-from txbench.runner.launcher import WorkerLauncher, cpu_cores
+from txbench.runner.launcher import WorkerLauncher
 from txbench.runner.worker import PROTOCOL
 from txbench.store import POINTS_FILE, new_run_dir, new_run_id, write_points
 from txbench.suite import Suite, load_suite, slug

@@ -1,6 +1,6 @@
 """One rank of a distributed point: what ``torchrun`` starts, ``world_size`` times.
 
-Started by :class:`txbench.runner.distributed.TorchrunLauncher` as
+Started by :class:`txbench.runner.torchrun.TorchrunLauncher` as
 ``python -m torch.distributed.run ... -m txbench.runner.rank JOB_DIR``. It reads
 ``JOB_DIR/job.json`` (the worker's ``point`` job), joins the process group
 (:func:`txbench.distributed.setup`), measures and profiles the point exactly as

@@ -19,8 +19,8 @@ import yaml
 from txbench.config import Point
 from txbench.errors import StoreError, TxbenchError
 from txbench.record import FINAL_STATUSES, Record
-from txbench.runner.distributed import TorchrunLauncher
 from txbench.runner.launcher import Launcher, WorkerLauncher
+from txbench.runner.torchrun import TorchrunLauncher
 from txbench.store import (
     OPS_FILE,
     OPS_SCHEMA,

@@ -40,8 +40,9 @@ import time
 from pathlib import Path
 
 from txbench.config import Point
+from txbench.host import MALLOC_ENV, cpu_cores
 from txbench.record import Record
-from txbench.runner.launcher import MALLOC_ENV, Launcher, Outcome, _signal_name, cpu_cores
+from txbench.runner.launcher import Launcher, Outcome, _signal_name
 
 __all__ = ["TorchrunLauncher", "merge_ranks", "START_TIMEOUT_S"]
 

@@ -1,4 +1,4 @@
-"""The CPU GEMM peak (txbench.measure.calibrate): the step's own shapes, a cache keyed by ISA, MFU <= 100%."""
+"""The CPU GEMM peak (txbench.measure.cpu_peak): the step's own shapes, a cache keyed by ISA, MFU <= 100%."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from txbench import MeasureConfig, ModelConfig, Point, measure_point
-from txbench.measure import calibrate as C
+from txbench.measure import cpu_peak as C
 from txbench.measure.env import cpu_isa
 
 
