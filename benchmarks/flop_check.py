@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from txbench import ModelConfig, Point
 from txbench.measure.flop_formulas import count_step_flops
 from txbench.measure.flops import step_flops
-from txbench.measure.point import build_step
+from txbench.pipeline import build_step
 
 ATTENTIONS = ["naive", "mha", "sdpa", "sdpa_math", "sdpa_flash"]
 

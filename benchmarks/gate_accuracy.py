@@ -114,7 +114,7 @@ def truth(root: Path, steps: int) -> dict:
 import json, sys, time, importlib.util, numpy as np, torch
 from txbench import Point
 from txbench.config import ModelConfig
-from txbench.measure.point import build_step
+from txbench.pipeline import build_step
 sys.path.insert(0, {str(root / "base")!r})
 torch.set_num_threads(torch.get_num_threads())
 out = {{}}

@@ -1,7 +1,7 @@
 """How much measuring does a regression gate need on this machine? Step-time noise and gate power.
 
 Measures one point of a suite for a long stretch (``--seconds``, through
-:func:`txbench.measure.point.measure_point`, the path ``txbench run`` uses) and
+:func:`txbench.pipeline.measure_point`, the path ``txbench run`` uses) and
 answers from that one series of step times:
 
 1. **How noisy, and how correlated.** Median, IQR/median, and for blocks of
@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 def measure_series(suite: Path, index: int, seconds: float) -> tuple[np.ndarray, str]:
     import torch
 
-    from txbench.measure.point import measure_point
+    from txbench.pipeline import measure_point
 
     s, _ = load_suite(suite)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device

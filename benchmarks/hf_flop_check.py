@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from txbench.config import ModelConfig, Point
 from txbench.measure.flop_formulas import count_step_flops
-from txbench.measure.point import build_step
+from txbench.pipeline import build_step
 from txbench.usermodels import user_model_flops
 
 FAMILIES = [("gpt2", {}), ("llama", {"num_key_value_heads": 2}), ("qwen2", {"num_key_value_heads": 2}),

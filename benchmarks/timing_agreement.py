@@ -24,8 +24,7 @@ import torch
 import torch.utils.benchmark as tb
 
 from txbench import MeasureConfig, ModelConfig, Point
-from txbench.measure.point import _adaptive_loop, build_step
-from txbench.measure.timing import make_timer
+from txbench.pipeline import stages
 
 
 def _points(device: str) -> list[Point]:
@@ -70,18 +69,16 @@ def compare_point(p: Point, cfg: MeasureConfig, *, rounds: int, min_run_time: fl
     own spread across rounds; with ``do_bench`` (needs CUDA and triton) also ``do_bench_ms``
     and ``ratio_do_bench``.
     """
-    step = build_step(p)
-    timer = make_timer(p.device)
-    for _ in range(5):  # warmup, as measure_point does
-        timer(step)
+    built = stages.build(p)
+    step = built.step
+    stages.run_steps(step, built.timer, 5)  # warmup
     ours, theirs, bench = [], [], []
     for _ in range(rounds):
-        *_, total, _stop, _s = _adaptive_loop(step, timer, cfg)
-        ours.append(statistics.median(total))
+        ours.append(statistics.median(stages.time_steps(built, cfg).step_ms_samples))
         theirs.append(_timer_median_ms(step, p.device, min_run_time=min_run_time)[0])
         if do_bench:
             bench.append(_do_bench_median_ms(step))
-    del step
+    del step, built
     a, b = statistics.median(ours), statistics.median(theirs)
     row = {"point": p.label(), "txbench_ms": a, "timer_ms": b, "ratio": a / b, "txbench_rounds_ms": ours,
            "timer_rounds_ms": theirs, "txbench_spread": (max(ours) - min(ours)) / a,

@@ -16,7 +16,7 @@ from txbench import ModelConfig, Point, measure_point
 from txbench.measure import flop_formulas
 from txbench.measure.flop_formulas import FUSED_ATTENTION_OPS, count_step_flops, register_formulas
 from txbench.measure.flops import step_flops
-from txbench.measure.point import build_step
+from txbench.pipeline import build_step
 
 aten = torch.ops.aten
 CPU_ATTENTIONS = ["naive", "mha", "sdpa", "sdpa_math", "sdpa_flash"]

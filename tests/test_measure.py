@@ -153,9 +153,12 @@ def test_bad_points_raise_clear_errors(kw, field):
         assert "allowed" in msg
 
 
-def test_oom_becomes_status_and_process_stays_usable(monkeypatch, quick_measure):
-    monkeypatch.setenv("TXBENCH_FAULT", '[{"match": {"seq_len": 48}, "action": "oom"}]')
-    rec = measure_point(_point(seq_len=48), quick_measure)
+def test_oom_becomes_status_and_process_stays_usable(quick_measure):
+    from txbench._faults import Fault
+    from txbench.pipeline import run_point
+
+    # an allocator failure while building, injected as the worker injects faults: hooks of the measurement
+    rec = run_point(_point(seq_len=48), quick_measure, hooks=Fault("oom")).record
     assert rec.status == "oom" and "allocate" in rec.error
     rec = measure_point(_point(seq_len=32), quick_measure)
     assert rec.status == "ok"

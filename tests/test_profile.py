@@ -32,7 +32,7 @@ PHASES = {"forward", "backward", "optimizer", "other"}
 
 
 def _profiled(attention: str, steps: int = 1, point_attention: str | None = None, **kw):
-    from txbench.measure.point import build_step
+    from txbench.pipeline import build_step
 
     point = Point(seq_len=32, batch_size=2, attention=attention, model=kw.pop("model", TINY), **kw)
     step = build_step(point)
@@ -215,7 +215,7 @@ def record_cpu_op_names(path: Path = DATA / "cpu_op_names.txt", repeats: int = 3
     Per (name, phase, region, fwd_name): the largest, over configurations, of the median share of
     the profiled step over ``repeats`` profiles, and the attention implementations it appeared in.
     """
-    from txbench.measure.point import build_step
+    from txbench.pipeline import build_step
 
     model = ModelConfig(d_model=64, n_layers=2, n_heads=2, vocab_size=1024)
     share: dict = defaultdict(float)

@@ -15,11 +15,11 @@ PLUGIN = ("-p", "no:cacheprovider")
 # modules they imported afterwards, and torch cannot be imported twice into one process.
 
 
-def _suite(pytester, name: str = "tiny", **sweep) -> None:
+def _suite(pytester, name: str = "tiny", model: dict | None = None, **sweep) -> None:
     suite = {
         "name": name,
         "device": "cpu",
-        "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "vocab_size": 128},
+        "model": model or {"d_model": 32, "n_layers": 1, "n_heads": 2, "vocab_size": 128},
         "measure": {"warmup_s": 0.0, "warmup_min_steps": 2, "min_steps": 5, "max_steps": 8, "max_s": 0.5},
         "sweep": {"seq_len": [32], "batch_size": [2], "precision": ["fp32"], "attention": ["naive"], **sweep},
     }
@@ -44,6 +44,43 @@ def test_suite_points_become_benchmarks(pytester):
     assert extra["tokens_per_step"] == 64 and extra["flops_per_step"] > 0
     assert extra["config"]["attention"] == "naive" and len(extra["txbench_point_id"]) == 12
     assert extra["tokens_per_s"] == pytest.approx(64 / b["stats"]["median"])
+
+
+MLP_FACTORY = """
+import torch
+import torch.nn.functional as F
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, d, vocab):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, d)
+        self.up = torch.nn.Linear(d, 4 * d)
+        self.out = torch.nn.Linear(4 * d, vocab)
+
+    def forward(self, input_ids, labels):
+        logits = self.out(torch.relu(self.up(self.emb(input_ids))))
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+def build(point):
+    return MLP(point.model.d_model, point.model.vocab_size)
+"""
+
+
+@pytest.mark.slow
+def test_a_factory_model_gets_its_own_flops_not_the_reference_formula(pytester):
+    # FLOPs come from the step's own count, as in `txbench run`: 6 x tokens x matmul weights for this MLP
+    pytester.makepyfile(mlp_factory=MLP_FACTORY)
+    _suite(pytester, model={"arch": "factory", "factory": "mlp_factory:build", "d_model": 32, "n_layers": 1,
+                            "n_heads": 2, "vocab_size": 128})
+    res = pytester.runpytest_subprocess(*PLUGIN, "--txbench-suite", "tiny.yaml", "--benchmark-json", "out.json")
+    res.assert_outcomes(passed=1)
+    (bench,) = json.loads((pytester.path / "out.json").read_text())["benchmarks"]
+    tokens, d, vocab = 2 * 32, 32, 128
+    assert bench["extra_info"]["flops_per_step"] == 6 * tokens * (d * 4 * d + 4 * d * vocab)
+    assert bench["extra_info"]["tflops_per_s"] == pytest.approx(
+        bench["extra_info"]["flops_per_step"] / bench["stats"]["median"] / 1e12)
 
 
 @pytest.mark.slow

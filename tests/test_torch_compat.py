@@ -13,7 +13,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from txbench import MeasureConfig, ModelConfig, Point, measure_point, torch_compat
 from txbench.measure.memory import cpu_step_peak_bytes
-from txbench.measure.point import build_step
+from txbench.pipeline import build_step
 from txbench.profile import _raw_events, op_rows, profile_point, record_events
 from txbench.torch_compat import TorchUnsupported, allocation_events
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from txbench.cli import app
 from txbench.config import MeasureConfig, ModelConfig, Point
-from txbench.measure.point import build_step, measure_point
+from txbench.pipeline import build_step, measure_point
 from txbench.store import load_ops, load_points
 from txbench.suite import parse_suite
 

@@ -34,7 +34,7 @@ __all__ = [
     "CompareError",
 ]
 
-_LAZY = {"measure_point": "txbench.measure.point", "build_step": "txbench.measure.point",
+_LAZY = {"measure_point": "txbench.pipeline", "build_step": "txbench.pipeline",
          "attention_core": "txbench.attention"}
 
 

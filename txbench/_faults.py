@@ -3,8 +3,10 @@
 txbench's own tests and the regression-gate benchmark use it to prove that
 failures are recorded (a point that raises, hangs, or kills its worker) and that
 ``txbench compare`` catches planted slowdowns and memory growth. It does
-nothing unless the variable is set: :func:`fault_for` then returns None and the
-measurement path skips every hook (one environment lookup per point). Format: a JSON list of rules, e.g.::
+nothing unless the variable is set: :func:`fault_for` then returns None. The worker
+and the pytest plugin pass the rule to the measurement as its ``hooks``
+(:class:`txbench.pipeline.stages.Hooks`); the measurement never imports this module.
+Format: a JSON list of rules, e.g.::
 
     TXBENCH_FAULT='[{"match": {"seq_len": 64}, "action": "raise"}]'
     TXBENCH_FAULT='[{"action": "slow", "value": 0.10}]'   # every point 10% slower
@@ -82,12 +84,12 @@ class Fault:
             inner_fwd, inner_opt = step.fwd, step.opt
 
             def fwd():
-                step._fault_buf = torch.ones(n, device=step.device)
+                self.buf = torch.ones(n, device=step.device)  # held by the rule, not the step
                 return inner_fwd()
 
             def opt():
                 inner_opt()
-                step._fault_buf = None
+                self.buf = None
 
             step.fwd, step.opt = fwd, opt
 

@@ -123,66 +123,55 @@ def _make_test(point, measure, *, label, param, params, group):
     return txbench_step
 
 
-def _warmup(one_step, measure) -> int:
-    t0 = time.perf_counter()
-    n = 0
-    while True:
-        one_step()
-        n += 1
-        elapsed = time.perf_counter() - t0
-        if n >= measure.warmup_max_steps or (n >= measure.warmup_min_steps and elapsed >= measure.warmup_s):
-            return n
-
-
 def run_point_benchmark(benchmark, point, measure, *, label: str, param: str, params: dict, group: str) -> None:
-    """Time ``point``'s training step with pytest-benchmark's ``benchmark`` fixture (pedantic mode)."""
+    """Time ``point``'s training step with pytest-benchmark's ``benchmark`` fixture (pedantic mode).
+
+    The point goes through txbench's own stages (:mod:`txbench.pipeline.stages`): the same
+    build, warmup and FLOP count as ``txbench run``, for every model kind; only the timing
+    is pytest-benchmark's.
+    """
     import torch
 
     from txbench._faults import fault_for
     from txbench.export import point_extra_info
-    from txbench.measure.flops import step_flops
-    from txbench.measure.point import build_step, unsupported_reason
-    from txbench.measure.timing import make_timer
+    from txbench.pipeline import stages, unsupported_reason
 
     reason = unsupported_reason(point)
     if reason:
         pytest.skip(f"unsupported: {reason}")
-    fault = fault_for(point)  # None unless TXBENCH_FAULT is set (txbench's own tests)
-    if fault:
-        fault.before_build()
-    step = build_step(point)
-    if fault:
-        fault.install(step)
-    device = step.device
+    hooks = fault_for(point) or stages.NO_HOOKS  # None unless TXBENCH_FAULT is set (txbench's own tests)
+    built = stages.build(point, hooks)
+    step, device = built.step, built.step.device
+    warm = stages.warmup(step, built.timer, measure)
+    hooks.after_warmup(step, built.timer)
 
     def one_step():
         step.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the host clock must see the GPU work
 
-    warm = _warmup(one_step, measure)
-    if fault:
-        fault.after_warmup(step, make_timer(device))
     t0 = time.perf_counter()
     one_step()
     est_s = max(time.perf_counter() - t0, 1e-6)
     rounds = int(min(max(measure.max_s / est_s, measure.min_steps), measure.max_steps))
 
-    flops = step_flops(**point.to_dict())
     benchmark.group = group
     benchmark.param = param
     benchmark.params = params or None
     benchmark.extra_info.update(point_extra_info(point.to_dict(), point.point_id, label))
+    benchmark.pedantic(one_step, rounds=rounds, iterations=1, warmup_rounds=0)
+    flops = stages.count_flops(step, point)  # after the timing: the count runs a step of its own
     benchmark.extra_info.update(
-        flops_per_step=flops["flops_per_step"],
-        attn_flops_per_step=flops.get("attn_flops_per_step"),
-        warmup_steps=warm,
+        flops_per_step=flops.flops_per_step,
+        attn_flops_per_step=flops.attn_flops_per_step,
+        flops_check_note=flops.flops_check_note,
+        warmup_steps=warm.warmup_steps,
         torch_threads=torch.get_num_threads(),
         timer="perf_counter" + ("+cuda_synchronize" if device.type == "cuda" else ""),
     )
-    benchmark.pedantic(one_step, rounds=rounds, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None):
         median_s = stats.stats.median
         benchmark.extra_info["tokens_per_s"] = point.tokens_per_step / median_s
-        benchmark.extra_info["tflops_per_s"] = flops["flops_per_step"] / median_s / 1e12
+        if flops.flops_per_step:
+            benchmark.extra_info["tflops_per_s"] = flops.flops_per_step / median_s / 1e12

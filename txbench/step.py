@@ -48,9 +48,10 @@ import torch
 from txbench.attention import sdpa_context
 from txbench.config import Point
 from txbench.model import Transformer, make_batch
+from txbench.torch_compat import dynamo_counts
 
 __all__ = ["TrainStep", "precision_reason", "autocast_dtype", "lever_reason", "LeverUnsupported", "CompileFailed",
-           "RecompileError", "CheckpointedBlock", "SAVED_OPS", "PHASES"]
+           "RecompileError", "CheckpointedBlock", "SAVED_OPS", "PHASES", "is_oom", "LOSS_TOLERANCE"]
 
 PHASES = ("fwd", "bwd", "opt")
 
@@ -77,6 +78,14 @@ def precision_reason(precision: str, device) -> str | None:
     if precision in _AUTOCAST and not available(dev.type):
         return f"torch.autocast is not available on {dev.type}"
     return None
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA OOM and for the CPU allocator failing to allocate."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 class LeverUnsupported(Exception):
@@ -152,13 +161,14 @@ def _hf_model_class(point: Point):
     try:
         import transformers
 
+        from txbench.torch_compat import auto_model_class
         from txbench.usermodels import hf_config, hf_task
 
         config = hf_config(point)
         task = hf_task(point.model.hf["model_type"], config)
         auto = {"seq2seq": transformers.AutoModelForSeq2SeqLM, "masked_lm": transformers.AutoModelForMaskedLM,
                 "causal_lm": transformers.AutoModelForCausalLM}[task]
-        return auto._model_mapping[type(config)]
+        return auto_model_class(auto, config)
     except Exception:  # unknown here: decided when the model is built
         return None
 
@@ -200,21 +210,6 @@ def _rank_of(point: Point) -> tuple[int, int]:
                            "ranks under torchrun, which `txbench run` starts; this process is "
                            + (f"one of {distributed.world()} ranks" if distributed.active() else "not one of them"))
     return distributed.rank(), distributed.world()
-
-
-def _dynamo_counts() -> dict | None:
-    """Frames dynamo compiled and graph breaks it took so far in this process (None if this torch has no counters).
-
-    torch exposes these only through ``torch._dynamo.utils.counters``; a torch without them costs the two columns.
-    """
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return None
-    try:
-        return {"frames": int(counters["frames"].get("ok", 0)), "breaks": int(sum(counters["graph_break"].values()))}
-    except (KeyError, TypeError, AttributeError):
-        return None
 
 
 def _sync(device: torch.device) -> None:
@@ -383,6 +378,11 @@ class TrainStep:
             p.grad = None
         return names
 
+    @property
+    def checkpointed(self) -> bool:
+        """True when activation checkpointing is applied to this step's model."""
+        return bool(self._checkpointed)
+
     def _base(self):
         return self.wrapped if self.wrapped is not None else self.model
 
@@ -421,7 +421,7 @@ class TrainStep:
             return {}
         with torch.no_grad(), self.eager():
             eager_loss = float(self.fwd())
-        before = _dynamo_counts()
+        before = dynamo_counts()
         t0 = time.perf_counter()
         try:
             loss = self.fwd()
@@ -431,14 +431,12 @@ class TrainStep:
             self.opt()
             _sync(self.device)
         except Exception as exc:
-            from txbench.measure.point import is_oom
-
             if is_oom(exc):
                 raise
             raise CompileFailed(f"torch.compile (mode {self.point.compile}) failed: {type(exc).__name__}: "
                                 f"{_first_line(exc)}") from exc
         first_s = time.perf_counter() - t0
-        after = _dynamo_counts()
+        after = dynamo_counts()
         compiled_s = first_s + sum(sum(timer(self)) for _ in range(COMPILE_STEPS - 1)) / 1e3
         with self.eager():
             eager_ms = sorted(sum(timer(self)) for _ in range(EAGER_STEPS))
@@ -466,7 +464,7 @@ class TrainStep:
         if self.compiled is None:
             yield
             return
-        now = _dynamo_counts()
+        now = dynamo_counts()
         if now is not None and getattr(self, "_frames_after_compile", None) is not None:
             self.lever_values["recompiles"] = now["frames"] - self._frames_after_compile
         try:
@@ -480,23 +478,6 @@ class TrainStep:
             why = guards[0] if guards else _first_line(exc)
             raise RecompileError(f"the compiled forward recompiled during the timed steps ({why}): the timings "
                                  "would mix code versions; keep shapes fixed after the warmup") from exc
-
-    def lever_columns(self, values: dict) -> dict:
-        """``recompute_flops_per_step`` and ``hfu`` from the measured ``values`` (flops_per_step, mfu)."""
-        from txbench.measure.flops import recompute_flops
-
-        out = dict(self.lever_values)
-        if self.user is None:
-            recompute = recompute_flops(**self.point.to_dict())
-        else:
-            recompute = (getattr(self, "flop_count", None) or {}).get("recompute_checkpoint")
-            if recompute is None and not self._checkpointed:
-                recompute = 0
-        out["recompute_flops_per_step"] = recompute
-        flops, mfu = values.get("flops_per_step"), values.get("mfu")
-        if recompute is not None and flops and mfu is not None:
-            out["hfu"] = mfu * (flops + recompute) / flops
-        return out
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -531,8 +512,8 @@ class TrainStep:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self) -> float:
-        """One full training step; returns nothing the caller must wait on (no sync)."""
+    def step(self) -> torch.Tensor:
+        """One full training step; returns the loss tensor (not synchronized: reading it waits for the device)."""
         loss = self.fwd()
         self.bwd(loss)
         self.opt()

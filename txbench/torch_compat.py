@@ -24,7 +24,7 @@ import os
 import tempfile
 from decimal import Decimal
 
-__all__ = ["TorchUnsupported", "kineto_events", "allocation_events"]
+__all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "auto_model_class"]
 
 # What txbench.profile reads from each kineto event; a torch that drops one of these has changed the API.
 _KINETO_METHODS = ("name", "device_type", "start_ns", "end_ns", "start_thread_id", "end_thread_id",
@@ -229,3 +229,32 @@ def allocation_events(prof) -> list[tuple[int, int]]:
                              "the CPU memory measurement",
                              "the allocation events of experimental_event_tree() failed ({private}) and so did the "
                              "[memory] events of prof.export_chrome_trace() ({public})")
+
+
+def dynamo_counts() -> dict | None:
+    """Frames dynamo compiled and graph breaks it took so far in this process (None if this torch has no counters).
+
+    torch exposes these only through ``torch._dynamo.utils.counters``; a torch without them costs the
+    ``graph_breaks`` and ``recompiles`` columns, never the point.
+    """
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return None
+    try:
+        return {"frames": int(counters["frames"].get("ok", 0)), "breaks": int(sum(counters["graph_break"].values()))}
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def auto_model_class(auto, config):
+    """The class a transformers ``AutoModelFor...`` would build for ``config``, without building it (or None).
+
+    transformers keeps the mapping in the private ``_model_mapping``; where it moved, the answer is None and
+    the caller decides when the model is built.
+    """
+    mapping = getattr(auto, "_model_mapping", None)
+    try:
+        return mapping[type(config)] if mapping is not None else None
+    except (KeyError, TypeError):
+        return None

@@ -28,7 +28,7 @@ def list_(
     import torch
 
     from txbench.config import ATTENTIONS, PRECISIONS, ModelConfig, Point
-    from txbench.measure.point import unsupported_reason
+    from txbench.pipeline import unsupported_reason
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []

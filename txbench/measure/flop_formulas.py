@@ -257,7 +257,7 @@ def count_step_flops(step) -> dict:
     with eager:
         out = _count_once(step)
         out["recompute_checkpoint"] = None
-        if out["total"] is not None and getattr(step, "_checkpointed", None):
+        if out["total"] is not None and getattr(step, "checkpointed", False):
             with step.checkpointing_off():
                 plain = _count_once(step)
             if plain["total"] is not None:

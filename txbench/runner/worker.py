@@ -45,7 +45,7 @@ def env_job(job: dict) -> dict:
 
     from txbench.config import Point
     from txbench.measure.env import fingerprint
-    from txbench.measure.point import unsupported_reason
+    from txbench.pipeline import unsupported_reason
 
     device = job.get("device") or "auto"
     if device == "auto":
@@ -63,8 +63,9 @@ def run_point_job(job: dict) -> dict:
     """Measure one point (and profile it unless ``profile_steps`` is 0)."""
     import torch
 
+    from txbench._faults import fault_for
     from txbench.config import MeasureConfig, Point
-    from txbench.measure.point import measure_point_keep
+    from txbench.pipeline import run_point
     from txbench.record import Record
 
     point = Point.from_dict(job["point"])
@@ -73,18 +74,9 @@ def run_point_job(job: dict) -> dict:
     torch.set_num_threads(_DEFAULT_THREADS)
     ops: list[dict] = []
     try:
-        record, step = measure_point_keep(point, cfg)
-        if step is not None and job.get("profile_steps", 0) > 0:
-            from txbench.profile import profile_point
-
-            t_prof = time.perf_counter()
-            ops, info = profile_point(step, point, steps=job["profile_steps"], trace_path=job.get("trace_path"))
-            for k, v in info.items():
-                if k == "measure_notes" and record.measure_notes:  # keep the memory measurement's note too
-                    v = f"{record.measure_notes}; {v}"
-                setattr(record, k, v)
-            record.profile_s = time.perf_counter() - t_prof
-        del step
+        run = run_point(point, cfg, hooks=fault_for(point), profile_steps=job.get("profile_steps", 0),
+                        trace_path=job.get("trace_path"))
+        record, ops = run.record, run.ops
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         record = Record.for_point(point, "error", _first_line(exc))
@@ -101,9 +93,10 @@ def ab_open_job(job: dict) -> dict:
     """Measure the point with the given (short) budget and keep its step built and warm for blocks."""
     import torch
 
+    from txbench._faults import fault_for
     from txbench.config import MeasureConfig, Point
-    from txbench.measure.point import measure_point_keep
     from txbench.measure.timing import make_timer
+    from txbench.pipeline import measure_point_keep
     from txbench.record import Record
 
     ab_close_job({})
@@ -113,7 +106,7 @@ def ab_open_job(job: dict) -> dict:
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     try:
-        record, step = measure_point_keep(point, cfg)
+        record, step = measure_point_keep(point, cfg, hooks=fault_for(point))
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         record, step = Record.for_point(point, "error", _first_line(exc)), None
@@ -136,14 +129,12 @@ def ab_block_job(job: dict) -> dict:
         return {"error": "no point is open (ab_open first)"}
     import resource
 
-    out = {"fwd": [], "bwd": [], "opt": []}
+    from txbench.pipeline.stages import run_steps
+
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     try:
-        for _ in range(int(job.get("steps", 1))):
-            f, b, o = timer(step)
-            out["fwd"].append(f)
-            out["bwd"].append(b)
-            out["opt"].append(o)
+        fwd, bwd, opt = run_steps(step, timer, int(job.get("steps", 1)))
+        out = {"fwd": fwd, "bwd": bwd, "opt": opt}
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         ab_close_job({})
@@ -164,7 +155,8 @@ def ab_rebuild_job(job: dict) -> dict:
 
     import torch
 
-    from txbench.measure.point import build_step
+    from txbench.pipeline import build_step
+    from txbench.pipeline.stages import run_steps
 
     point, timer = _AB.get("point"), _AB.get("timer")
     if point is None:
@@ -177,8 +169,7 @@ def ab_rebuild_job(job: dict) -> dict:
         step = build_step(point)
         if _AB.get("threads"):
             torch.set_num_threads(_AB["threads"])
-        for _ in range(max(int(job.get("warmup", _AB.get("warmup", 3))), 1)):
-            timer(step)
+        run_steps(step, timer, max(int(job.get("warmup", _AB.get("warmup", 3))), 1))
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         ab_close_job({})

@@ -1,0 +1,154 @@
+"""The one path that measures a point: check, build, warm up, time, memory, FLOPs and rates, profile.
+
+Every caller goes through here: the worker process of ``txbench run`` (and each
+rank of a distributed point, which runs the worker's job), ``txbench ab``'s
+blocks (:func:`measure_point_keep`, then :func:`txbench.pipeline.stages.run_steps`),
+the pytest plugin (the same stages around pytest-benchmark's timing) and the
+Python API (:func:`measure_point`). The stages and their typed results are in
+:mod:`txbench.pipeline.stages`; :func:`assemble` turns the results into the
+:class:`~txbench.record.Record`.
+
+A point that cannot run is a record too: ``unsupported`` (decided before
+anything is built, or by the built model: a lever it cannot pull, an SDPA
+backend its masks rule out) and ``oom`` (with the peak seen, memory freed so the
+process stays usable). Other exceptions propagate; the runner records them as
+``error``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from txbench.attention import SDPA_BACKENDS
+from txbench.config import MeasureConfig, Point, validate_point
+from txbench.pipeline import stages
+from txbench.pipeline.checks import no_kernel, unsupported_reason
+from txbench.pipeline.stages import NO_HOOKS, Hooks, Part, build_step
+from txbench.record import Record
+from txbench.step import LeverUnsupported, TrainStep, is_oom
+
+__all__ = ["PointRun", "run_point", "measure_point", "measure_point_keep", "assemble",
+           "unsupported_reason", "build_step", "is_oom", "Hooks", "NO_HOOKS"]
+
+
+@dataclass
+class PointRun:
+    """What measuring a point gives: its record, the profiler's op rows, and the step when kept."""
+
+    record: Record
+    ops: list = field(default_factory=list)
+    step: TrainStep | None = None
+
+
+def assemble(point: Point, status: str, message: str | None, parts: list[Part], **bookkeeping) -> Record:
+    """The record from the stages' results, in stage order; their notes joined into ``measure_notes``."""
+    values: dict = {}
+    notes: list[str] = []
+    for part in parts:
+        cols = part.columns()
+        clash = values.keys() & cols.keys()
+        if clash:  # two stages claiming one column is a bug in txbench, never a silent overwrite
+            raise RuntimeError(f"columns set by two stages: {sorted(clash)}")
+        values.update(cols)
+        notes.extend(part.notes)
+    if notes:
+        values["measure_notes"] = "; ".join(notes)
+    return Record.for_point(point, status, message, **values, **bookkeeping)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def run_point(point: Point, measure: MeasureConfig | None = None, *, hooks: Hooks | None = None,
+              profile_steps: int = 0, trace_path: str | None = None, keep: bool = False) -> PointRun:
+    """Measure ``point`` through every stage; profile it when ``profile_steps`` > 0.
+
+    ``hooks`` run inside the measurement (txbench's own fault injection). With
+    ``keep`` the built step comes back (an ``ok`` point only) for more steps in
+    the same process; otherwise it is freed before returning.
+    """
+    cfg = measure or MeasureConfig()
+    hooks = hooks or NO_HOOKS
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    t_start = time.perf_counter()
+    validate_point(point)
+    if point.threads:
+        torch.set_num_threads(point.threads)
+    dev = torch.device(point.device)
+    base = {"started_at": started, "torch_threads": torch.get_num_threads()}
+    reason = unsupported_reason(point)
+    if reason:
+        return PointRun(Record.for_point(point, "unsupported", reason, **base))
+    built = None
+    try:
+        built = stages.build(point, hooks)
+        step = built.step
+        first = stages.start(built)  # the first loss; compile: first compiled steps vs eager, loss check
+        warm = stages.warmup(step, built.timer, cfg)
+        hooks.after_warmup(step, built.timer)
+        timing = stages.time_steps(built, cfg)
+        parts: list[Part] = [built, first, warm, timing, stages.throughput(point, timing),
+                             stages.memory(step, cfg)]
+        flops = stages.count_flops(step, point)
+        parts += [flops, stages.rates(point, flops, timing.median_ms)]
+        ops: list = []
+        if profile_steps > 0:
+            profiled = stages.profile(step, point, profile_steps, trace_path)
+            parts.append(profiled)
+            ops = profiled.ops
+        device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else None
+        record = assemble(point, "ok", None, parts, device_name=device_name,
+                          wall_s=time.perf_counter() - t_start, **base)
+        if not keep:
+            built = None
+            _free(dev)
+        return PointRun(record, ops, step if keep else None)
+    except Exception as exc:
+        built = None
+        status, message = _failure(point, exc)
+        if status is None:
+            raise
+        peak = int(torch.cuda.max_memory_allocated(dev)) if status == "oom" and dev.type == "cuda" else None
+        _free(dev)
+        extra = {"peak_mem_bytes": peak} if status == "oom" else {}
+        return PointRun(Record.for_point(point, status, message, wall_s=time.perf_counter() - t_start,
+                                         **extra, **base))
+
+
+def _failure(point: Point, exc: BaseException) -> tuple[str | None, str | None]:
+    """(status, message) for a failure that is data (unsupported, oom); (None, None) for one that is an error."""
+    if isinstance(exc, LeverUnsupported):  # a lever only the built model can rule out (a factory without blocks)
+        return "unsupported", str(exc)
+    if no_kernel(exc) and point.attention in SDPA_BACKENDS:
+        return "unsupported", (f"{point.attention} cannot run this model's attention (its masks or shapes rule "
+                               f"the backend out): {str(exc).strip().splitlines()[0][:300]}")
+    if is_oom(exc):
+        return "oom", str(exc).strip().splitlines()[0][:500]
+    return None, None
+
+
+def measure_point(point: Point, measure: MeasureConfig | None = None) -> Record:
+    """Measure ``point`` and return its :class:`~txbench.record.Record` (no profiler pass).
+
+    Raises :class:`~txbench.errors.PointError` for an impossible point (before
+    anything is built). Device/kernel limits give ``status="unsupported"``; an
+    out-of-memory gives ``status="oom"``. Other exceptions propagate.
+    """
+    return run_point(point, measure).record
+
+
+def measure_point_keep(point: Point, measure: MeasureConfig | None = None, *,
+                       hooks: Hooks | None = None) -> tuple[Record, TrainStep | None]:
+    """As :func:`measure_point`, and also return the built step, warm (None unless ``ok``): ``txbench ab`` runs
+    blocks of steps on it (:func:`txbench.pipeline.stages.run_steps`)."""
+    run = run_point(point, measure, hooks=hooks, keep=True)
+    return run.record, run.step

@@ -1,0 +1,400 @@
+"""The stages of measuring one point, each a function that returns a small typed result.
+
+build -> first loss and compile -> warmup -> timing -> memory -> FLOPs -> rates -> profile.
+The order matters: timing runs alone right after the warmup; memory (a profiled
+step on CPU), the FlopCounterMode count and the profiler pass run after it and
+never contribute to the timed samples.
+
+Every result is a dataclass whose :meth:`Part.columns` are :class:`~txbench.record.Record`
+fields, so the record is assembled from the results (:func:`txbench.pipeline.assemble`),
+and a name that is not a column fails at once. Notes (what a stage could not measure
+and why) go in ``notes`` and are joined into ``measure_notes`` in stage order.
+A new measurement is one new stage and its result, or one new field of a result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from txbench import distributed
+from txbench.config import MeasureConfig, Point, validate_point
+from txbench.measure.cpu_peak import mfu_or_note, peak_tflops, step_gemm_shapes
+from txbench.measure.flops import recompute_flops, step_flops
+from txbench.measure.memory import cpu_step_peak_bytes
+from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
+from txbench.measure.timing import make_timer
+from txbench.step import TrainStep, autocast_dtype
+from txbench.torch_compat import TorchUnsupported
+from txbench.usermodels import user_model_flops
+
+__all__ = ["Hooks", "NO_HOOKS", "Part", "Built", "Start", "Warmup", "Timing", "Throughput", "Memory", "FlopCount",
+           "Rates", "Profiled", "build", "start", "warmup", "run_steps", "time_steps", "throughput", "memory",
+           "count_flops", "rates", "profile", "build_step"]
+
+
+class Hooks(Protocol):
+    """What a caller may run inside the measurement (txbench's own fault injection passes one)."""
+
+    def before_build(self) -> None: ...
+
+    def install(self, step: TrainStep) -> None: ...
+
+    def after_warmup(self, step: TrainStep, timer) -> None: ...
+
+
+class _NoHooks:
+    def before_build(self) -> None:
+        pass
+
+    def install(self, step: TrainStep) -> None:
+        pass
+
+    def after_warmup(self, step: TrainStep, timer) -> None:
+        pass
+
+
+NO_HOOKS: Hooks = _NoHooks()
+
+
+class Part:
+    """A stage's result: its fields are Record columns, except ``notes``."""
+
+    notes: list
+
+    def columns(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "notes"}
+
+
+# ------------------------------------------------------------------ build
+@dataclass
+class Built(Part):
+    """The step and its timer (a rank's timer agrees step times with the other ranks)."""
+
+    step: TrainStep
+    timer: object
+    ranked: bool
+    notes: list = field(default_factory=list)
+
+    def columns(self) -> dict:
+        s = self.step
+        out = {"optimizer_impl_used": s.optimizer_impl, "params": sum(p.numel() for p in s.model.parameters())}
+        if self.ranked:
+            out["backend"] = distributed.BACKENDS[s.device.type]
+        return out
+
+
+def build_step(point: Point) -> TrainStep:
+    """Validate ``point`` and build its model, optimizer and batch (raises PointError)."""
+    validate_point(point)
+    if point.threads:
+        torch.set_num_threads(point.threads)
+    return TrainStep(point)
+
+
+def build(point: Point, hooks: Hooks = NO_HOOKS) -> Built:
+    """Build the step (after ``hooks.before_build``; ``hooks.install`` sees it built) and its timer."""
+    hooks.before_build()
+    dev = torch.device(point.device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    step = build_step(point)
+    hooks.install(step)
+    timer = make_timer(dev)
+    ranked = distributed.active()
+    if ranked:  # each step's time is the slowest rank's; the ranks' own are kept
+        timer = distributed.RankTimer(timer)
+    return Built(step, timer, ranked, notes=list(step.notes))
+
+
+# ------------------------------------------------------------------ first loss and compile
+@dataclass
+class Start(Part):
+    """The loss before any step and, for a compiled point, what compiling cost."""
+
+    first_loss: float
+    compile_s: float | None = None
+    graph_breaks: int | None = None
+    compile_loss_rel_diff: float | None = None
+    notes: list = field(default_factory=list)
+
+
+def start(built: Built) -> Start:
+    """The first loss (no grad, global batch), then compile (:meth:`TrainStep.compile_warmup`, nothing when eager)."""
+    step = built.step
+    with torch.no_grad(), step.eager():
+        loss = float(step.fwd())
+    first = distributed.mean_over_ranks(loss)  # the same number on 1 rank or N
+    return Start(first, **step.compile_warmup(built.timer))
+
+
+# ------------------------------------------------------------------ warmup
+@dataclass
+class Warmup(Part):
+    warmup_steps: int
+    warmup_s: float
+    notes: list = field(default_factory=list)
+
+
+def warmup(step, timer, cfg: MeasureConfig) -> Warmup:
+    """Steps until both the warmup's count and time floors are met, or its step cap (the ranks agree)."""
+    t0 = time.perf_counter()
+    n = 0
+    while True:
+        timer(step)
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if distributed.agree(n >= cfg.warmup_max_steps or (n >= cfg.warmup_min_steps and elapsed >= cfg.warmup_s)):
+            return Warmup(n, elapsed)
+
+
+# ------------------------------------------------------------------ timing
+def run_steps(step, timer, n: int) -> tuple[list[float], list[float], list[float]]:
+    """``n`` timed steps: the forward, backward and optimizer times (ms) of each."""
+    fwd, bwd, opt = [], [], []
+    for _ in range(n):
+        f, b, o = timer(step)
+        fwd.append(f)
+        bwd.append(b)
+        opt.append(o)
+    return fwd, bwd, opt
+
+
+@dataclass
+class Timing(Part):
+    """Every timed step's phases (ms) and why the adaptive loop stopped."""
+
+    fwd_ms_samples: list
+    bwd_ms_samples: list
+    opt_ms_samples: list
+    stop_reason: str
+    measure_s: float
+    timer: str
+    recompiles: int | None = None  # frames a compiled forward compiled again after its first step (warmup)
+    ranks: dict = field(default_factory=dict)  # a distributed point's per-rank columns
+    notes: list = field(default_factory=list)
+
+    @property
+    def step_ms_samples(self) -> list[float]:
+        return [f + b + o for f, b, o in zip(self.fwd_ms_samples, self.bwd_ms_samples, self.opt_ms_samples)]
+
+    @property
+    def median_ms(self) -> float:
+        return summarize(self.step_ms_samples, "step_ms")["step_ms_median"]
+
+    def columns(self) -> dict:
+        total = self.step_ms_samples
+        return {
+            **self.ranks, **summarize(total, "step_ms"),
+            "step_ms_samples": total, "fwd_ms_samples": self.fwd_ms_samples, "bwd_ms_samples": self.bwd_ms_samples,
+            "opt_ms_samples": self.opt_ms_samples,
+            "fwd_ms_median": summarize(self.fwd_ms_samples, "x")["x_median"],
+            "bwd_ms_median": summarize(self.bwd_ms_samples, "x")["x_median"],
+            "opt_ms_median": summarize(self.opt_ms_samples, "x")["x_median"],
+            "noisy": is_noisy(total), "n_steps": len(total), "ci_rel_halfwidth": ci_rel_halfwidth(total),
+            "stop_reason": self.stop_reason, "measure_s": self.measure_s, "timer": self.timer,
+            "recompiles": self.recompiles,
+        }
+
+
+def _stop(n: int, elapsed: float, total: list[float], cfg: MeasureConfig) -> str | None:
+    if n >= cfg.max_steps:
+        return "max_steps"
+    if n < cfg.min_steps:  # min_steps is a floor that the time cap does not cut
+        return None
+    if ci_rel_halfwidth(total) <= cfg.target_ci:
+        return "ci"
+    if elapsed >= cfg.max_s:
+        return "max_s"
+    return None
+
+
+def time_steps(built: Built, cfg: MeasureConfig) -> Timing:
+    """The adaptive loop: steps until the median's CI is within ``target_ci`` or a step/time cap.
+
+    Peak-memory statistics are reset first (CUDA), so the memory stage sees the timed steps
+    only; a compiled forward that would recompile here raises (:meth:`TrainStep.timed_steps`).
+    """
+    step, timer = built.step, built.timer
+    if step.device.type == "cuda":
+        torch.cuda.synchronize(step.device)
+        torch.cuda.reset_peak_memory_stats(step.device)
+    if built.ranked:
+        timer.reset()  # the timed steps only
+    fwd, bwd, opt, total = [], [], [], []
+    with step.timed_steps():
+        t0 = time.perf_counter()
+        while True:
+            f, b, o = timer(step)
+            fwd.append(f)
+            bwd.append(b)
+            opt.append(o)
+            total.append(f + b + o)
+            reason = distributed.agree(_stop(len(total), time.perf_counter() - t0, total, cfg))  # rank 0 decides
+            if reason:
+                break
+        measured = time.perf_counter() - t0
+    return Timing(fwd, bwd, opt, reason, measured, timer.name, recompiles=step.lever_values.get("recompiles"),
+                  ranks=timer.columns() if built.ranked else {})
+
+
+@dataclass
+class Throughput(Part):
+    """A distributed step processes world_size ranks' batches in the slowest rank's time."""
+
+    global_batch_size: int
+    tokens_per_s: float
+    tokens_per_s_per_device: float
+    samples_per_s: float
+    notes: list = field(default_factory=list)
+
+
+def throughput(point: Point, timing: Timing) -> Throughput:
+    med_s = timing.median_ms / 1e3
+    tokens = point.tokens_per_step * point.world_size / med_s
+    return Throughput(point.global_batch_size, tokens, tokens / point.world_size, point.global_batch_size / med_s)
+
+
+# ------------------------------------------------------------------ memory
+@dataclass
+class Memory(Part):
+    """Static bytes (parameters, gradients, optimizer state) and the measured peak."""
+
+    param_bytes: int
+    grad_bytes: int
+    optimizer_state_bytes: int
+    peak_mem_bytes: int | None = None
+    peak_mem_reserved_bytes: int | None = None
+    mem_method: str | None = None
+    notes: list = field(default_factory=list)
+
+    def columns(self) -> dict:
+        out = super().columns()
+        if self.peak_mem_bytes is not None:
+            static = self.param_bytes + self.grad_bytes + self.optimizer_state_bytes
+            out["activation_mem_bytes"] = max(self.peak_mem_bytes - static, 0)
+        return out
+
+
+def memory(step: TrainStep, cfg: MeasureConfig) -> Memory:
+    """CUDA: the allocator's peak over the timed steps. CPU: one profiled step (unless ``memory`` is off)."""
+    mem = Memory(**step.static_bytes())
+    dev = step.device
+    if dev.type == "cuda":
+        mem.peak_mem_bytes = int(torch.cuda.max_memory_allocated(dev))
+        mem.peak_mem_reserved_bytes = int(torch.cuda.max_memory_reserved(dev))
+        mem.mem_method = "torch.cuda.max_memory_allocated over the measured steps"
+    elif cfg.memory:
+        try:
+            mem.peak_mem_bytes = int(cpu_step_peak_bytes(step))
+            mem.mem_method = "live tensors at step start + peak net allocations of one profiled step"
+        except TorchUnsupported as exc:  # a torch without allocation events costs the figure, not the point
+            mem.notes.append(str(exc))
+    return mem
+
+
+# ------------------------------------------------------------------ FLOPs
+@dataclass
+class FlopCount(Part):
+    """The step's FLOPs: the closed form where one exists, FlopCounterMode's count for every model."""
+
+    flops_per_step: float | None
+    attn_flops_per_step: float | None
+    flops_counter_per_step: float | None
+    attn_flops_causal_per_step: float | None
+    flops_check_note: str | None
+    recompute_flops_per_step: float | None
+    notes: list = field(default_factory=list)
+
+
+def _flops_note(point: Point, analytic: float, counted: float | None) -> str | None:
+    if counted is None:
+        if point.attention == "flex":
+            return ("no count: FlopCounterMode cannot run FlexAttention's higher-order op in this torch "
+                    "(https://github.com/pytorch/pytorch/issues/134385)")
+        return "no count: the step could not run under FlopCounterMode"
+    if not counted:
+        return "FlopCounterMode counted nothing"
+    ratio = counted / analytic
+    note = f"FlopCounterMode / analytic = {ratio:.4f}"
+    if abs(ratio - 1) <= 0.01:
+        return note + " (agree within 1%)"
+    return note + (" (the count holds only ops with a FLOP formula: matmuls, convolutions and attention kernels, "
+                   "fused attention backward at 2x forward; see docs/methodology.md)")
+
+
+def count_flops(step: TrainStep, point: Point) -> FlopCount:
+    """Count one step under FlopCounterMode (runs a step) and set it against the closed form of the model."""
+    from txbench.measure.flop_formulas import count_step_flops
+
+    counted = count_step_flops(step)
+    total = counted["total"]
+    closed = step_flops(**point.to_dict()) if step.user is None else user_model_flops(point, step.user)
+    if closed is None:  # a factory model has no closed form: the counted figure is the step's FLOPs
+        closed = {"flops_per_step": total, "attn_flops_per_step": None}
+        note = ("no closed form for a factory model: flops_per_step is FlopCounterMode's count with txbench's "
+                "formulas for the ops it misses")
+    else:
+        note = _flops_note(point, closed["flops_per_step"], total)
+    if step.user is None:
+        recompute = recompute_flops(**point.to_dict())
+    else:
+        recompute = counted.get("recompute_checkpoint")
+        if recompute is None and not step.checkpointed:
+            recompute = 0
+    return FlopCount(closed["flops_per_step"], closed["attn_flops_per_step"], total, counted["attention_causal"],
+                     note, recompute)
+
+
+@dataclass
+class Rates(Part):
+    """Achieved TFLOP/s against the device's peak: MFU, and HFU with the recomputed FLOPs."""
+
+    tflops_per_s: float | None
+    peak_tflops: float | None
+    peak_source: str | None
+    mfu: float | None
+    hfu: float | None
+    notes: list = field(default_factory=list)
+
+
+def rates(point: Point, flops: FlopCount, median_ms: float) -> Rates:
+    dev = torch.device(point.device)
+    fl = flops.flops_per_step
+    tflops = fl / (median_ms / 1e3) / 1e12 if fl else None
+    peak, source = peak_tflops(dev, point.precision, autocast_dtype(point.precision), shapes=step_gemm_shapes(point))
+    mfu, note = mfu_or_note(tflops, peak)
+    hfu = None
+    recompute = flops.recompute_flops_per_step
+    if recompute is not None and fl and mfu is not None:
+        hfu = mfu * (fl + recompute) / fl
+    # MFU above 100% is impossible: the peak is wrong, not the point
+    return Rates(tflops, peak, source, mfu, hfu, notes=[note] if note else [])
+
+
+# ------------------------------------------------------------------ profile
+@dataclass
+class Profiled(Part):
+    """The profiler pass: op rows for ops.parquet and the record fields it fills."""
+
+    ops: list
+    info: dict
+    profile_s: float
+    notes: list = field(default_factory=list)
+
+    def columns(self) -> dict:
+        return {**{k: v for k, v in self.info.items() if k != "measure_notes"}, "profile_s": self.profile_s}
+
+
+def profile(step: TrainStep, point: Point, steps: int, trace_path: str | None) -> Profiled:
+    """``steps`` profiled steps (:func:`txbench.profile.profile_point`), after the measurement."""
+    from txbench.profile import profile_point
+
+    t0 = time.perf_counter()
+    ops, info = profile_point(step, point, steps=steps, trace_path=trace_path)
+    note = info.get("measure_notes")
+    return Profiled(ops, info, time.perf_counter() - t0, notes=[note] if note else [])
