@@ -6,7 +6,7 @@ computes: ``compile``, ``checkpointing`` and ``optimizer_impl`` (docs/suites.md#
 - :func:`lever_effects` pairs every ``ok`` point with the point that differs
   from it only in one lever set to its default (``none`` / ``auto``) and
   states the effect: speedup or slowdown with its 95% CI (the regression
-  gate's statistics, :func:`txbench.analysis.verdict.sample_stats`, on the
+  gate's statistics, :func:`txbench.gate.verdict.sample_stats`, on the
   per-step samples), peak memory saved, and for compile the break-even step
   count (``compile_s`` / time saved per step).
 - :func:`suggestions` names levers the run did not sweep but its numbers point
@@ -28,7 +28,6 @@ import pandas as pd
 
 from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares, phase_split
 from txbench.analysis.types import Finding
-from txbench.analysis.verdict import BLOCK_S, block_labels, sample_stats
 from txbench.analysis.wording import (
     GPU_IDLE_HIGH,
     HOTSPOTS,
@@ -45,6 +44,7 @@ from txbench.analysis.wording import (
     _x,
 )
 from txbench.fields import BY_NAME, CONFIG_COLUMNS, varying_columns
+from txbench.gate import BLOCK_S, block_labels, sample_stats
 
 __all__ = ["LEVERS", "BASELINES", "LEVER_TITLES", "UNFUSED_ATTENTION", "ATTENTION_SHARE_HIGH", "MEMORY_WORTH",
            "SUGGESTION_RULES", "lever_effects", "effect_table", "suggestions", "what_to_try"]
