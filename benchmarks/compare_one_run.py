@@ -3,7 +3,7 @@
 Runs ``suites/ci.yaml`` (``txbench run --no-profile --no-report``) ``--runs`` times unchanged and
 once with the candidate slowed by ``--slow`` (default 0.8: busy work of 0.8x the step inside the
 optimizer phase through ``TXBENCH_FAULT``, a 1.8x slower step), then compares
-with :func:`txbench.analysis.compare.compare_runs` at its defaults (one run per side:
+with :func:`txbench.gate.compare.compare_runs` at its defaults (one run per side:
 ``units="runs"``, the noise model of this runner or its default):
 
 - every pair of unchanged runs (A/A): regression verdicts (goal: at most alpha of the pairs);
@@ -40,7 +40,7 @@ def run(suite: Path, results: Path, slow: float = 0.0) -> Path:
 
 
 def main() -> int:
-    from txbench.analysis.compare import compare_runs, has_regression
+    from txbench.gate import compare_runs, has_regression
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=4)

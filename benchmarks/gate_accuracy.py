@@ -16,7 +16,7 @@ Figures (goals from the CI-gate issue):
 - A/A: ``ab`` of a checkout against an identical copy: regression verdicts (goal 0 over >= 12 points);
 - slow 10% / 25%: share of points flagged ``regression`` (goals >= 11/12 and 12/12);
 - the wall time of each ``ab`` call (goal <= 5 minutes for the 4-point suite);
-- by simulation (:func:`txbench.analysis.sequential.simulate`, ``--sim`` cases each): false-alarm rate
+- by simulation (:func:`txbench.gate.sequential.simulate`, ``--sim`` cases each): false-alarm rate
   and power of the sequential rule on synthetic paired series with drift like the measured one.
 
 Usage: python benchmarks/gate_accuracy.py [--pairs 3] [--modes alternate,parallel] [--max-s 45] [--sim 1000]
@@ -214,7 +214,7 @@ def main() -> int:
                 "decided_s_median": round(float(np.nanmedian(decided)), 1),
                 "unit_sd_median": round(float(np.nanmedian(unit_sd)), 4), "goal_met": bool(met)}
     if args.sim:
-        from txbench.analysis.sequential import simulate
+        from txbench.gate import simulate
 
         for shift in (0.0, 0.05, 0.10, 0.25):
             summary[f"sim/{shift:g}"] = simulate(args.sim, shift, alpha=0.05 / 4, budget_s=args.max_s, seed=7)

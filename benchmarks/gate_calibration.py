@@ -13,7 +13,7 @@ answers from that one series of step times:
    ``--run-s`` seconds (what ``measure.max_s`` gives one point in one run);
    runs alternate between side A and side B, ``R`` rounds per side, as in
    docs/ci.md's workflow. For each block length and R it counts how often
-   :mod:`txbench.analysis.verdict` flags the A/A pair as a regression (false
+   :mod:`txbench.gate.verdict` flags the A/A pair as a regression (false
    alarms) and how often it flags B planted 10% and 25% slower (B's step times
    multiplied: an idealised slowdown), over every start position of the window.
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from txbench.analysis.verdict import block_labels, sample_stats
+from txbench.gate import block_labels, sample_stats
 from txbench.suite import load_suite
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from txbench.analysis.sequential import SequentialTest, holm_alpha, simulate, spent
 from txbench.cli import app
+from txbench.gate import SequentialTest, holm_alpha, simulate, spent
 from txbench.runner.ab import round_order
 from txbench.store import load_points
 
@@ -181,7 +181,7 @@ def _one_run_pairs(tmp_path, factor: float, seed: int, name: str, level_sd: floa
 
 
 def test_compare_one_run_per_side_decides_a_big_slowdown_and_never_an_aa_pair(tmp_path):
-    from txbench.analysis.compare import compare_runs
+    from txbench.gate import compare_runs
 
     base, cand = _one_run_pairs(tmp_path, 1.8, 0, "slow")
     res = runner.invoke(app, ["compare", str(base), str(cand), "--format", "markdown"])
@@ -198,8 +198,7 @@ def test_compare_one_run_per_side_decides_a_big_slowdown_and_never_an_aa_pair(tm
 
 def test_calibrated_noise_is_used_and_named(tmp_path, monkeypatch):
     from tests.factories import ENV
-    from txbench.analysis.compare import compare_runs
-    from txbench.analysis.noise import pooled_run_sd, store_run_noise
+    from txbench.gate import compare_runs, pooled_run_sd, store_run_noise
 
     monkeypatch.setenv("TXBENCH_CACHE_DIR", str(tmp_path / "cache"))  # this machine's calibration, for this test
     sd, dof = pooled_run_sd({"p1": [10.0, 11.0, 9.5], "p2": [5.0, 5.2, 4.9, 5.1]})

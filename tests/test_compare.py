@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
-from txbench.analysis.compare import MIN_SAMPLES, compare_samples, has_regression, unmatched_points
-from txbench.analysis.compare import compare_runs as _compare_runs
-from txbench.analysis.thresholds import Rules, load_rules, parse_rules, parse_threshold
-from txbench.analysis.verdict import block_labels, holm
 from txbench.cli import app
 from txbench.errors import CompareError
+from txbench.gate import (
+    MIN_SAMPLES,
+    Rules,
+    block_labels,
+    compare_samples,
+    has_regression,
+    holm,
+    load_rules,
+    parse_rules,
+    parse_threshold,
+    unmatched_points,
+)
+from txbench.gate import compare_runs as _compare_runs
 
 from factories import failed_record, ok_record, point, steps, write_run
 
@@ -428,6 +439,53 @@ def test_help_documents_exit_codes():
     res = cli("--help")
     assert res.exit_code == 0
     assert "Exit codes" in res.output and "Example:" in res.output
+
+
+def test_calibrate_stores_the_spread_of_repeated_runs(write_suite, tmp_path, monkeypatch):
+    import txbench.runner.sweep as sweep
+    from txbench.gate import noise_file, pooled_run_sd
+    from txbench.store import load_points
+
+    medians = [10.0, 11.0, 9.5]
+    dirs = []
+
+    def fake_run_suite(suite, resolved, *, results_dir, profile):  # unchanged code, three runs: no worker, no torch
+        assert profile is False
+        i = len(dirs)
+        dirs.append(write_run(tmp_path / f"run{i}", [ok_record(point(64), steps(medians[i], seed=i)),
+                                                     ok_record(point(128), steps(2 * medians[i], seed=i))]))
+        return sweep.SweepResult(run_dir=dirs[-1], wall_s=2.0)
+
+    monkeypatch.setattr(sweep, "run_suite", fake_run_suite)
+    res = runner.invoke(app, ["calibrate", str(write_suite()), "--runs", "3", "--results-dir", str(tmp_path)],
+                        env={"COLUMNS": "1000"})
+    assert res.exit_code == 0, res.output
+    assert [line for line in res.output.splitlines() if line.startswith("run ")] == [
+        f"run {i + 1}/3: {d} (2 ok points, 2 s)" for i, d in enumerate(dirs)]
+    by_point: dict = {}
+    for d in dirs:
+        df = load_points(d)
+        for pid, med in zip(df["point_id"], df["step_ms_median"]):
+            by_point.setdefault(pid, []).append(float(med))
+    sd, dof = pooled_run_sd(by_point)
+    assert (f"between-run noise: sd {sd:.3f} of the log median per run ({dof} degrees of freedom over 2 points); "
+            f"stored in {noise_file()}") in res.output
+    (entry,) = json.loads(noise_file().read_text()).values()
+    assert entry["sd"] == pytest.approx(sd) and entry["runs"] == 3 and entry["dof"] == dof == 4
+
+
+def test_calibrate_with_no_point_ok_twice_is_an_error(write_suite, tmp_path, monkeypatch):
+    import txbench.runner.sweep as sweep
+
+    monkeypatch.setattr(sweep, "run_suite", lambda *a, **kw: sweep.SweepResult(
+        run_dir=write_run(tmp_path / "failed", [failed_record(point(), "oom")]), wall_s=1.0))
+    res = runner.invoke(app, ["calibrate", str(write_suite()), "--runs", "3", "--results-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "need at least two ok runs of one point" in res.output
+
+
+def test_the_gate_does_not_import_torch():
+    code = "import sys, txbench.gate, txbench.cli.compare, txbench.cli.calibrate; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 @pytest.mark.slow

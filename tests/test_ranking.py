@@ -13,7 +13,7 @@ from txbench.analysis.ranking import (
     describe_tie,
     unit_medians,
 )
-from txbench.analysis.verdict import block_labels, block_medians
+from txbench.gate import block_labels, block_medians
 
 
 def row(ms, rel=0.02, n=31, seed=0, **kw) -> dict:

@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
-from txbench.analysis.compare import compare_runs
 from txbench.cli.app import app
 from txbench.errors import CompareError
+from txbench.gate import compare_runs
 from txbench.report.html import render_report, write_report
 from txbench.store import POINTS_FILE, write_points
 
@@ -246,7 +246,7 @@ def _mixed_pair(tmp_path: Path, cand_env: dict | None = None) -> tuple[Path, Pat
 
 def test_comparison_shows_the_verdicts_of_txbench_compare(tmp_path, monkeypatch):
     from tests.factories import ENV
-    from txbench.analysis.noise import store_run_noise
+    from txbench.gate import store_run_noise
 
     # a runner calibrated to 1% between-run noise: one run per side can then tell all four verdicts apart
     monkeypatch.setenv("TXBENCH_CACHE_DIR", str(tmp_path / "cache"))

@@ -1,1 +1,1 @@
-"""Analysis of stored results: findings, scaling fits and run comparisons. Pure pandas, no torch."""
+"""Analysis of stored results: findings and scaling fits (run comparisons: txbench.gate). Pure pandas, no torch."""

@@ -34,34 +34,32 @@ from txbench.analysis.ranking import TIE_MARGIN, compare_pairs, describe_ratio, 
 from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
 from txbench.analysis.types import SEVERITIES, Finding
 from txbench.analysis.wording import (
-    _ABBR,
-    _COMPARE,
+    ABBR,
     BWD_FWD_HIGH,
     BWD_FWD_LOW,
+    COMPARE_COLUMNS,
     GPU_IDLE_HIGH,
     LOOSE_FIT_R2,
     MAX_PER_RULE,
     NOISY_IQR_REL,
     OPT_SHARE_HIGH,
-    _bytes,
-    _cap,
-    _ctx,
-    _groups,
-    _ids,
-    _int,
-    _is,
-    _label,
-    _ms,
-    _pct,
-    _plain,
-    _range,
-    _records,
-    _scope,
-    _span,
-    _val,
-    _where,
-    _x,
+    axis_span,
+    cap_first,
+    config_label,
+    config_where,
+    context,
+    fmt_range,
+    fmt_time,
+    ids_of,
+    is_flag,
+    iter_groups,
+    json_records,
+    plain_value,
+    scope_of,
+    value_text,
+    whole,
 )
+from txbench.labels import fmt_bytes, fmt_pct, fmt_x
 from txbench.store import load_ops, load_points, resolve_run
 
 __all__ = [
@@ -77,17 +75,17 @@ def unverified_kernels(points, ops=None) -> list[Finding]:
     df = _ok_rows(points)
     if "attention_verified" not in df.columns:
         return []
-    bad = df[df["attention_verified"].map(lambda v: _is(v, False))]
+    bad = df[df["attention_verified"].map(lambda v: is_flag(v, False))]
     axes = [c for c in _varying(points) if c != "attention"]
     out = []
     bad = bad.assign(_ran=bad["attention_kernel"].fillna("unknown") if "attention_kernel" in bad.columns else "unknown")
     for (req, ran), g in bad.groupby(["attention", "_ran"]):
-        where = ", ".join(_label(r, axes) for _, r in g.head(4).iterrows()) or "every point"
+        where = ", ".join(config_label(r, axes) for _, r in g.head(4).iterrows()) or "every point"
         more = f" and {len(g) - 4} more" if len(g) > 4 else ""
         text = (f"Requested `{req}` but `{ran}` ran at {where}{more}: those timings describe `{ran}`, not `{req}`. "
                 f"Check dtype, head size, mask and device support (`txbench list`).")
         out.append(Finding("unverified_kernel", "critical", text, {"attention": req, "attention_kernel": ran},
-                           _ids(g), "winners", _records(g, ["point_id", *axes, "attention", "attention_kernel"])))
+                           ids_of(g), "winners", json_records(g, ["point_id", *axes, "attention", "attention_kernel"])))
     return out
 
 
@@ -100,13 +98,13 @@ def failures(points, ops=None) -> list[Finding]:
     for status, g in sorted(bad.groupby("status"), key=lambda kv: -len(kv[1])):
         msgs = g["error"].dropna().astype(str) if "error" in g.columns else pd.Series(dtype=str)
         first = msgs.iloc[0].strip().splitlines()[0][:200] if len(msgs) else "no message"
-        where = ", ".join(_where(r, axes) for _, r in g.head(3).iterrows())
+        where = ", ".join(config_where(r, axes) for _, r in g.head(3).iterrows())
         more = f" and {len(g) - 3} more" if len(g) > 3 else ""
         text = (f"{len(g)} of {len(points)} points ended with status {status} ({where}{more}). "
                 f"First message: \"{first}\".")
         sev = "warning" if status in ("error", "timeout") else "info"
-        out.append(Finding("failures", sev, text, {"status": status}, _ids(g), "failures",
-                           _records(g, ["point_id", *axes, "status", "error"])))
+        out.append(Finding("failures", sev, text, {"status": status}, ids_of(g), "failures",
+                           json_records(g, ["point_id", *axes, "status", "error"])))
     return out
 
 
@@ -127,25 +125,25 @@ def feasibility_frontier(points, ops=None) -> list[Finding]:
         for (a, b), key in zip(spans, gkeys):
             pos = order[a:b]
             ok, bad = pos[is_ok[pos]], pos[~is_ok[pos]]
-            name = _ctx(key).strip(" ()") or "the model"
+            name = context(key).strip(" ()") or "the model"
             if not len(ok):
-                parts.append(f"{name} ran at no {_ABBR.get(axis, axis)} ({', '.join(sorted(set(status[bad])))})")
+                parts.append(f"{name} ran at no {ABBR.get(axis, axis)} ({', '.join(sorted(set(status[bad])))})")
             else:
                 known = ok[~np.isnan(x[ok])]
                 top, shown = (x[known].max(), raw[known[np.argmax(x[known])]]) if len(known) else (np.nan, np.nan)
                 above = bad[x[bad] > top]
                 if not len(above):
-                    parts.append(f"{name} up to {_val(axis, shown)} (all ran)")
+                    parts.append(f"{name} up to {value_text(axis, shown)} (all ran)")
                     continue
                 f = above[0]
-                parts.append(f"{name} up to {_val(axis, shown)}, {_val(axis, raw[f])} fails ({status[f]})")
+                parts.append(f"{name} up to {value_text(axis, shown)}, {value_text(axis, raw[f])} fails ({status[f]})")
             any_fail = True
             ids += [pids[i] for i in bad]
             ev.append(pos)
         if any_fail:
             text = f"Feasibility frontier along {axis}: " + "; ".join(parts) + "."
             rows = _columns(points, ["point_id", *keys, axis, "status", "peak_mem_bytes"]).iloc[np.concatenate(ev)]
-            out.append(Finding("frontier", "info", text, {"axis": axis}, ids, f"memory:{axis}", _records(rows)))
+            out.append(Finding("frontier", "info", text, {"axis": axis}, ids, f"memory:{axis}", json_records(rows)))
     return out[:MAX_PER_RULE]
 
 
@@ -153,15 +151,15 @@ def scaling(points, ops=None) -> list[Finding]:
     """Power-law exponents of step time and peak memory along each numeric axis, per configuration."""
     out = []
     for axis in _axes(_ok_rows(points)):
-        ab = _ABBR.get(axis, axis)
-        for metric, chart, noun, fmt in (("step_ms_median", "scaling", "step time", _ms),
-                                         ("peak_mem_bytes", "memory", "peak memory", _bytes)):
+        ab = ABBR.get(axis, axis)
+        for metric, chart, noun, fmt in (("step_ms_median", "scaling", "step time", fmt_time),
+                                         ("peak_mem_bytes", "memory", "peak memory", fmt_bytes)):
             fits = scaling_fits(points, axis, metric)
             if fits.empty:
                 continue
             keys = [c for c in fits.columns[: list(fits.columns).index("axis")]]
-            cmp = [c for c in keys if c in _COMPARE]
-            order, spans, ctxs = _sorted_groups(fits, [c for c in keys if c not in _COMPARE])
+            cmp = [c for c in keys if c in COMPARE_COLUMNS]
+            order, spans, ctxs = _sorted_groups(fits, [c for c in keys if c not in COMPARE_COLUMNS])
             expo = pd.to_numeric(fits["exponent"], errors="coerce")
             for (a, b), ctx in zip(spans, ctxs):
                 pos = order[a:b]
@@ -179,7 +177,7 @@ def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx, ok
         g = _trend_stats(ok, g, axis)
     clauses, flat = [], []
     for r in _rows(g, range(len(g)), g.columns):
-        who = f" with {_label(r, cmp)}" if cmp else ""
+        who = f" with {config_label(r, cmp)}" if cmp else ""
         loose = f", loose fit r²={r['r2']:.2f}" if r["r2"] < LOOSE_FIT_R2 else ""
         if r.get("trend") == "tie":  # the ends of the sweep cannot be told apart: no trend to state
             band = describe_tie(r["trend_margin"], r.get("trend_lo"), r.get("trend_hi"))
@@ -187,7 +185,7 @@ def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx, ok
             continue
         clauses.append(f"~{ab}^{r['exponent']:.1f}{who} ({fmt(r['y_min'])} to {fmt(r['y_max'])}{loose})")
     r0 = g.iloc[0]
-    span = f" over {_span(axis, r0['x_min'], r0['x_max'])}{_ctx(ctx)}"
+    span = f" over {axis_span(axis, r0['x_min'], r0['x_max'])}{context(ctx)}"
     if clauses:
         text = f"{noun.capitalize()} scales as " + ", ".join(clauses) + span + "."
         if flat:
@@ -197,7 +195,7 @@ def _scaling_finding(fits, pos, axis, ab, metric, chart, noun, fmt, cmp, ctx, ok
                 + ", inside the noise of the steps.")
     ids = sorted({p for lst in g["point_ids"] for p in lst})
     return Finding("scaling", "info", text, {"axis": axis, "metric": metric, **ctx}, ids, f"{chart}:{axis}",
-                   _records(g.drop(columns=["point_ids"])))
+                   json_records(g.drop(columns=["point_ids"])))
 
 
 #: Saturation is stated only when the data bound any further gain in tokens/s to this fraction.
@@ -250,24 +248,24 @@ def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
         (sat, j) for j in range(sat + 1, n)]
     stats = dict(zip(want, compare_pairs([(rows[i], rows[j]) for i, j in want], metric="tokens_per_s",
                                          higher_is_better=True)))
-    ab = _ABBR.get(axis, axis)
+    ab = ABBR.get(axis, axis)
     dev = str(rows[0].get("device") or "")
     where = "this CPU" if dev.startswith("cpu") else "this GPU" if dev.startswith("cuda") else "this device"
     b0, bs = rows[0], rows[sat]
     w = _world(bs)
-    tok = (f"{_int(float(bs['batch_size']) * float(bs['seq_len']) * w)} tokens per step"
+    tok = (f"{whole(float(bs['batch_size']) * float(bs['seq_len']) * w)} tokens per step"
            + (f" over {w} ranks" if w > 1 else ""))
-    head = f"Throughput along {axis}{_ctx(key)}: tokens/s"
+    head = f"Throughput along {axis}{context(key)}: tokens/s"
     if sat == n - 1:
         s = stats[(n - 2, n - 1)]
         first = stats[(0, n - 1)]
         grow = (f"rises {describe_ratio(first['ratio'], first['ci_low'], first['ci_high'])} from "
-                f"{ab}={_int(b0[axis])} to {ab}={_int(bs[axis])}" if first["outcome"] == "b_better" else
+                f"{ab}={whole(b0[axis])} to {ab}={whole(bs[axis])}" if first["outcome"] == "b_better" else
                 f"ends at {_num(tps[-1])}")
-        last = (f"still {describe_ratio(s['ratio'], s['ci_low'], s['ci_high'])} higher at {ab}={_int(bs[axis])} "
-                f"than at {ab}={_int(rows[n - 2][axis])}" if s["outcome"] == "b_better" else
-                f"still rises decidedly at {ab}={_int(bs[axis])} against {ab}={_int(b0[axis])}")
-        text = (f"{head} {grow}, {last}: no saturation up to {ab}={_int(bs[axis])} ({tok}); "
+        last = (f"still {describe_ratio(s['ratio'], s['ci_low'], s['ci_high'])} higher at {ab}={whole(bs[axis])} "
+                f"than at {ab}={whole(rows[n - 2][axis])}" if s["outcome"] == "b_better" else
+                f"still rises decidedly at {ab}={whole(bs[axis])} against {ab}={whole(b0[axis])}")
+        text = (f"{head} {grow}, {last}: no saturation up to {ab}={whole(bs[axis])} ({tok}); "
                 f"larger batches may still pay off (`--set sweep.{axis}=[...]`).")
     else:
         later = [stats[(sat, j)] for j in range(sat + 1, n)]
@@ -279,21 +277,21 @@ def _saturation_finding(key, rows, tps, sat, axis) -> Finding:
         tight = up <= SATURATION_BOUND  # the data bound any further gain: saturation can be stated
         s = stats.get((0, sat))
         rise = (f"{head} rises {describe_ratio(s['ratio'], s['ci_low'], s['ci_high'])} from "
-                f"{ab}={_int(b0[axis])} to {ab}={_int(bs[axis])}" if sat else
-                f"{head} does not rise decidedly beyond {ab}={_int(b0[axis])}")
+                f"{ab}={whole(b0[axis])} to {ab}={whole(bs[axis])}" if sat else
+                f"{head} does not rise decidedly beyond {ab}={whole(b0[axis])}")
         if tight:
-            text = (f"{rise} and then by less than {bound}: {ab}={_int(bs[axis])} ({tok}, "
+            text = (f"{rise} and then by less than {bound}: {ab}={whole(bs[axis])} ({tok}, "
                     f"{_num(tps[sat])} tokens/s) {'already ' if not sat else ''}saturates {where}.")
         else:
             more = f"up to +{bound}" if np.isfinite(up) else "any amount"
-            text = (f"{rise}, but past {ab}={_int(bs[axis])} the steps are too noisy to say it saturates "
+            text = (f"{rise}, but past {ab}={whole(bs[axis])} the steps are too noisy to say it saturates "
                     f"(larger batches may still gain {more} within the 95% CI): measure longer "
                     f"(measure.max_s) to locate the saturation point.")
         if drops:
             j, d = drops[-1]
-            text = text[:-1] + (f"; at {ab}={_int(rows[j][axis])} it falls {100 * (1 - d['ratio']):.0f}% "
+            text = text[:-1] + (f"; at {ab}={whole(rows[j][axis])} it falls {100 * (1 - d['ratio']):.0f}% "
                                 f"(95% CI {100 * (1 - d['ci_high']):.0f}-{100 * (1 - d['ci_low']):.0f}%).")
-    ev = [{"batch_size": _plain(r[axis]), "tokens_per_s": v, "point_id": str(r["point_id"])}
+    ev = [{"batch_size": plain_value(r[axis]), "tokens_per_s": v, "point_id": str(r["point_id"])}
           for r, v in zip(rows, tps)]
     return Finding("saturation", "info", text, {"axis": axis, **key}, [e["point_id"] for e in ev],
                    f"scaling:{axis}", ev)
@@ -345,7 +343,7 @@ def _winner_rows(ok: pd.DataFrame, cmp: list[str], ctx: list[str]) -> pd.DataFra
     # one label per implementation/precision, not one per row
     who = ok.groupby(cmp, dropna=False, sort=False).ngroup().to_numpy()
     firsts = np.unique(who, return_index=True)[1]
-    names = dict(zip(who[firsts].tolist(), (_label(r, cmp) for r in _rows(ok, firsts, cmp))))
+    names = dict(zip(who[firsts].tolist(), (config_label(r, cmp) for r in _rows(ok, firsts, cmp))))
     label = [names[c] for c in who.tolist()]
     order, spans, keys = _sorted_groups(ok, ctx, by=ok["step_ms_median"].to_numpy())
     data = _rows(ok, range(len(ok)), ["step_ms_samples", "seq_len", "batch_size"])
@@ -383,7 +381,8 @@ def _versus(row, decided_only: bool = True) -> str:
             continue
         mem = o["mem_ratio"]
         m = "" if mem is None or 0.9 < mem < 1.1 else (
-            f" and uses {_x(mem)} less peak memory" if mem >= 1.1 else f" but uses {_x(1 / mem)} more peak memory")
+            f" and uses {fmt_x(mem)} less peak memory" if mem >= 1.1
+            else f" but uses {fmt_x(1 / mem)} more peak memory")
         parts.append(f"{describe_ratio(o['speedup'], o['ci_low'], o['ci_high'])} faster than {o['who']}{m}")
     return "; ".join(parts)
 
@@ -400,8 +399,8 @@ def _tie_words(row) -> str:
 
 def _single_winner_text(r, key) -> str:
     if r["decided"]:
-        return f"{r['winner']} is the fastest{_ctx(key)}: {_versus(r)}."
-    text = f"{_cap(_tie_words(r))}{_ctx(key)}"
+        return f"{r['winner']} is the fastest{context(key)}: {_versus(r)}."
+    text = f"{cap_first(_tie_words(r))}{context(key)}"
     rest = _versus(r)
     return text + (f"; {r['winner']} is {rest}." if rest else ": the difference is inside the noise of the steps.")
 
@@ -412,7 +411,7 @@ def winners(points, ops=None) -> list[Finding]:
     ok = (ok[pd.to_numeric(ok.get("step_ms_median"), errors="coerce").notna()] if "step_ms_median" in ok.columns
           else ok.iloc[0:0])
     varying = varying_config(ok)
-    cmp = [c for c in _COMPARE if c in varying]
+    cmp = [c for c in COMPARE_COLUMNS if c in varying]
     ctx = [c for c in varying if c not in cmp]
     table = _winner_rows(ok, cmp, ctx) if cmp else pd.DataFrame()
     if table.empty:
@@ -421,7 +420,7 @@ def winners(points, ops=None) -> list[Finding]:
     out = []
     for axis in axes or [None]:
         fam_keys = [c for c in ctx if c != axis]
-        for key, fam in _groups(table, fam_keys):
+        for key, fam in iter_groups(table, fam_keys):
             if axis is None:
                 r = fam.iloc[0]
                 mag = r["margin"] if r["decided"] else 0.0
@@ -430,9 +429,9 @@ def winners(points, ops=None) -> list[Finding]:
                 continue
             fam = fam.sort_values(axis)
             decisive, ties = fam[fam["decided"]], fam[~fam["decided"]]
-            ab = _ABBR.get(axis, axis)
+            ab = ABBR.get(axis, axis)
             at = functools.partial(_at, axis)
-            tie_band = (_range(ties["tie_margin"].min(), ties["tie_margin"].max(), _pct)
+            tie_band = (fmt_range(ties["tie_margin"].min(), ties["tie_margin"].max(), fmt_pct)
                         if len(ties) and np.isfinite(ties["tie_margin"]).all() else None)
             tie_note = (f"ties {describe_tie(ties['tie_margin'].max())} at {ab}={at(ties)}" if tie_band
                         else f"no decided winner at {ab}={at(ties)}") if len(ties) else ""
@@ -440,11 +439,12 @@ def winners(points, ops=None) -> list[Finding]:
                 names = list(dict.fromkeys([n for _, r in fam.iterrows() for n in (r["winner"], *r["tied"])]))
                 joined = ", ".join(names[:-1]) + " and " + names[-1]
                 if tie_band:
-                    text = (f"{joined} tie at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())}){_ctx(key)}:"
+                    text = (f"{joined} tie at every {ab} ({axis_span(axis, fam[axis].min(), fam[axis].max())})"
+                            f"{context(key)}:"
                             f" the fastest and the runner-up are {describe_tie(ties['tie_margin'].max())} of each "
                             f"other, inside the noise of the steps.")
                 else:
-                    text = (f"{joined} cannot be ranked along {axis}{_ctx(key)}: too few per-step samples "
+                    text = (f"{joined} cannot be ranked along {axis}{context(key)}: too few per-step samples "
                             f"for a statistic.")
                 mag = 0.0
             else:
@@ -453,15 +453,15 @@ def winners(points, ops=None) -> list[Finding]:
                     segs = [f"{w} wins at {ab}={at(d)} (by up to {describe_ratio(*_best_ratio(d), inline=True)})"
                             for w, d in decisive.groupby("winner", sort=False)]
                     end = decisive.iloc[-1]  # say what wins where the axis is largest, as users scale up
-                    text = (f"Crossover along {axis}{_ctx(key)}: " + "; ".join(segs)
+                    text = (f"Crossover along {axis}{context(key)}: " + "; ".join(segs)
                             + (f"; {tie_note}" if tie_note else "")
-                            + f". At {_val(axis, end[axis])} {end['winner']} is {_versus(end)}.")
+                            + f". At {value_text(axis, end[axis])} {end['winner']} is {_versus(end)}.")
                     mag = 100.0 + best["margin"]  # crossovers first
                 else:
-                    where = (f"at every {ab} ({_span(axis, fam[axis].min(), fam[axis].max())})" if ties.empty
+                    where = (f"at every {ab} ({axis_span(axis, fam[axis].min(), fam[axis].max())})" if ties.empty
                              else f"at {ab}={at(decisive)} ({tie_note})")
-                    text = (f"{best['winner']} is fastest {where}{_ctx(key)}; "
-                            f"at {_val(axis, best[axis])} it is {_versus(best)}.")
+                    text = (f"{best['winner']} is fastest {where}{context(key)}; "
+                            f"at {value_text(axis, best[axis])} it is {_versus(best)}.")
                     mag = best["margin"]
             ids = sorted({p for lst in fam["point_ids"] for p in lst})
             out.append((mag, functools.partial(_winner_finding, text, {"axis": axis, **key}, ids, fam,
@@ -472,7 +472,7 @@ def winners(points, ops=None) -> list[Finding]:
 
 
 def _at(axis: str, d: pd.DataFrame) -> str:
-    return ", ".join(str(_int(v)) for v in d[axis])
+    return ", ".join(str(whole(v)) for v in d[axis])
 
 
 def _best_ratio(d: pd.DataFrame) -> tuple[float, float, float]:
@@ -482,7 +482,7 @@ def _best_ratio(d: pd.DataFrame) -> tuple[float, float, float]:
 
 
 def _winner_finding(text, scope, ids, fam, drop) -> Finding:
-    return Finding("winners", "info", text, scope, ids, "winners", _records(fam.drop(columns=drop)))
+    return Finding("winners", "info", text, scope, ids, "winners", json_records(fam.drop(columns=drop)))
 
 
 #: What a factor's value does to the backward when a contrast isolates it (value test, words).
@@ -570,13 +570,13 @@ def _cause_words(w, ps: pd.DataFrame, what: str, cols: list[str]) -> str:
                 continue
             holds, breaks = _contrast(ps, effect, factor, v, cats + num, suspect, w["point_id"])
             if holds and not breaks:
-                shown = "; ".join(f"{r(p)} at {_where(p, cols)} against {r(q)} at {_where(q, cols)}"
+                shown = "; ".join(f"{r(p)} at {config_where(p, cols)} against {r(q)} at {config_where(q, cols)}"
                                   for p, q in holds[:2])
                 causes.append(f"{words.format(v=v)} ({shown})")
             elif breaks:
                 p, q = breaks[0]
                 odd = q if effect(q) else p
-                against.append(f"it is not {_val(factor, v)} alone: {_where(odd, cols)} takes {r(odd)}")
+                against.append(f"it is not {value_text(factor, v)} alone: {config_where(odd, cols)} takes {r(odd)}")
             else:
                 hints.append(hint)
     size = _size_contrast(ps, w, effect, cats + num, num)
@@ -585,8 +585,8 @@ def _cause_words(w, ps: pd.DataFrame, what: str, cols: list[str]) -> str:
         what_words = ("a small step whose backward is many small kernels with fixed costs each"
                       if what == "high" else
                       "a small step where fixed per-op costs (dispatch, launches) weigh the same in both passes")
-        causes.append(f"{what_words} (the ratio is {r(top)} at {_where(top, cols)} against {r(w)} at "
-                      f"{_where(w, cols)})")
+        causes.append(f"{what_words} (the ratio is {r(top)} at {config_where(top, cols)} against {r(w)} at "
+                      f"{config_where(w, cols)})")
     if causes:
         return "Likely cause: " + "; ".join(causes) + "."
     # a factor with no known mechanism can still carry the effect: say so, without naming a cause
@@ -594,8 +594,8 @@ def _cause_words(w, ps: pd.DataFrame, what: str, cols: list[str]) -> str:
         holds, breaks = _contrast(ps, effect, factor, w[factor], cats + num, lambda v: False, w["point_id"])
         if holds and not breaks:
             p, q = holds[0]
-            return (f"No known cause is named, but the contrast isolates it to {_val(factor, w[factor])} "
-                    f"({r(p)} at {_where(p, cols)} against {r(q)} at {_where(q, cols)}).")
+            return (f"No known cause is named, but the contrast isolates it to {value_text(factor, w[factor])} "
+                    f"({r(p)} at {config_where(p, cols)} against {r(q)} at {config_where(q, cols)}).")
     text = "The sweep does not isolate the cause"
     if against:
         text += " (" + "; ".join(against) + ")"
@@ -623,13 +623,14 @@ def phases(points, ops=None) -> list[Finding]:
         if g.empty:
             continue
         w = g.iloc[0]
-        span = (f"{_range(g['bwd_fwd_ratio'].min(), g['bwd_fwd_ratio'].max(), lambda v: f'{v:.1f}')}x "
+        span = (f"{fmt_range(g['bwd_fwd_ratio'].min(), g['bwd_fwd_ratio'].max(), lambda v: f'{v:.1f}')}x "
                 f"over {len(g)} of {len(ps)} points")
-        text = (f"Backward takes {w['bwd_fwd_ratio']:.1f}x the forward at {_where(w, axes)} (expected ~2x; {span}). "
+        text = (f"Backward takes {w['bwd_fwd_ratio']:.1f}x the forward at {config_where(w, axes)} "
+                f"(expected ~2x; {span}). "
                 + _cause_words(w, ps, what, [a for a in axes if a in ps.columns])
-                + (" The point is noisy, so the ratio is uncertain." if _is(w.get("noisy"), True) else ""))
-        out.append(Finding("phases", "info", text, _scope(w, axes), _ids(g), "phases",
-                           _records(g, ["point_id", *axes, "fwd_ms", "bwd_ms", "opt_ms", "bwd_fwd_ratio"])))
+                + (" The point is noisy, so the ratio is uncertain." if is_flag(w.get("noisy"), True) else ""))
+        out.append(Finding("phases", "info", text, scope_of(w, axes), ids_of(g), "phases",
+                           json_records(g, ["point_id", *axes, "fwd_ms", "bwd_ms", "opt_ms", "bwd_fwd_ratio"])))
     g = ps[ps["opt_share"] > OPT_SHARE_HIGH].sort_values("opt_share", ascending=False)
     if not g.empty:
         w = g.iloc[0]
@@ -638,13 +639,13 @@ def phases(points, ops=None) -> list[Finding]:
         fix = ("it is already fused, so only a larger batch helps" if impl == "fused"
                else "a fused optimizer (fused=True) or a larger batch helps")
         params = f"{w['params'] / 1e6:.3g}M parameters" if pd.notna(w.get("params")) else "the parameters"
-        text = (f"The optimizer takes {_pct(w['opt_share'])} of the step at {_where(w, axes)} "
-                f"({len(g)} of {len(ps)} points above {_pct(OPT_SHARE_HIGH)}): "
+        text = (f"The optimizer takes {fmt_pct(w['opt_share'])} of the step at {config_where(w, axes)} "
+                f"({len(g)} of {len(ps)} points above {fmt_pct(OPT_SHARE_HIGH)}): "
                 f"updating {params} ({w.get('optimizer')}, {impl or 'unknown'} implementation) costs "
-                f"{_ms(w['opt_ms'])} against {_ms(w['fwd_ms'] + w['bwd_ms'])} of forward+backward on "
-                f"{_int(w['batch_size'] * w['seq_len'])} tokens; {fix}.")
-        out.append(Finding("phases", "warning", text, _scope(w, axes), _ids(g), "phases",
-                           _records(g, ["point_id", *axes, "opt_ms", "opt_share", "optimizer_impl",
+                f"{fmt_time(w['opt_ms'])} against {fmt_time(w['fwd_ms'] + w['bwd_ms'])} of forward+backward on "
+                f"{whole(w['batch_size'] * w['seq_len'])} tokens; {fix}.")
+        out.append(Finding("phases", "warning", text, scope_of(w, axes), ids_of(g), "phases",
+                           json_records(g, ["point_id", *axes, "opt_ms", "opt_share", "optimizer_impl",
                                         "optimizer_impl_used"])))
     return out
 
@@ -661,11 +662,11 @@ def gpu_idle(points, ops=None) -> list[Finding]:
     w, axes = g.iloc[0], _varying(points)
     launches = (f", {w['kernel_launches_per_step']:.0f} kernel launches per step"
                 if pd.notna(w.get("kernel_launches_per_step")) else "")
-    text = (f"The GPU is idle {_pct(w['gpu_idle_share'])} of the profiled step at {_where(w, axes)}{launches} "
-            f"({len(g)} of {len(df)} points above {_pct(GPU_IDLE_HIGH)}): the step is launch-bound. "
+    text = (f"The GPU is idle {fmt_pct(w['gpu_idle_share'])} of the profiled step at {config_where(w, axes)}{launches} "
+            f"({len(g)} of {len(df)} points above {fmt_pct(GPU_IDLE_HIGH)}): the step is launch-bound. "
             f"A larger batch, CUDA graphs or torch.compile keep the GPU busy.")
-    return [Finding("gpu_idle", "warning", text, _scope(w, axes), _ids(g), "phases",
-                    _records(g, ["point_id", *axes, "gpu_idle_share", "gpu_idle_ms_per_step",
+    return [Finding("gpu_idle", "warning", text, scope_of(w, axes), ids_of(g), "phases",
+                    json_records(g, ["point_id", *axes, "gpu_idle_share", "gpu_idle_ms_per_step",
                                  "kernel_launches_per_step"]))]
 
 
@@ -680,13 +681,14 @@ def noisy_points(points, ops=None) -> list[Finding]:
     g["iqr_rel"] = g["step_ms_iqr"] / g["step_ms_median"]
     g = g.sort_values("iqr_rel", ascending=False)
     axes = _varying(points)
-    worst = ", ".join(f"{_where(r, axes)} (IQR {_pct(r['iqr_rel'])} of the median)" for _, r in g.head(3).iterrows())
+    worst = ", ".join(f"{config_where(r, axes)} (IQR {fmt_pct(r['iqr_rel'])} of the median)"
+                      for _, r in g.head(3).iterrows())
     text = (f"{len(g)} of {len(df)} points {'is' if len(g) == 1 else 'are'} noisy "
-            f"(IQR above {_pct(NOISY_IQR_REL)} of the median step): {worst}. "
+            f"(IQR above {fmt_pct(NOISY_IQR_REL)} of the median step): {worst}. "
             f"Their medians and the comparisons built on them are uncertain; "
             f"rerun on an idle machine or raise measure.max_s.")
-    return [Finding("noisy", "warning", text, {}, _ids(g), None,
-                    _records(g, ["point_id", *axes, "step_ms_median", "step_ms_iqr", "iqr_rel"]))]
+    return [Finding("noisy", "warning", text, {}, ids_of(g), None,
+                    json_records(g, ["point_id", *axes, "step_ms_median", "step_ms_iqr", "iqr_rel"]))]
 
 
 def mfu(points, ops=None) -> list[Finding]:
@@ -703,9 +705,9 @@ def mfu(points, ops=None) -> list[Finding]:
     df = _columns(df, ["point_id", *axes, "device", "precision", "tflops_per_s", "mfu", "peak_tflops", "peak_source",
                        "device_name"])
     df = df[pd.to_numeric(df["tflops_per_s"], errors="coerce").notna()]
-    for key, g in _groups(df, [c for c in ("device", "precision") if c in df.columns]):
+    for key, g in iter_groups(df, [c for c in ("device", "precision") if c in df.columns]):
         t = g["tflops_per_s"].astype(float)
-        ach = _range(t.min(), t.max(), lambda v: f"{v:.3g}") + " TFLOP/s"
+        ach = fmt_range(t.min(), t.max(), lambda v: f"{v:.3g}") + " TFLOP/s"
         peak = pd.to_numeric(g.get("peak_tflops"), errors="coerce")
         src_all = g["peak_source"].astype(str) if "peak_source" in g.columns else pd.Series("", index=g.index)
         measured = src_all.str.lower().str.contains("measured")
@@ -721,12 +723,12 @@ def mfu(points, ops=None) -> list[Finding]:
             src = str(w.get("peak_source") or "unknown source")
             kind = "a measured GEMM peak on this CPU, not a datasheet figure" if "measured" in src.lower() else src
             text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach}, "
-                    f"MFU {_range(m.min(), m.max(), _pct)} of "
-                    f"{denom[m.idxmax()]:.3g} TFLOP/s ({kind}); best {_where(w, axes)} at {_pct(m.max())}.")
+                    f"MFU {fmt_range(m.min(), m.max(), fmt_pct)} of "
+                    f"{denom[m.idxmax()]:.3g} TFLOP/s ({kind}); best {config_where(w, axes)} at {fmt_pct(m.max())}.")
             sev = "warning" if str(key.get("device", "")).startswith("cuda") and m.max() < 0.10 else "info"
         elif not over.any():
             w = g.loc[t.idxmax()]
-            text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach} (best {_where(w, axes)}); "
+            text = (f"{key.get('precision', '')} on {key.get('device', '')}: {ach} (best {config_where(w, axes)}); "
                     f"no peak is known for "
                     f"{w.get('device_name') or 'this device'} ({w.get('peak_source') or 'no source'}), so no MFU.")
             sev = "info"
@@ -736,16 +738,16 @@ def mfu(points, ops=None) -> list[Finding]:
         if over.any():
             bad = g[over.to_numpy()]
             tb = bad["tflops_per_s"].astype(float)
-            where = ", ".join(_where(r, axes) for _, r in bad.head(3).iterrows())
+            where = ", ".join(config_where(r, axes) for _, r in bad.head(3).iterrows())
             text += (f" MFU is left empty at {len(bad)} of {len(g)} points ({where}): they ran at "
-                     f"{_range(tb.min(), tb.max(), lambda v: f'{v:.3g}')} TFLOP/s, above the "
+                     f"{fmt_range(tb.min(), tb.max(), lambda v: f'{v:.3g}')} TFLOP/s, above the "
                      f"{denom[over].max():.3g} TFLOP/s peak, and MFU cannot exceed 100%: that peak does not hold "
                      f"for this step's kernels (a CPU peak measured by an older txbench, on square matmuls only, "
                      f"can be too low; see docs/methodology.md).")
             sev = "warning"
         ev = g.assign(mfu=m.to_numpy(), peak_tflops=denom.to_numpy())
-        out.append(Finding("mfu", sev, text, key, _ids(g), "mfu",
-                           _records(ev, ["point_id", *axes, "tflops_per_s", "mfu", "peak_tflops", "peak_source"])))
+        out.append(Finding("mfu", sev, text, key, ids_of(g), "mfu",
+                           json_records(ev, ["point_id", *axes, "tflops_per_s", "mfu", "peak_tflops", "peak_source"])))
     return out
 
 
@@ -760,24 +762,25 @@ def forecast(points, ops=None, memory=None) -> list[Finding]:
     keys = [c for c in table.columns[: list(table.columns).index("static0")]]
     out = []
     for _, r in table.iterrows():
-        key = {k: _plain(r[k]) for k in keys}
-        per = _bytes(r["act_per_token_layer"]) + " per token per layer"
-        quad = f" + {_bytes(r['c'])} per B·T² (the T x T scores)" if r["quadratic"] else ""
-        fit_q = (f"the fit is within {_pct(r['max_rel_error'])} of the {r['n_points']} measured points"
+        key = {k: plain_value(r[k]) for k in keys}
+        per = fmt_bytes(r["act_per_token_layer"]) + " per token per layer"
+        quad = f" + {fmt_bytes(r['c'])} per B·T² (the T x T scores)" if r["quadratic"] else ""
+        fit_q = (f"the fit is within {fmt_pct(r['max_rel_error'])} of the {r['n_points']} measured points"
                  + (" (a loose fit: treat the forecast as rough)" if r["max_rel_error"] > 0.15 else ""))
-        text = (f"Memory forecast for {_bytes(r['memory'])} ({src}){_ctx(key)}: static {_bytes(r['static0'])} + "
-                f"{per}{quad}; {fit_q}. Fits up to B≈{_approx(r['max_batch'])} at T={_int(r['at_seq_len'])} and "
-                f"T≈{_approx(r['max_seq_len'])} at B={_int(r['at_batch'])}.")
+        text = (f"Memory forecast for {fmt_bytes(r['memory'])} ({src}){context(key)}: "
+                f"static {fmt_bytes(r['static0'])} + "
+                f"{per}{quad}; {fit_q}. Fits up to B≈{_approx(r['max_batch'])} at T={whole(r['at_seq_len'])} and "
+                f"T≈{_approx(r['max_seq_len'])} at B={whole(r['at_batch'])}.")
         if r["n_seq_lens"] < 2:
             text += (" T was not swept, so the T forecast assumes memory linear in T"
                      + (" although this implementation keeps T x T scores: it is too high" if
                         r["attention_impl"] in QUADRATIC else "") + ".")
         for c in r["oom_checks"][:2]:
             verdict = "as forecast" if c["agrees"] else "although the forecast says it fits: the model misses there"
-            text += (f" At B={c['batch_size']} the forecast for {_bytes(c['device_memory'])} stops fitting at "
+            text += (f" At B={c['batch_size']} the forecast for {fmt_bytes(c['device_memory'])} stops fitting at "
                      f"T≈{_approx(c['predicted_max_seq_len'])}; the run hit OOM at T={c['seq_len']}, {verdict}.")
         sev = "warning" if any(not c["agrees"] for c in r["oom_checks"]) else "info"
-        ev = _records(pd.DataFrame([r.drop(labels=["point_ids", "oom_checks"])]))
+        ev = json_records(pd.DataFrame([r.drop(labels=["point_ids", "oom_checks"])]))
         chart = "memory:seq_len" if "seq_len" in _varying(points) else "memory:batch_size"
         out.append(Finding("forecast", sev, text, key, list(r["point_ids"]), chart,
                            ev + [{"oom_checks": r["oom_checks"]}]))

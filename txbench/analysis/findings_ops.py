@@ -18,29 +18,29 @@ from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares
 from txbench.analysis.scaling import numeric_axes, varying_config
 from txbench.analysis.types import Finding
 from txbench.analysis.wording import (
-    _ABBR,
-    _COMPARE,
-    _PLURAL,
+    ABBR,
+    COMPARE_COLUMNS,
     DOMINANT_SHARE,
     HOTSPOTS,
     MAX_PER_RULE,
+    PLURAL_CATEGORIES,
     TREND_MIN_DELTA,
     TREND_MIN_SHARE,
-    _cap,
-    _ctx,
-    _groups,
-    _ids,
-    _int,
-    _label,
-    _move,
-    _ok,
-    _pct,
-    _plain,
-    _range,
-    _records,
-    _scope,
-    _where,
+    cap_first,
+    config_label,
+    config_where,
+    context,
+    fmt_range,
+    ids_of,
+    iter_groups,
+    json_records,
+    ok_points,
+    plain_value,
+    scope_of,
+    share_move,
+    whole,
 )
+from txbench.labels import fmt_pct
 
 __all__ = ["category_trends", "hotspots", "top_categories", "shared_frames"]
 
@@ -79,7 +79,7 @@ def _memo(fn, *frames):
 
 
 def _ok_rows(points):
-    return _memo(_ok, points)
+    return _memo(ok_points, points)
 
 
 def _varying(df) -> list[str]:
@@ -131,7 +131,7 @@ def _sorted_groups(
 ) -> tuple[np.ndarray, list[tuple[int, int]], list[dict]]:
     """``df``'s rows grouped by ``keys`` in one pass: the order, each group's span in it, and each group's key.
 
-    Groups come in the order of ``_groups`` (``groupby(keys, sort=True,
+    Groups come in the order of ``iter_groups`` (``groupby(keys, sort=True,
     dropna=False)``), keys as the same plain values; within a group rows are
     in the order ``g.sort_values`` gives by the values ``by`` (a column as
     stored), else in their order in ``df``. ``order[a:b]`` are the row
@@ -147,7 +147,7 @@ def _sorted_groups(
             seg = order[a:b]
             order[a:b] = seg[_sort_order(by[seg])]
     cols = {k: df[k].to_numpy(dtype=object) for k in keys}
-    key_dicts = [{k: _plain(cols[k][order[a]]) for k in keys} for a, _ in spans]
+    key_dicts = [{k: plain_value(cols[k][order[a]]) for k in keys} for a, _ in spans]
     return order, spans, key_dicts
 
 
@@ -186,27 +186,28 @@ def _top_category(row, cats) -> str:
 def _trend_text(cat, axis, ends, grow, cmp, cats, ctx) -> str:
     """"Attention grows from 10% of the step at T=128 to 64% at T=1024 with `naive`, while it stays ...
     It is the largest ..."."""
-    sc, ab, plural = f"{cat}_share", _ABBR.get(axis, axis), cat in _PLURAL
-    clauses = [f"from {_pct(a[sc])}{' of the step' if i == 0 else ''} at {ab}={_int(a[axis])} to {_pct(b[sc])}"
-               f" at {ab}={_int(b[axis])}" + (f" with {_label(b, cmp)}" if cmp else "")
+    sc, ab, plural = f"{cat}_share", ABBR.get(axis, axis), cat in PLURAL_CATEGORIES
+    clauses = [f"from {fmt_pct(a[sc])}{' of the step' if i == 0 else ''} at {ab}={whole(a[axis])} to {fmt_pct(b[sc])}"
+               f" at {ab}={whole(b[axis])}" + (f" with {config_label(b, cmp)}" if cmp else "")
                for i, (a, b) in enumerate(grow)]
-    rest = [_move(a[sc], b[sc], plural) + f" with {_label(b, cmp)}" for a, b in ends
+    rest = [share_move(a[sc], b[sc], plural) + f" with {config_label(b, cmp)}" for a, b in ends
             if cmp and not any(b is gb for _, gb in grow)]
-    text = f"{_cap(CATEGORY_LABELS.get(cat, cat))} {'grow' if plural else 'grows'} " + "; ".join(clauses) + _ctx(ctx)
+    text = (f"{cap_first(CATEGORY_LABELS.get(cat, cat))} {'grow' if plural else 'grows'} " + "; ".join(clauses)
+            + context(ctx))
     text += (f", while {'they' if plural else 'it'} " + "; ".join(rest) if rest else "") + "."
     # say plainly where it becomes the bottleneck and where it does not
     lead = [b for _, b in ends if _top_category(b, cats) == cat]
     if not lead:
         return text
-    xs = {_int(b[axis]) for _, b in ends}
+    xs = {whole(b[axis]) for _, b in ends}
     at = f"{ab}={xs.pop()}" if len(xs) == 1 else f"the largest {ab}"
     text += f" {'They are' if plural else 'It is'} the largest category at {at}"
     if cmp:
-        text += " with " + ", ".join(_label(b, cmp) for b in lead)
+        text += " with " + ", ".join(config_label(b, cmp) for b in lead)
         other = [(b, _top_category(b, cats)) for _, b in ends if _top_category(b, cats) != cat]
         if other:
-            text += ", not with " + ", ".join(f"{_label(b, cmp)} ({CATEGORY_LABELS.get(c, c)} {_pct(b[c + '_share'])})"
-                                              for b, c in other)
+            text += ", not with " + ", ".join(
+                f"{config_label(b, cmp)} ({CATEGORY_LABELS.get(c, c)} {fmt_pct(b[c + '_share'])})" for b, c in other)
     return text + "."
 
 
@@ -221,8 +222,8 @@ def category_trends(points, ops=None) -> list[Finding]:
     out = []
     for axis in _axes(df):
         keys = [c for c in _varying(df) if c != axis]
-        cmp = [c for c in keys if c in _COMPARE]
-        ctx_keys = [c for c in keys if c not in _COMPARE]
+        cmp = [c for c in keys if c in COMPARE_COLUMNS]
+        ctx_keys = [c for c in keys if c not in COMPARE_COLUMNS]
         x = pd.to_numeric(df[axis], errors="coerce").to_numpy(dtype="float64")
         # one grouping for every family (ctx) and series (cmp) instead of a filter per group
         order, spans, gkeys = _sorted_groups(df, ctx_keys + cmp, by=df[axis].to_numpy())
@@ -263,8 +264,8 @@ def _trend_finding(df, cats, cat, axis, keys, cmp, ctx, series, ends, grow) -> F
     # GEMMs taking over is the healthy, compute-bound direction: worth saying, not a warning
     sev = "warning" if cat != "gemm" and (top >= DOMINANT_SHARE or takes_over) else "info"
     rows = _columns(df, ["point_id", *keys, axis, sc]).iloc[np.concatenate(series)]
-    ev = _records(rows)
-    ids = sorted(set(_ids(rows)))
+    ev = json_records(rows)
+    ids = sorted(set(ids_of(rows)))
     text = _trend_text(cat, axis, ends, grow, cmp, cats, ctx)
     return Finding("category_trend", sev, text, {"axis": axis, "category": cat, **ctx}, ids, "categories", ev)
 
@@ -286,17 +287,17 @@ def hotspots(points, ops=None) -> list[Finding]:
         if cat == "lm_head_loss" and pd.notna(w.get("vocab_size")) and pd.notna(w.get("d_model")):
             # LM head GEMM: 2*V*d FLOPs per token vs ~24*d^2 per block (QKV, out-proj, 4x MLP): ratio V / (12 d)
             blocks = w["vocab_size"] / (12.0 * w["d_model"])
-            why = (f" With vocab {_int(w['vocab_size'])} at d_model={_int(w['d_model'])} "
+            why = (f" With vocab {whole(w['vocab_size'])} at d_model={whole(w['d_model'])} "
                    f"the LM head's matmul alone costs as many "
-                   f"FLOPs as {blocks:.1f} of the {_int(w['n_layers'])} transformer blocks.")
-        rng = f"{_range(df[sc].min(), df[sc].max(), _pct)} across the run, " if len(df) > 1 else ""
-        verb = "take" if cat in _PLURAL else "takes"
-        text = (f"{_cap(name)} {verb} {_pct(w[sc])} of the step at {_where(w, axes)}"
-                f" ({rng}{len(g)} of {len(df)} points above {_pct(limit)}).{why} {_cap(remedy)}.")
+                   f"FLOPs as {blocks:.1f} of the {whole(w['n_layers'])} transformer blocks.")
+        rng = f"{fmt_range(df[sc].min(), df[sc].max(), fmt_pct)} across the run, " if len(df) > 1 else ""
+        verb = "take" if cat in PLURAL_CATEGORIES else "takes"
+        text = (f"{cap_first(name)} {verb} {fmt_pct(w[sc])} of the step at {config_where(w, axes)}"
+                f" ({rng}{len(g)} of {len(df)} points above {fmt_pct(limit)}).{why} {cap_first(remedy)}.")
         sev = "warning" if w[sc] >= 2 * limit else "info"
-        out.append((float(w[sc]), Finding("hotspot", sev, text, {"category": cat, **_scope(w, axes)}, _ids(g),
+        out.append((float(w[sc]), Finding("hotspot", sev, text, {"category": cat, **scope_of(w, axes)}, ids_of(g),
                                            "categories",
-                                           _records(g, ["point_id", *axes, "d_model", "vocab_size", sc]))))
+                                           json_records(g, ["point_id", *axes, "d_model", "vocab_size", sc]))))
     out.sort(key=lambda t: -t[0])
     return [f for _, f in out[:MAX_PER_RULE]]
 
@@ -312,18 +313,18 @@ def top_categories(points, ops=None) -> list[Finding]:
     df = _columns(df, ["point_id", *keys, *axes, *shares])
     out = []
     # one finding per group and only the first MAX_PER_RULE are kept: the other groups need no sentence
-    for key, g in itertools.islice(_groups(df, keys), MAX_PER_RULE):
+    for key, g in itertools.islice(iter_groups(df, keys), MAX_PER_RULE):
         g = g.sort_values(axes) if axes else g
         ends = [g.iloc[0]] if len(g) == 1 else [g.iloc[0], g.iloc[-1]]
         parts = []
         for r in ends:
             top = sorted(cats, key=lambda c: -r[c + "_share"])[:3]
-            where = f"at {_label(r, axes)} " if axes else ""
-            parts.append(where + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {_pct(r[c + '_share'])}" for c in top))
-        who = _ctx(key).strip(" ()")
+            where = f"at {config_label(r, axes)} " if axes else ""
+            parts.append(where + ", ".join(f"{CATEGORY_LABELS.get(c, c)} {fmt_pct(r[c + '_share'])}" for c in top))
+        who = context(key).strip(" ()")
         text = f"Where the step goes{' with ' + who if who else ''}: " + "; ".join(parts) + "."
-        out.append(Finding("top_categories", "info", text, key, _ids(g), "categories",
-                           _records(g, ["point_id", *keys, *axes, *shares])))
+        out.append(Finding("top_categories", "info", text, key, ids_of(g), "categories",
+                           json_records(g, ["point_id", *keys, *axes, *shares])))
     return out[:MAX_PER_RULE]
 
 

@@ -6,7 +6,7 @@ computes: ``compile``, ``checkpointing`` and ``optimizer_impl`` (docs/suites.md#
 - :func:`lever_effects` pairs every ``ok`` point with the point that differs
   from it only in one lever set to its default (``none`` / ``auto``) and
   states the effect: speedup or slowdown with its 95% CI (the regression
-  gate's statistics, :func:`txbench.analysis.verdict.sample_stats`, on the
+  gate's statistics, :func:`txbench.gate.verdict.sample_stats`, on the
   per-step samples), peak memory saved, and for compile the break-even step
   count (``compile_s`` / time saved per step).
 - :func:`suggestions` names levers the run did not sweep but its numbers point
@@ -28,23 +28,21 @@ import pandas as pd
 
 from txbench.analysis.breakdown import CATEGORY_LABELS, category_shares, phase_split
 from txbench.analysis.types import Finding
-from txbench.analysis.verdict import BLOCK_S, block_labels, sample_stats
 from txbench.analysis.wording import (
     GPU_IDLE_HIGH,
     HOTSPOTS,
     MAX_PER_RULE,
     OPT_SHARE_HIGH,
     TREND_MIN_SHARE,
-    _bytes,
-    _ids,
-    _ms,
-    _pct,
-    _records,
-    _scope,
-    _where,
-    _x,
+    config_where,
+    fmt_time,
+    ids_of,
+    json_records,
+    scope_of,
 )
 from txbench.fields import BY_NAME, CONFIG_COLUMNS, varying_columns
+from txbench.gate import BLOCK_S, block_labels, sample_stats
+from txbench.labels import fmt_bytes, fmt_pct, fmt_x
 
 __all__ = ["LEVERS", "BASELINES", "LEVER_TITLES", "UNFUSED_ATTENTION", "ATTENTION_SHARE_HIGH", "MEMORY_WORTH",
            "SUGGESTION_RULES", "lever_effects", "effect_table", "suggestions", "what_to_try"]
@@ -182,10 +180,10 @@ def _clear(lo, hi) -> int:
 def _factor(ratio, lo, hi) -> tuple[str, str]:
     """A candidate/baseline time ratio as ("1.3x faster", "95% CI 1.2-1.4x"), in the direction of the effect."""
     if ratio < 1:
-        words, a, b = f"{_x(1 / ratio)} faster", 1 / hi, 1 / lo
+        words, a, b = f"{fmt_x(1 / ratio)} faster", 1 / hi, 1 / lo
     else:
-        words, a, b = f"{_x(ratio)} slower", lo, hi
-    ci = f"95% CI {_x(a)}-{_x(b)}" if math.isfinite(lo) and math.isfinite(hi) and lo > 0 else "no CI"
+        words, a, b = f"{fmt_x(ratio)} slower", lo, hi
+    ci = f"95% CI {fmt_x(a)}-{fmt_x(b)}" if math.isfinite(lo) and math.isfinite(hi) and lo > 0 else "no CI"
     if math.isfinite(lo) and math.isfinite(hi) and lo > 0 and (lo < 1 < hi):
         ci = f"95% CI of the ratio {lo:.2f}-{hi:.2f}, which includes 1"
     return words, ci
@@ -194,7 +192,7 @@ def _factor(ratio, lo, hi) -> tuple[str, str]:
 def _speed_words(r) -> str:
     """"1.3x faster (95% CI 1.2-1.4x, 100 ms -> 77 ms per step)"; a ratio inside the noise says so."""
     words, ci = _factor(r["step_ratio"], r["step_ci_low"], r["step_ci_high"])
-    per = f"{_ms(r['base_step_ms'])} -> {_ms(r['cand_step_ms'])} per step"
+    per = f"{fmt_time(r['base_step_ms'])} -> {fmt_time(r['cand_step_ms'])} per step"
     if not _clear(r["step_ci_low"], r["step_ci_high"]):
         return f"{words} by the medians but not clearly ({ci}; {per})"
     return f"{words} ({ci}, {per})"
@@ -210,14 +208,14 @@ def _mem_words(r) -> str:
     if m is None:
         return ""
     if m >= 1.05:
-        return f"cuts peak memory {_x(m)} ({_bytes(r['base_mem'])} -> {_bytes(r['cand_mem'])})"
+        return f"cuts peak memory {fmt_x(m)} ({fmt_bytes(r['base_mem'])} -> {fmt_bytes(r['cand_mem'])})"
     if m <= 1 / 1.05:
-        return f"raises peak memory {_x(1 / m)} ({_bytes(r['base_mem'])} -> {_bytes(r['cand_mem'])})"
-    return f"leaves peak memory about the same ({_bytes(r['base_mem'])} -> {_bytes(r['cand_mem'])})"
+        return f"raises peak memory {fmt_x(1 / m)} ({fmt_bytes(r['base_mem'])} -> {fmt_bytes(r['cand_mem'])})"
+    return f"leaves peak memory about the same ({fmt_bytes(r['base_mem'])} -> {fmt_bytes(r['cand_mem'])})"
 
 
 def _sentence(r, axes: list[str]) -> str:
-    where = _where(pd.Series(r), axes)
+    where = config_where(pd.Series(r), axes)
     at = "" if where == "this point" else f" at {where}"
     lever, value = r["lever"], r["value"]
     if r["step_ratio"] is None:
@@ -253,7 +251,7 @@ def _sentence(r, axes: list[str]) -> str:
     words, ci = _factor(o, lo, hi)
     how = f"{words} than {base}" + ("" if _clear(lo, hi) else " by the medians but not clearly")
     return (f"optimizer_impl {value}{ran} makes the optimizer step {how}{at} "
-            f"({_ms(r['base_opt_ms'])} -> {_ms(r['cand_opt_ms'])}, {ci}); the whole step is "
+            f"({fmt_time(r['base_opt_ms'])} -> {fmt_time(r['cand_opt_ms'])}, {ci}); the whole step is "
             f"{100 * (r['step_ratio'] - 1):+.0f}%.")
 
 
@@ -268,14 +266,14 @@ def lever_effects(points: pd.DataFrame, ops=None) -> list[Finding]:
         if per.get(r["lever"], 0) >= MAX_PER_RULE:
             continue
         per[r["lever"]] = per.get(r["lever"], 0) + 1
-        scope = {**_scope(pd.Series(r), axes), r["lever"]: r["value"]}
+        scope = {**scope_of(pd.Series(r), axes), r["lever"]: r["value"]}
         evidence = {k: r[k] for k in ("lever", "value", "baseline", "base_id", "cand_id", "step_ratio", "step_ci_low",
                                       "step_ci_high", "ci_units", "speedup", "base_step_ms", "cand_step_ms",
                                       "opt_ratio", "base_opt_ms", "cand_opt_ms", "base_mem", "cand_mem", "mem_ratio",
                                       "compile_s", "saved_ms", "break_even_steps")}
         chart = "memory" if r["lever"] == "checkpointing" else "phases" if r["lever"] == "optimizer_impl" else "scaling"
         out.append(Finding("lever_effect", "info", _sentence(r, axes), scope, [r["base_id"], r["cand_id"]],
-                           chart, _records(pd.DataFrame([evidence]))))
+                           chart, json_records(pd.DataFrame([evidence]))))
     return out
 
 
@@ -309,8 +307,8 @@ def _profiled(ok: pd.DataFrame, ops) -> pd.DataFrame:
 
 
 def _finding(text: str, row, axes, df: pd.DataFrame, cols: list[str], chart: str) -> Finding:
-    return Finding("try_next", "info", text, _scope(row, axes), _ids(df), chart,
-                   _records(df, ["point_id", *axes, *cols]))
+    return Finding("try_next", "info", text, scope_of(row, axes), ids_of(df), chart,
+                   json_records(df, ["point_id", *axes, *cols]))
 
 
 def _attention_rule(prof: pd.DataFrame, ok: pd.DataFrame, axes) -> list[Finding]:
@@ -322,8 +320,8 @@ def _attention_rule(prof: pd.DataFrame, ok: pd.DataFrame, axes) -> list[Finding]
     if g.empty or _swept(ok, "attention", ("sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "flex")):
         return []
     w = _top(g, "share_attention")
-    text = (f"Attention takes {_pct(w['share_attention'])} of the profiled step at {_where(w, axes)} "
-            f"({len(g)} of {len(prof)} profiled points at {_pct(ATTENTION_SHARE_HIGH)} or more): `{w['attention']}` "
+    text = (f"Attention takes {fmt_pct(w['share_attention'])} of the profiled step at {config_where(w, axes)} "
+            f"({len(g)} of {len(prof)} profiled points at {fmt_pct(ATTENTION_SHARE_HIGH)} or more): `{w['attention']}` "
             f"materialises the T x T score matrix; a fused kernel (`{fused}`) computes the same in tiles. "
             f"Measure it with {_set('attention', [w['attention'], fused])}.")
     return [_finding(text, w, axes, g, ["attention", "share_attention"], "categories")]
@@ -341,8 +339,8 @@ def _lm_head_rule(prof: pd.DataFrame, ok: pd.DataFrame, axes) -> list[Finding]:
     v = int(w["vocab_size"]) if "vocab_size" in w.index and pd.notna(w["vocab_size"]) else None
     vs = f" over V={v:,} tokens" if v else ""
     override = _set("vocab_size", [v, max(v // 4, 1)]) if v else "`--set sweep.vocab_size=[...]`"
-    text = (f"{CATEGORY_LABELS['lm_head_loss']} takes {_pct(w['share_lm_head_loss'])} of the profiled step at "
-            f"{_where(w, axes)}{vs} ({len(g)} of {len(prof)} profiled points above {_pct(limit)}): {remedy}. "
+    text = (f"{CATEGORY_LABELS['lm_head_loss']} takes {fmt_pct(w['share_lm_head_loss'])} of the profiled step at "
+            f"{config_where(w, axes)}{vs} ({len(g)} of {len(prof)} profiled points above {fmt_pct(limit)}): {remedy}. "
             f"Measure the vocabulary's share with {override}.")
     return [_finding(text, w, axes, g, ["vocab_size", "share_lm_head_loss"], "categories")]
 
@@ -359,8 +357,8 @@ def _gpu_idle_rule(ok: pd.DataFrame, axes) -> list[Finding]:
     b = int(w["batch_size"]) if pd.notna(w.get("batch_size")) else None
     launches = (f", {w['kernel_launches_per_step']:,.0f} kernel launches per step"
                 if pd.notna(w.get("kernel_launches_per_step")) else "")
-    text = (f"The GPU is idle {_pct(w['gpu_idle_share'])} of the profiled step at {_where(w, axes)}{launches} "
-            f"({len(g)} of {len(ok)} points above {_pct(GPU_IDLE_HIGH)}): the step is launch-bound. CUDA graphs "
+    text = (f"The GPU is idle {fmt_pct(w['gpu_idle_share'])} of the profiled step at {config_where(w, axes)}{launches} "
+            f"({len(g)} of {len(ok)} points above {fmt_pct(GPU_IDLE_HIGH)}): the step is launch-bound. CUDA graphs "
             f"replay the launches at once; measure them with {_set('compile', ['none', 'reduce-overhead'])}"
             + (f", or a larger batch with {_set('batch_size', [b, 4 * b])}" if b else "") + ".")
     return [_finding(text, w, axes, g, ["gpu_idle_share", "kernel_launches_per_step"], "time")]
@@ -385,11 +383,12 @@ def _oom_rule(pts: pd.DataFrame, ok: pd.DataFrame) -> list[Finding]:
     mem = pd.to_numeric(ok["peak_mem_bytes"], errors="coerce") if "peak_mem_bytes" in ok.columns else None
     if mem is not None and mem.notna().any():
         big = ok.loc[mem.idxmax()]
-        largest = f"; the largest peak of a point that fit was {_bytes(big['peak_mem_bytes'])} at {_where(big, axes)}"
-    text = (f"{len(oom)} of {len(pts)} points ran out of memory, the first at {_where(first, axes)}{largest}: "
+        largest = (f"; the largest peak of a point that fit was {fmt_bytes(big['peak_mem_bytes'])} "
+                   f"at {config_where(big, axes)}")
+    text = (f"{len(oom)} of {len(pts)} points ran out of memory, the first at {config_where(first, axes)}{largest}: "
             + "; ".join(fixes) + ".")
-    return [Finding("try_next", "info", text, _scope(first, axes), _ids(oom), "failures",
-                    _records(oom, ["point_id", *axes, "status", "error"]))]
+    return [Finding("try_next", "info", text, scope_of(first, axes), ids_of(oom), "failures",
+                    json_records(oom, ["point_id", *axes, "status", "error"]))]
 
 
 def _optimizer_rule(ok: pd.DataFrame, axes) -> list[Finding]:
@@ -404,8 +403,9 @@ def _optimizer_rule(ok: pd.DataFrame, axes) -> list[Finding]:
         return []  # the fused implementation is measured in this run already
     w = _top(g, "opt_share")
     impl = w.get("optimizer_impl_used") or "unknown"
-    text = (f"The optimizer takes {_pct(w['opt_share'])} of the step at {_where(w, axes)} ({_ms(w['opt_ms'])}, "
-            f"{impl} implementation; {len(g)} of {len(df)} points above {_pct(OPT_SHARE_HIGH)}): a fused optimizer "
+    text = (f"The optimizer takes {fmt_pct(w['opt_share'])} of the step at {config_where(w, axes)} "
+            f"({fmt_time(w['opt_ms'])}, "
+            f"{impl} implementation; {len(g)} of {len(df)} points above {fmt_pct(OPT_SHARE_HIGH)}): a fused optimizer "
             f"updates every parameter in one kernel. Measure it with "
             f"{_set('optimizer_impl', [w['optimizer_impl'], 'fused'])}.")
     return [_finding(text, w, axes, g, ["opt_share", "opt_ms", "optimizer_impl_used"], "phases")]
@@ -425,8 +425,9 @@ def _fusion_rule(prof: pd.DataFrame, ok: pd.DataFrame, axes) -> list[Finding]:
     if g.empty:
         return []
     w = _top(g, "share_fusable")
-    text = (f"Normalization, activations and elementwise ops take {_pct(w['share_fusable'])} of the profiled step "
-            f"at {_where(w, axes)} ({len(g)} of {len(df)} profiled points above {_pct(limit)}): memory-bound work "
+    text = (f"Normalization, activations and elementwise ops take {fmt_pct(w['share_fusable'])} of the profiled step "
+            f"at {config_where(w, axes)} ({len(g)} of {len(df)} profiled points above {fmt_pct(limit)}): "
+            f"memory-bound work "
             f"that torch.compile fuses into fewer kernels. Measure it, compile time included, with "
             f"{_set('compile', ['none', 'default'])}.")
     return [_finding(text, w, axes, g, ["share_fusable"], "categories")]

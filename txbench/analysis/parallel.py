@@ -46,19 +46,16 @@ from txbench.analysis.ranking import TIE_MARGIN, compare_pairs, compare_points, 
 from txbench.analysis.types import Finding
 from txbench.analysis.wording import (
     MAX_PER_RULE,
-    _bytes,
-    _int,
-    _ms,
-    _pct,
-    _plain,
-    _range,
-    _records,
-    _scope,
-    _where,
-    _x,
+    config_where,
+    fmt_range,
+    fmt_time,
+    json_records,
+    plain_value,
+    scope_of,
+    whole,
 )
 from txbench.fields import BY_NAME, CONFIG_COLUMNS
-from txbench.labels import fmt_num
+from txbench.labels import fmt_bytes, fmt_num, fmt_pct, fmt_x
 
 __all__ = ["PARALLEL_RULES", "RANK_SKEW_NOTABLE", "COMM_EXPLAINS", "SCALING_EFFICIENCY_LOW", "NEAR_LINEAR_BAND",
            "MEMORY_SAME", "scaling_efficiency", "parallel_memory", "efficiency_table"]
@@ -130,7 +127,7 @@ def _context(points: pd.DataFrame) -> list[str]:
 
 def _at(row, axes) -> str:
     """" (T=512 with `naive`)": the place in the sweep, when other config columns vary."""
-    where = _where(row, axes)
+    where = config_where(row, axes)
     return "" if where == "this point" else f" ({where})"
 
 
@@ -216,9 +213,9 @@ def _tokens(row) -> float:
 
 def _ci_pct(lo: float, hi: float) -> str:
     """"70-85%"; one decimal when the whole-percent ends would coincide (a narrow CI must not read as a point)."""
-    if _pct(lo) == _pct(hi) and abs(100 * (hi - lo)) >= 0.05:
+    if fmt_pct(lo) == fmt_pct(hi) and abs(100 * (hi - lo)) >= 0.05:
         return f"{100 * lo:.1f}-{100 * hi:.1f}%"
-    return _range(lo, hi, _pct)
+    return fmt_range(lo, hi, fmt_pct)
 
 
 def _comm_words(r) -> str | None:
@@ -227,11 +224,11 @@ def _comm_words(r) -> str | None:
     share, exposed = _num(r.get("comm_share")), _num(r.get("comm_exposed_share"))
     if share is None:
         return None
-    text = f"Collectives run for {_pct(share)} of the profiled step"
+    text = f"Collectives run for {fmt_pct(share)} of the profiled step"
     if exposed is not None:
         ms = _num(r.get("comm_exposed_ms_per_step"))
-        wait = f" ({_ms(ms)} a step the ranks wait)" if ms is not None else ""
-        text += f", {_pct(exposed)} with nothing overlapping them{wait}"
+        wait = f" ({fmt_time(ms)} a step the ranks wait)" if ms is not None else ""
+        text += f", {fmt_pct(exposed)} with nothing overlapping them{wait}"
     return text
 
 
@@ -241,7 +238,7 @@ def _skew_words(r) -> str | None:
         return None
     slow = _num(r.get("slowest_rank"))
     who = f" (rank {int(slow)} is the slowest)" if skew > RANK_SKEW_NOTABLE and slow is not None else ""
-    return f"the ranks differ by {_pct(skew)}{who}"
+    return f"the ranks differ by {fmt_pct(skew)}{who}"
 
 
 def _cause_words(r, base, med_n: float, med_1: float) -> str:
@@ -254,10 +251,10 @@ def _cause_words(r, base, med_n: float, med_1: float) -> str:
     grew = med_n - med_1
     lost = grew / med_n if med_n > 0 else 0.0
     n = int(r["world_size"])
-    head = f"The step grew by {_ms(grew)} over the 1-rank step ({_pct(lost)} of the {n}-rank step)"
+    head = f"The step grew by {fmt_time(grew)} over the 1-rank step ({fmt_pct(lost)} of the {n}-rank step)"
     exposed, skew = _num(r.get("comm_exposed_share")), _num(r.get("rank_skew"))
     if exposed is not None and exposed >= COMM_EXPLAINS * lost:
-        return (f"{head} and exposed communication takes {_pct(exposed)} of the profiled step: most of the lost "
+        return (f"{head} and exposed communication takes {fmt_pct(exposed)} of the profiled step: most of the lost "
                 f"time is waiting for communication; a larger batch per rank spreads each step's collectives over "
                 f"more tokens.")
     if skew is not None and skew > RANK_SKEW_NOTABLE and skew >= COMM_EXPLAINS * lost:
@@ -267,20 +264,20 @@ def _cause_words(r, base, med_n: float, med_1: float) -> str:
     if _num(r.get("comm_share")) is None:
         return (f"{head}; this point has no profile to tell how much of that is communication: the profiler pass "
                 f"would (`txbench run --profile`, the default, with `measure.profile_steps` > 0).")
-    parts = [f"exposed communication ({_pct(exposed)} of the profiled step)" if exposed is not None else
+    parts = [f"exposed communication ({fmt_pct(exposed)} of the profiled step)" if exposed is not None else
              "communication"]
     if skew is not None:
-        parts.append(f"the spread between ranks ({_pct(skew)})")
+        parts.append(f"the spread between ranks ({fmt_pct(skew)})")
     text = (f"{head}; " + " and ".join(parts) + f" account{'s' if len(parts) == 1 else ''} for less than half of "
             f"it, so the rest is most likely the ranks' own compute running slower (cores or memory bandwidth "
             f"shared between ranks, or collectives running alongside it)")
     tn, t1 = _num(r.get("torch_threads")), _num(base.get("torch_threads"))
     if tn is not None and t1 is not None and tn < t1:
-        text += (f" (each rank ran on {_int(tn)} thread{'s' if tn != 1 else ''} against {_int(t1)} for the "
+        text += (f" (each rank ran on {whole(tn)} thread{'s' if tn != 1 else ''} against {whole(t1)} for the "
                  f"1-rank point: on a CPU the ranks share its cores)")
     fn, f1 = _num(r.get("fwd_ms_median")), _num(base.get("fwd_ms_median"))
     if r["parallel"] == "ddp" and fn and f1 and fn / f1 > 1 + TIE_MARGIN:
-        text += f"; the forward, where DDP runs no gradient communication, takes {_ms(fn)} against {_ms(f1)}"
+        text += f"; the forward, where DDP runs no gradient communication, takes {fmt_time(fn)} against {fmt_time(f1)}"
     return text + "."
 
 
@@ -299,22 +296,22 @@ def _efficiency_text(p: dict, axes: list[str]) -> tuple[str, str]:
     head = f"{mode}, {_ranks(n)}{_at(r, axes)}"
     severity = "info"
     if not sampled:
-        text = (f"{head}: {_pct(eff)} scaling efficiency by the median steps ({rates}); {s['note']}, so it has "
+        text = (f"{head}: {fmt_pct(eff)} scaling efficiency by the median steps ({rates}); {s['note']}, so it has "
                 f"no CI.")
     else:
         lo, hi = s["ci_low"], s["ci_high"]
         ci = f"95% CI {_ci_pct(lo, hi)}"
         if s["outcome"] == "b_better":
-            text = f"{head}: {_pct(eff)} scaling efficiency ({ci}): {rates}."
+            text = f"{head}: {fmt_pct(eff)} scaling efficiency ({ci}): {rates}."
             severity = "warning" if hi < SCALING_EFFICIENCY_LOW else "info"
         elif s["outcome"] == "a_better":
-            text = (f"{head}: above-linear scaling, {_pct(eff)} efficiency ({ci}): {rates}; each rank's step is "
+            text = (f"{head}: above-linear scaling, {fmt_pct(eff)} efficiency ({ci}): {rates}; each rank's step is "
                     f"faster than the 1-rank step.")
         elif s["margin"] <= NEAR_LINEAR_BAND:
             band = describe_tie(s["margin"])
-            text = f"{head}: near-linear scaling, {_pct(eff)} efficiency ({ci}, {band} of linear): {rates}."
+            text = f"{head}: near-linear scaling, {fmt_pct(eff)} efficiency ({ci}, {band} of linear): {rates}."
         else:
-            text = (f"{head}: {_pct(eff)} scaling efficiency by the medians, but the steps are too noisy to tell it "
+            text = (f"{head}: {fmt_pct(eff)} scaling efficiency by the medians, but the steps are too noisy to tell it "
                     f"from linear ({ci}): {rates}; measure longer (measure.max_s) to decide it.")
     comm, skew = _comm_words(r), _skew_words(r)
     facts = "; ".join(w for w in (comm, skew) if w)
@@ -334,14 +331,14 @@ def _efficiency_finding(p: dict, axes: list[str]) -> Finding:
     r, base, s = p["row"], p["base"], p["stat"]
     text, severity = _efficiency_text(p, axes)
     sampled = s["outcome"] != "unknown"
-    stat = {"efficiency": _efficiency(p), "ci_low": _plain(s["ci_low"]) if sampled else None,
-            "ci_high": _plain(s["ci_high"]) if sampled else None, "outcome": s["outcome"],
-            "p_adjusted": _plain(s["p_adjusted"]), "method": s["method"]}
+    stat = {"efficiency": _efficiency(p), "ci_low": plain_value(s["ci_low"]) if sampled else None,
+            "ci_high": plain_value(s["ci_high"]) if sampled else None, "outcome": s["outcome"],
+            "p_adjusted": plain_value(s["p_adjusted"]), "method": s["method"]}
     rows = [{"role": role, **{c: x.get(c) for c in _EVIDENCE if c in x.index}} for role, x in
             (("baseline", base), ("ranks", r))]
-    scope = {**_scope(r, axes), "parallel": str(r["parallel"]), "world_size": int(r["world_size"])}
+    scope = {**scope_of(r, axes), "parallel": str(r["parallel"]), "world_size": int(r["world_size"])}
     return Finding("scaling_efficiency", severity, text, scope, [str(base["point_id"]), str(r["point_id"])],
-                   "throughput:world_size", _records(pd.DataFrame(rows)) + [stat])
+                   "throughput:world_size", json_records(pd.DataFrame(rows)) + [stat])
 
 
 def _lonely_finding(lonely: list[dict], axes: list[str]) -> Finding:
@@ -366,7 +363,7 @@ def _lonely_finding(lonely: list[dict], axes: list[str]) -> Finding:
                  f"(`--set sweep.world_size=[{','.join(map(str, [1, *ws]))}]`: the same parallel mode at 1 rank, or "
                  f"parallel none), so that tokens/s at N ranks can be set against N x the 1-rank tokens/s.")
     rows = [x["row"] for x in lonely]
-    ev = _records(pd.DataFrame(rows), ["point_id", *axes, "parallel", "world_size", "step_ms_median"])
+    ev = json_records(pd.DataFrame(rows), ["point_id", *axes, "parallel", "world_size", "step_ms_median"])
     return Finding("scaling_efficiency", "info", text, {"world_size": ws}, [str(r["point_id"]) for r in rows],
                    "throughput:world_size", ev)
 
@@ -391,10 +388,10 @@ def _state_words(d, f) -> str | None:
     have = [(c, w, a, b) for c, w, a, b in have if a is not None and b is not None]
     if not have:
         return None
-    mine = _and([f"{_bytes(b)} of {w}" for _, w, _, b in have])
-    theirs = _and([_bytes(a) for *_, a, _ in have])
+    mine = _and([f"{fmt_bytes(b)} of {w}" for _, w, _, b in have])
+    theirs = _and([fmt_bytes(a) for *_, a, _ in have])
     total_d, total_f = sum(a for *_, a, _ in have), sum(b for *_, b in have)
-    ratio = (f" ({_x(total_d / total_f)} less: each rank holds only its shard)"
+    ratio = (f" ({fmt_x(total_d / total_f)} less: each rank holds only its shard)"
              if total_f and total_d / total_f >= MEMORY_SAME else "")
     return f"Per rank fsdp keeps {mine}, against {theirs} under ddp{ratio}."
 
@@ -408,7 +405,7 @@ def _rank_spread(row) -> str:
     vals = [float(v) for v in (peaks if isinstance(peaks, (list, tuple, np.ndarray)) else []) if _num(v)]
     if len(vals) < 2 or max(vals) <= min(vals) * MEMORY_SAME:
         return ""
-    return f", ranks {_range(min(vals), max(vals), _bytes)}"
+    return f", ranks {fmt_range(min(vals), max(vals), fmt_bytes)}"
 
 
 def _memory_text(d, f, s, axes) -> tuple[str, float]:
@@ -419,11 +416,11 @@ def _memory_text(d, f, s, axes) -> tuple[str, float]:
     if md and mf:
         m = md / mf
         score = abs(math.log(m))
-        shown = f"({_bytes(mf)}{_rank_spread(f)} vs {_bytes(md)}{_rank_spread(d)})"
+        shown = f"({fmt_bytes(mf)}{_rank_spread(f)} vs {fmt_bytes(md)}{_rank_spread(d)})"
         if m >= MEMORY_SAME:
-            mem = f"holds {_x(m)} less peak memory per rank than ddp {shown}"
+            mem = f"holds {fmt_x(m)} less peak memory per rank than ddp {shown}"
         elif m <= 1 / MEMORY_SAME:
-            mem = f"holds {_x(1 / m)} more peak memory per rank than ddp {shown}"
+            mem = f"holds {fmt_x(1 / m)} more peak memory per rank than ddp {shown}"
         else:
             mem = f"holds about the same peak memory per rank as ddp {shown}"
     else:
@@ -432,10 +429,10 @@ def _memory_text(d, f, s, axes) -> tuple[str, float]:
     med_d, med_f = s["median_a"], s["median_b"]
     if s["outcome"] == "unknown":
         med_d, med_f = _num(d.get("step_ms_median")), _num(f.get("step_ms_median"))
-        speed = (f"cannot be ranked against it in speed without per-step samples ({_ms(med_f)} vs {_ms(med_d)} "
-                 f"median step)")
+        speed = (f"cannot be ranked against it in speed without per-step samples "
+                 f"({fmt_time(med_f)} vs {fmt_time(med_d)} median step)")
     else:
-        per = f"({_ms(med_f)} vs {_ms(med_d)} a step)"
+        per = f"({fmt_time(med_f)} vs {fmt_time(med_d)} a step)"
         lo, hi, ratio = s["ci_low"], s["ci_high"], s["ratio"]
         if s["outcome"] == "a_better":
             speed = f"is {describe_ratio(ratio, lo, hi)} slower {per}"
@@ -472,8 +469,8 @@ def parallel_memory(points, ops=None) -> list[Finding]:
         cols = ("point_id", "parallel", "world_size", "step_ms_median", "peak_mem_bytes", "rank_peak_mem_bytes",
                 "param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_mem_bytes")
         ev = [{c: x.get(c) for c in cols if c in x.index} for x in (d, f)]
-        scope = {**_scope(f, axes), "world_size": int(f["world_size"])}
+        scope = {**scope_of(f, axes), "world_size": int(f["world_size"])}
         out.append((score, Finding("parallel_memory", "info", text, scope, [str(d["point_id"]), str(f["point_id"])],
-                                   "memory:world_size", _records(pd.DataFrame(ev)))))
+                                   "memory:world_size", json_records(pd.DataFrame(ev)))))
     out.sort(key=lambda t: -t[0])
     return [f for _, f in out[:MAX_PER_RULE]]

@@ -2,11 +2,11 @@
 
 Pure numpy/scipy; no torch. A finding never ranks two points by their medians
 alone: it compares their per-step samples with the statistics of
-``txbench compare`` (:mod:`txbench.analysis.verdict`): the ratio of medians, a
+``txbench compare`` (:mod:`txbench.gate.verdict`): the ratio of medians, a
 95% bootstrap confidence interval of that ratio over the medians of blocks of
 consecutive steps, and a two-sided Mann-Whitney U test on those block medians;
 a difference counts only when it is beyond the tie margin (:data:`TIE_MARGIN`)
-*and* significant (asv's rule, :func:`txbench.analysis.verdict.decide`) *and*
+*and* significant (asv's rule, :func:`txbench.gate.verdict.decide`) *and*
 its interval leaves out 1; anything else is a tie, stated with its band (the
 margin, or the interval's reach from 1 when that is wider: "tie within ±9%").
 
@@ -14,10 +14,10 @@ Two things differ from a comparison of two runs, because both points come from
 one run:
 
 - **Block length.** ``compare`` cuts steps into blocks of at least
-  :data:`txbench.analysis.verdict.BLOCK_S` seconds. A point of a sweep is often
+  :data:`txbench.gate.verdict.BLOCK_S` seconds. A point of a sweep is often
   measured for only a few seconds, which would leave it two blocks and no
   verdict, so a point's block length shrinks to its measured time divided by
-  :data:`txbench.analysis.verdict.MIN_BLOCKS` when that is shorter (never below
+  :data:`txbench.gate.verdict.MIN_BLOCKS` when that is shorter (never below
   one step).
 - **Too few steps.** A point with fewer steps than ``MIN_BLOCKS`` (slow points
   stop at ``min_steps``) has no bootstrap. Then the interval is the envelope of
@@ -48,7 +48,7 @@ import math
 
 import numpy as np
 
-from txbench.analysis.verdict import BLOCK_S, MIN_BLOCKS, block_labels, decide, holm
+from txbench.gate import BLOCK_S, MIN_BLOCKS, block_labels, decide, holm
 
 __all__ = ["TIE_MARGIN", "ALPHA", "samples", "compare_points", "compare_pairs", "tie_margin", "describe_ratio",
            "describe_tie", "unit_medians", "mann_whitney_p"]
@@ -102,7 +102,7 @@ def _row_medians(x: np.ndarray) -> np.ndarray:
 
 
 def unit_medians(samples, labels) -> np.ndarray:
-    """The median of each block, equal to :func:`txbench.analysis.verdict.block_medians`, in one vectorised pass."""
+    """The median of each block, equal to :func:`txbench.gate.verdict.block_medians`, in one vectorised pass."""
     x, lab = np.asarray(samples, dtype=float), np.asarray(labels)
     if not x.size:
         return x

@@ -48,7 +48,7 @@ class _Progress:
 
 
 def _threshold(text: str) -> float:
-    from txbench.analysis.thresholds import parse_threshold
+    from txbench.gate import parse_threshold
 
     return parse_threshold(text, "--threshold")
 
@@ -127,7 +127,7 @@ def ab(
 
     Example: [cyan]txbench ab suites/ci.yaml --baseline-path ../base --candidate-path . --format markdown[/]
     """
-    from txbench.analysis.compare import has_regression
+    from txbench.gate import has_regression
     from txbench.runner.ab import AbConfig, SideSpec, run_ab
 
     cfg = AbConfig(mode=mode.value, max_s=max_s, threshold=_threshold(threshold), alpha=alpha, block_s=block_s)

@@ -29,28 +29,11 @@ def calibrate(
 
     Example: [cyan]txbench calibrate suites/ci.yaml --runs 5[/]
     """
-    from txbench.analysis.compare import _identity
-    from txbench.analysis.noise import pooled_run_sd, store_run_noise
-    from txbench.errors import StoreError
-    from txbench.runner.sweep import run_suite
-    from txbench.store import load_points
-    from txbench.suite import load_suite
+    from txbench.gate import calibrate_noise
 
-    s, resolved = load_suite(suite, set_ or [])
-    medians: dict[str, list[float]] = {}
-    ident = None
-    for i in range(runs):
-        res = run_suite(s, resolved, results_dir=results_dir, profile=False)
-        df = load_points(res.run_dir)
-        ident = ident or _identity(df)
-        ok = df[df["status"] == "ok"]
-        for pid, med in zip(ok["point_id"], ok["step_ms_median"]):
-            medians.setdefault(pid, []).append(float(med))
-        console.print(f"run {i + 1}/{runs}: {res.run_dir} ({len(ok)} ok points, {res.wall_s:.0f} s)")
-    try:
-        sd, dof = pooled_run_sd(medians)
-    except ValueError as e:
-        raise StoreError(f"{suite}: {e}") from None
-    path = store_run_noise(ident, sd, runs=runs, suite=s.name, dof=dof)
-    console.print(f"between-run noise: sd {sd:.3f} of the log median per run ({dof} degrees of freedom over "
-                  f"{len(medians)} points); stored in {path}")
+    def progress(i: int, run_dir: Path, ok_points: int, wall_s: float) -> None:
+        console.print(f"run {i + 1}/{runs}: {run_dir} ({ok_points} ok points, {wall_s:.0f} s)")
+
+    cal = calibrate_noise(suite, set_ or [], runs=runs, results_dir=results_dir, on_run=progress)
+    console.print(f"between-run noise: sd {cal.sd:.3f} of the log median per run ({cal.dof} degrees of freedom over "
+                  f"{cal.points} points); stored in {cal.path}")

@@ -143,8 +143,7 @@ def compare(
 
     Example: [cyan]txbench compare results/ci/base results/ci/pr --format markdown -o comparison.md[/]
     """
-    from txbench.analysis.compare import compare_runs, has_regression
-    from txbench.analysis.thresholds import DEFAULT_METRICS, load_rules, rules_from_options
+    from txbench.gate import DEFAULT_METRICS, compare_runs, has_regression, load_rules, rules_from_options
 
     base_rules = load_rules(rules) if rules else None
     resolved = rules_from_options(threshold, base_rules)

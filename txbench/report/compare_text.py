@@ -65,7 +65,7 @@ def threshold_text(v) -> str:
 
 
 def _summary(df, meta) -> str:
-    from txbench.analysis.compare import verdict_counts
+    from txbench.gate import verdict_counts
 
     counts = verdict_counts(df)
     parts = [f"{n} {v.replace('_', ' ')}" for v, n in counts.items() if n]
@@ -199,7 +199,7 @@ def _clean(v):
 
 def render_json(df) -> str:
     """One JSON object: the runs, summary counts, every row and the unmatched points."""
-    from txbench.analysis.compare import has_regression, verdict_counts
+    from txbench.gate import has_regression, verdict_counts
 
     meta = df.attrs["compare"]
     rows = [{k: _clean(v) for k, v in r.items()} for r in df.to_dict("records")]

@@ -29,7 +29,7 @@ CATEGORY_COLORS = dict(zip(CATEGORIES, (
 # bar charts put their legend at the side: below the plot it would collide with rotated point labels
 _SIDE_LEGEND = {"orientation": "v", "x": 1.01, "xanchor": "left", "y": 1.0, "yanchor": "top"}
 _PHASE_COLORS = {"forward": "#1f77b4", "backward": "#ff7f0e", "optimizer": "#2ca02c"}
-#: One color per verdict of :func:`txbench.analysis.compare.compare_runs`.
+#: One color per verdict of :func:`txbench.gate.compare.compare_runs`.
 VERDICT_COLORS = {"regression": "#d62728", "improvement": "#2ca02c", "unchanged": "#7f7f7f", "inconclusive": "#ff7f0e",
                   "skipped": "#c7c7c7", "not_comparable": "#9467bd"}
 
@@ -166,7 +166,7 @@ def heatmap_figure(points: pd.DataFrame, x_axis: str, y_axis: str, metric: str =
 def ratio_figure(ratios: pd.DataFrame, title: str) -> go.Figure:
     """Per-point ratio (candidate/baseline) of median step time with its CI, one color per verdict.
 
-    ``ratios``: the ``step_ms`` rows of a :func:`txbench.analysis.compare.compare_runs` table (columns
+    ``ratios``: the ``step_ms`` rows of a :func:`txbench.gate.compare.compare_runs` table (columns
     ``label``, ``ratio``, ``ratio_ci_low``, ``ratio_ci_high``, ``verdict`` are used); rows without a
     ratio (status changes) are left out.
     """

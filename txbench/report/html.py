@@ -20,12 +20,11 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs, get_plotlyjs_version
 
 from txbench.analysis.breakdown import category_shares, phase_split
-from txbench.analysis.compare import compare_runs, verdict_counts
 from txbench.analysis.findings import find
 from txbench.analysis.levers import what_to_try
 from txbench.analysis.scaling import numeric_axes
-from txbench.analysis.thresholds import DEFAULT_METRICS
 from txbench.errors import StoreError, TxbenchError
+from txbench.gate import DEFAULT_METRICS, compare_runs, verdict_counts
 from txbench.report.compare_text import method_note, p_text, threshold_text, value_text
 from txbench.report.data import AXIS_TITLES, RunData, combined_points, line_columns, load_report_runs, point_labels
 from txbench.report.figures import sweep_figure

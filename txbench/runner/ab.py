@@ -8,7 +8,7 @@ coordinator runs blocks of steps on them, in ``parallel`` mode (the default) at
 the same time with half the cores each (the halves swapped every round), in
 ``alternate`` mode one after the other (A B, B A, A B, ...) with all cores each.
 Each round's ratio of block medians is one unit of
-:class:`txbench.analysis.sequential.SequentialTest`, looked at ``looks`` times
+:class:`txbench.gate.sequential.SequentialTest`, looked at ``looks`` times
 over the point's budget ``max_s`` (both sides rebuild their step between looks);
 the point ends when decided.
 
@@ -32,10 +32,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from txbench.analysis.compare import _columns, _compare_memory, _status_row
-from txbench.analysis.sequential import LOOKS, SequentialTest, holm_alpha
 from txbench.errors import SuiteError, TxbenchError
 from txbench.fields import CONFIG_COLUMNS
+from txbench.gate import LOOKS, SequentialTest, compare_memory, holm_alpha, result_columns, status_row
 from txbench.host import cpu_cores
 from txbench.labels import short_labels
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
@@ -377,7 +376,7 @@ def _run(suites, dirs, launchers, cfg: AbConfig, cb: AbCallbacks, t_start: float
         rows.extend(new_rows)
         cb.on_point_end(i, labels[i], new_rows)
     cfg_cols = [c for c in CONFIG_COLUMNS if any(c in r for r in rows)]
-    frame = pd.DataFrame(rows, columns=_columns(cfg_cols) + list(AB_COLUMNS))
+    frame = pd.DataFrame(rows, columns=result_columns(cfg_cols) + list(AB_COLUMNS))
     ident = {k: {"schema_version": None, "device": device, "device_name": envs[k]["env"].get("device_name"),
                  "suite": suites[k].name, "run_id": dirs[k].name, "torch_version": envs[k]["env"].get("torch_version"),
                  "torch_threads": envs[k]["env"].get("torch_threads"), "hostname": envs[k]["env"].get("hostname"),
@@ -514,7 +513,7 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
             "status_baseline": recs["baseline"]["status"], "status_candidate": recs["candidate"]["status"]}
     rb, rc = recs["baseline"], recs["candidate"]
     if not (rb["status"] == "ok" and rc["status"] == "ok"):
-        return [{**base, **_status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))}]
+        return [{**base, **status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))}]
     test, units = seq["test"], seq["units"]
     last = test.looks[-1] if test.looks else None
     n_rounds = len(units)
@@ -545,7 +544,7 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
              "blocks_baseline": n_rounds, "blocks_candidate": n_rounds, "units": "rounds", "steps_needed": None,
              "rounds": n_rounds, "steps_per_block": seq["steps_per_block"], "decided_s": round(seq["decided_s"], 1),
              "unit_sd": float(x.std(ddof=1)) if x.size >= 2 else math.nan, "builds": builds}
-    mem = _compare_memory(rb.get("peak_mem_bytes"), rc.get("peak_mem_bytes"), cfg.memory_threshold)
+    mem = compare_memory(rb.get("peak_mem_bytes"), rc.get("peak_mem_bytes"), cfg.memory_threshold)
     return [{**base, **timed}, {**base, "metric": "peak_mem_bytes", "threshold": cfg.memory_threshold, **mem}]
 
 

@@ -52,7 +52,7 @@ MIN_BLOCKS = 6
 #: Fewer rounds than this on a side (rounds as units) and no verdict is attempted.
 MIN_ROUNDS = 3
 #: What the test counts as one sample: ``auto`` = rounds when both sides pool 2+ runs, else one run per side
-#: against the between-run noise model (``runs``, :mod:`txbench.analysis.noise`); ``blocks`` = blocks of steps.
+#: against the between-run noise model (``runs``, :mod:`txbench.gate.noise`); ``blocks`` = blocks of steps.
 UNITS = ("auto", "rounds", "blocks", "runs")
 #: More steps than this multiple of the current count is reported as "not affordable".
 _MAX_STEP_FACTOR = 100.0

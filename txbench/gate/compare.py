@@ -7,7 +7,7 @@ consecutive steps lasting at least ``block_s`` seconds (default 1.5 s), because
 step times on a shared machine drift over seconds and consecutive steps are
 not independent; the p-values of all timed comparisons of a run pair are
 Holm-adjusted, so the chance that an unchanged commit fails the gate stays
-under ``alpha`` however many points the suite has (:mod:`txbench.analysis.verdict`).
+under ``alpha`` however many points the suite has (:mod:`txbench.gate.verdict`).
 The CI of the ratio of medians is a seeded percentile bootstrap over the block
 medians (``scipy.stats.bootstrap``, unpaired: each side resampled on its own),
 so the same two runs always give the same table.
@@ -40,9 +40,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from txbench.analysis.noise import run_noise
-from txbench.analysis.thresholds import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
-from txbench.analysis.verdict import (
+from txbench.errors import CompareError
+from txbench.fields import CONFIG_COLUMNS
+from txbench.gate.noise import run_noise
+from txbench.gate.thresholds import METRICS, TIMED_METRICS, Rules, load_rules, parse_rules
+from txbench.gate.verdict import (
     BLOCK_S,
     MIN_BLOCKS,
     UNITS,
@@ -53,8 +55,6 @@ from txbench.analysis.verdict import (
     run_stats,
     sample_stats,
 )
-from txbench.errors import CompareError
-from txbench.fields import CONFIG_COLUMNS
 from txbench.labels import short_labels
 from txbench.store import load_points
 
@@ -70,6 +70,10 @@ __all__ = [
     "short_labels",
     "verdict_counts",
     "has_regression",
+    "run_identity",
+    "result_columns",
+    "compare_memory",
+    "status_row",
 ]
 
 VERDICTS = ("regression", "improvement", "unchanged", "inconclusive", "skipped", "not_comparable")
@@ -96,7 +100,7 @@ def _pool(frames: list[pd.DataFrame]) -> pd.DataFrame:
     noise (column ``_rounds`` keeps each round's step count: blocks never span
     two rounds); a point is ``ok`` only if every round was; memory is the worst round.
     """
-    ids = [_identity(f) for f in frames]
+    ids = [run_identity(f) for f in frames]
     for other in ids[1:]:
         diff = [f"{k}: {ids[0][k]!r} vs {other[k]!r}" for k in ("schema_version", "device", "device_name")
                 if ids[0][k] != other[k]]
@@ -138,7 +142,8 @@ def _load(run) -> pd.DataFrame:
     return _load_one(run)
 
 
-def _identity(df: pd.DataFrame) -> dict:
+def run_identity(df: pd.DataFrame) -> dict:
+    """What a run was measured on and with: schema version, device, host, torch, suite, run id, commit."""
     meta = df.attrs.get("txbench", {}) or {}
     env = meta.get("env") or {}
     device = meta.get("device") or (str(df["device"].iloc[0]) if "device" in df and len(df) else None)
@@ -195,7 +200,7 @@ def compare_samples(
 ) -> dict:
     """Verdict for two sets of samples of one metric (one comparison: no family-wise adjustment).
 
-    ``*_blocks``: block labels per sample (:func:`txbench.analysis.verdict.block_labels`);
+    ``*_blocks``: block labels per sample (:func:`txbench.gate.verdict.block_labels`);
     None makes every sample its own unit. Returns a dict with ``baseline_median``,
     ``candidate_median``, ``ratio`` (candidate / baseline), ``ratio_ci_low``/``ratio_ci_high``
     (95% bootstrap CI), ``p_value`` (two-sided Mann-Whitney U on the block medians),
@@ -215,7 +220,8 @@ def _blank() -> dict:
             "blocks_candidate": 0, "units": None, "steps_needed": None}
 
 
-def _compare_memory(b, c, threshold: float) -> dict:
+def compare_memory(b, c, threshold: float) -> dict:
+    """The comparison of one memory metric: deterministic, so a ratio against ``threshold`` and no test."""
     out = _blank()
     if b is None or c is None or pd.isna(b) or pd.isna(c) or float(b) <= 0:
         out.update(verdict="skipped", note="not measured on both sides")
@@ -233,7 +239,8 @@ def _compare_memory(b, c, threshold: float) -> dict:
     return out
 
 
-def _status_row(sb: str, sc: str, eb, ec) -> dict:
+def status_row(sb: str, sc: str, eb, ec) -> dict:
+    """The ``status`` row of a point that is not ``ok`` on both sides (statuses ``sb``/``sc``, errors ``eb``/``ec``)."""
     def why(err) -> str:
         return f": {str(err).splitlines()[0][:160]}" if err else ""
 
@@ -286,7 +293,7 @@ def compare_runs(
     DataFrames from :func:`txbench.store.load_points`, or lists of them: the
     runs of one side are pooled (samples concatenated), as for alternating
     A/B/A/B rounds. ``metrics``: any of
-    :data:`txbench.analysis.thresholds.METRICS`. ``threshold``: the default for timed
+    :data:`txbench.gate.thresholds.METRICS`. ``threshold``: the default for timed
     metrics (memory defaults to 1%); ``rules``: a :class:`Rules`, a mapping or a
     YAML path with per-metric and per-point thresholds (its ``default`` wins
     over ``threshold``). Raises :class:`CompareError` when the runs differ in
@@ -296,7 +303,7 @@ def compare_runs(
     all timed rows together (family-wise error at ``alpha``), ``none`` judges
     each row alone. ``units``: ``rounds`` (one median per pooled run, Welch's
     t), ``blocks``, ``runs`` (one run per side against the between-run noise
-    model of :mod:`txbench.analysis.noise`: the calibrated sd of this machine,
+    model of :mod:`txbench.gate.noise`: the calibrated sd of this machine,
     else its default; ``run_sd`` overrides it) or ``auto`` (rounds when both
     sides pool 2+ runs, else runs).
 
@@ -319,7 +326,7 @@ def compare_runs(
         raise CompareError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
     rules = _as_rules(rules)
     bdf, cdf = _load(baseline), _load(candidate)
-    ib, ic = _identity(bdf), _identity(cdf)
+    ib, ic = run_identity(bdf), run_identity(cdf)
     hard, soft = _mismatches(ib, ic)
     if hard and not allow_mismatch:
         raise CompareError(
@@ -345,7 +352,7 @@ def compare_runs(
         base = {"point_id": pid, "label": labels[pid], **config,
                 "status_baseline": rb["status"], "status_candidate": rc["status"]}
         if not (rb["status"] == "ok" and rc["status"] == "ok"):
-            rows.append({**base, **_status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))})
+            rows.append({**base, **status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))})
             continue
         blocks = (_blocks(rb, unit_s), _blocks(rc, unit_s))
         for metric in metrics:
@@ -359,7 +366,7 @@ def compare_runs(
                                                  for lab, x in zip(blocks, (sb, sc))), rounds=by_rounds)
                 timed.append((len(rows), metric == "tokens_per_s"))
             else:
-                res = _compare_memory(rb.get(metric), rc.get(metric), t)
+                res = compare_memory(rb.get(metric), rc.get(metric), t)
             rows.append({**base, "metric": metric, "threshold": t, **res})
     p_raw = [rows[i]["p_value"] for i, _ in timed]
     p_adj = holm(p_raw) if correction == "holm" else np.asarray(p_raw, dtype=float)
@@ -367,7 +374,7 @@ def compare_runs(
         rows[i]["p_adjusted"] = float(p)
         rows[i].update(decide(rows[i], threshold=rows[i]["threshold"], alpha=alpha, higher_is_better=hib,
                               p=None if math.isnan(p) else float(p), block_s=block_s))
-    out = pd.DataFrame(rows, columns=_columns(cfg_cols))
+    out = pd.DataFrame(rows, columns=result_columns(cfg_cols))
     if hard:
         keep = out["verdict"] != "skipped"  # status changes across devices say nothing about the code either
         out.loc[keep, "note"] = ("runs differ (" + "; ".join(hard) + "); the samples say " + out.loc[keep, "verdict"]
@@ -401,7 +408,8 @@ def _advice(baseline, candidate, timed, block_s: float, noise: dict | None = Non
     return []
 
 
-def _columns(cfg_cols: list[str]) -> list[str]:
+def result_columns(cfg_cols: list[str]) -> list[str]:
+    """The columns of a comparison table, in order, with the config columns ``cfg_cols``."""
     return ["point_id", "metric", "label", *cfg_cols, "baseline_median", "candidate_median", "ratio", "ratio_ci_low",
             "ratio_ci_high", "p_value", "p_adjusted", "threshold", "verdict", "note", "n_baseline", "n_candidate",
             "blocks_baseline", "blocks_candidate", "units", "steps_needed", "status_baseline", "status_candidate"]
