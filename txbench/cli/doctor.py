@@ -1,4 +1,8 @@
-"""``txbench doctor``: pre-flight checks of the machine before a run."""
+"""``txbench doctor``: pre-flight checks of the machine before a run.
+
+The hidden options ``--proc-root`` and ``--sys-root`` point the checks at a fake /proc and /sys
+tree; they exist for tests, not for users.
+"""
 
 from __future__ import annotations
 
@@ -45,8 +49,7 @@ def doctor(
     """Check the machine before a run: other busy processes, threads vs free cores, CPU governor,
     turbo, SMT and, on CUDA, persistence mode, clocks, throttling, other GPU processes and ECC.
 
-    Exits 1 when a check fails (a run started now would be contaminated, e.g. its threads would
-    share cores with another process), 0 otherwise; warnings leave the exit code at 0.
+    Exits 1 when a check fails (a run started now would be contaminated), else 0.
 
     Example: [cyan]txbench doctor --threads 2[/]
     """
