@@ -20,6 +20,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable
 
 __all__ = [
@@ -156,9 +157,15 @@ def proc_cpu_s(pid: int, proc: str = "/proc") -> float | None:
         return None
 
 
+@lru_cache(maxsize=8)
+def _freq_files(sys: str) -> tuple[str, ...]:
+    # CPUs do not come and go between blocks; the glob alone costs ~100 us
+    return tuple(glob.glob(os.path.join(sys, "devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")))
+
+
 def _cpu_mhz(proc: str, sys: str) -> float | None:
     vals = []
-    for p in glob.glob(os.path.join(sys, "devices/system/cpu/cpu[0-9]*/cpufreq/scaling_cur_freq")):
+    for p in _freq_files(sys):
         t = _read(p)
         try:
             vals.append(int(t) / 1000.0)  # kHz
