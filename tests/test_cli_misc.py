@@ -31,7 +31,7 @@ def test_env_fingerprint():
 
 
 @pytest.mark.parametrize("cmd", ["run", "validate", "list", "env", "show", "analyze", "report", "compare", "ab",
-                                 "calibrate", "export", "merge"])
+                                 "calibrate", "export", "merge", "doctor"])
 def test_every_command_has_help_with_an_example(cmd):
     r = runner.invoke(app, [cmd, "--help"])
     assert r.exit_code == 0
