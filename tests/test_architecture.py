@@ -22,7 +22,8 @@ LAYERS = [
          "txbench.regions", "txbench.store"]),
     (2, ["txbench.step", "txbench.distributed", "txbench.suite", "txbench.gate"]),
     (3, ["txbench.measure", "txbench.profile", "txbench.analysis"]),
-    (4, ["txbench.pipeline", "txbench.report", "txbench.export", "txbench.tb_export", "txbench.merge"]),
+    (4, ["txbench.pipeline", "txbench.doctor", "txbench.report", "txbench.export", "txbench.tb_export",
+         "txbench.merge"]),
     (5, ["txbench.runner", "txbench._faults", "txbench.pytest_plugin"]),
     (6, ["txbench.cli", "txbench.__main__"]),
 ]

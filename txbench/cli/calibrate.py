@@ -29,7 +29,7 @@ def calibrate(
 
     Example: [cyan]txbench calibrate suites/ci.yaml --runs 5[/]
     """
-    from txbench.gate import calibrate_noise
+    from txbench.runner.calibrate import calibrate_noise
 
     def progress(i: int, run_dir: Path, ok_points: int, wall_s: float) -> None:
         console.print(f"run {i + 1}/{runs}: {run_dir} ({ok_points} ok points, {wall_s:.0f} s)")

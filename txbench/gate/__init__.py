@@ -4,7 +4,7 @@
 - :mod:`~txbench.gate.verdict`: its statistics (blocks of steps, the ratio's CI, the rank test, Holm, the verdict);
 - :mod:`~txbench.gate.thresholds`: the thresholds, global, per metric and per point (the rules file);
 - :mod:`~txbench.gate.noise`: the between-run noise model for one run per side, stored per machine;
-- :mod:`~txbench.gate.calibrate`: the runs that measure that noise (``txbench calibrate``);
+- :mod:`~txbench.gate.calibrate`: that noise from runs of unchanged code (``txbench calibrate`` runs them);
 - :mod:`~txbench.gate.sequential`: the sequential decision of ``txbench ab``.
 
 Callers outside the gate import from here.
@@ -12,7 +12,7 @@ Callers outside the gate import from here.
 
 from __future__ import annotations
 
-from txbench.gate.calibrate import NoiseCalibration, calibrate_noise
+from txbench.gate.calibrate import NoiseCalibration, noise_from_runs
 from txbench.gate.compare import (
     CORRECTIONS,
     MIN_SAMPLES,
@@ -70,7 +70,7 @@ __all__ = [
     "rules_from_options",
     # noise and its calibration
     "DEFAULT_RUN_SD", "machine_key", "run_noise", "store_run_noise", "pooled_run_sd", "noise_file",
-    "NoiseCalibration", "calibrate_noise",
+    "NoiseCalibration", "noise_from_runs",
     # sequential (txbench ab)
     "RHO", "MIN_UNITS", "LOOKS", "BUILD_SD", "Look", "SequentialTest", "spent", "holm_alpha", "simulate",
 ]
