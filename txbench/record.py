@@ -57,6 +57,16 @@ class Record:
     measure_s: float | None = None
     timer: str | None = None  # "cuda_event" | "perf_counter_ns"
     torch_threads: int | None = None  # torch.get_num_threads() during measurement
+    # interference: what other work on the machine did to the timed steps (txbench.measure.interference)
+    interference: str | None = None  # "none" | "dropped_blocks" | "contended" (null in runs before it was measured)
+    interference_reason: str | None = None  # the worst block's reason, e.g. "other processes held 0.95 of 2 cores"
+    blocks: int | None = None  # timed blocks (steps between two interference readings, at least MIN_BLOCK_S)
+    blocks_dropped: int | None = None  # blocks taken under interference: their steps left the samples
+    dropped_step_ms_samples: list[float] = field(default_factory=list)  # the steps of the dropped blocks
+    block_interference: str | None = None  # JSON list, one object per block: steps, wall_s, other_cores, ...
+    other_cores_max: float | None = None  # most cores other processes held during any block
+    remeasures: int | None = None  # times the point was measured again after waiting for the machine to quiet
+    quiet_waited_s: float | None = None  # seconds spent waiting for quiet before those re-measurements
     # throughput and FLOPs; a distributed point's throughput is global (all ranks), its FLOPs and MFU per rank
     tokens_per_s: float | None = None
     samples_per_s: float | None = None
