@@ -81,7 +81,7 @@ class SuiteFile(pytest.File):
         import pandas as pd
 
         from txbench.errors import TxbenchError
-        from txbench.export import benchmark_ids
+        from txbench.export.pytest_benchmark import benchmark_ids
         from txbench.fields import CONFIG_COLUMNS, varying_columns
         from txbench.labels import short_labels
         from txbench.suite import load_suite
@@ -139,7 +139,7 @@ def run_point_benchmark(benchmark, point, measure, *, label: str, param: str, pa
     import torch
 
     from txbench._faults import fault_for
-    from txbench.export import point_extra_info
+    from txbench.export.pytest_benchmark import point_extra_info
     from txbench.measure.flops import step_flops
     from txbench.measure.point import build_step, unsupported_reason
     from txbench.measure.timing import make_timer
