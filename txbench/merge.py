@@ -37,7 +37,7 @@ import pyarrow as pa
 import yaml
 
 from txbench.errors import TxbenchError
-from txbench.record import FINAL_STATUSES
+from txbench.record import STATUSES
 from txbench.store import (
     OPS_FILE,
     OPS_SCHEMA,
@@ -253,7 +253,7 @@ def _keep_once(inputs: list[_Input]) -> tuple[dict[str, tuple[int, dict]], Count
                 kept[pid] = (i, row)
                 continue
             j, old = kept[pid]
-            if old.get("status") not in FINAL_STATUSES and row.get("status") in FINAL_STATUSES:
+            if old.get("status") not in STATUSES and row.get("status") in STATUSES:
                 kept[pid] = (i, row)  # same position in the merged table, the better record
                 dropped[inputs[j].name] += 1
             else:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from txbench.config import Point
 from txbench.errors import StoreError, TxbenchError
-from txbench.record import FINAL_STATUSES, Record
+from txbench.record import STATUSES, Record
 from txbench.runner.launcher import Launcher, WorkerLauncher
 from txbench.runner.torchrun import TorchrunLauncher
 from txbench.store import (
@@ -275,7 +275,7 @@ def run_suite(
             meta["env_first"] = old_meta.get("env")
         write_env(run_dir, env)
 
-        done = {r["point_id"] for r in existing if r.get("status") in FINAL_STATUSES}
+        done = {r["point_id"] for r in existing if r.get("status") in STATUSES}
         records = [r for r in existing]
         todo = [p for p in points if p.point_id not in done]
         result.skipped = len(points) - len(todo)
