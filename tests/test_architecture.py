@@ -22,14 +22,14 @@ LAYERS = [
          "txbench.regions", "txbench.store"]),
     (2, ["txbench.step", "txbench.distributed", "txbench.suite", "txbench.gate"]),
     (3, ["txbench.measure", "txbench.profile", "txbench.analysis"]),
-    (4, ["txbench.pipeline", "txbench.doctor", "txbench.report", "txbench.export", "txbench.tb_export",
+    (4, ["txbench.pipeline", "txbench.doctor", "txbench.report", "txbench.export",
          "txbench.merge"]),
     (5, ["txbench.runner", "txbench._faults", "txbench.pytest_plugin"]),
     (6, ["txbench.cli", "txbench.__main__"]),
 ]
 #: Never import torch, directly or through another txbench module: `txbench report`, `compare`, `show`
-#: and `analyze` start fast on a machine without it.
-NO_TORCH = ["txbench.store", "txbench.analysis", "txbench.gate", "txbench.report", "txbench.export",
+#: and `analyze` start fast on a machine without it (the TensorBoard export writes with torch's SummaryWriter).
+NO_TORCH = ["txbench.store", "txbench.analysis", "txbench.gate", "txbench.report", "txbench.export.pytest_benchmark",
             "txbench.merge"]
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import txbench.cli  # noqa: F401  (registers every command on the app)
 from txbench.cli import app
-from txbench.export import pytest_benchmark_json
+from txbench.export.pytest_benchmark import pytest_benchmark_json
 
 from factories import failed_record, ok_record, point, steps, write_run
 

@@ -261,7 +261,7 @@ def test_a_point_in_several_runs_is_kept_once_with_its_own_ops(tmp_path):
 
 
 def test_a_final_record_beats_an_unfinished_one(tmp_path):
-    # a status outside FINAL_STATUSES would be retried by --resume; a finished record of the point wins over it
+    # a status outside STATUSES would be retried by --resume; a finished record of the point wins over it
     unfinished = {**_recs(64)[0], "status": "running", "step_ms_median": None}
     a = write_run(tmp_path / "a", [unfinished] + _recs(32))
     b = write_run(tmp_path / "b", _recs(64, base_ms=20.0))

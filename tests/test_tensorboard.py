@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from txbench.cli import app
+from txbench.export.tensorboard import TRACE_NAME
 from txbench.store import load_points
-from txbench.tb_export import TRACE_NAME
 
 from conftest import tiny_suite_yaml
 

@@ -151,6 +151,35 @@ def test_a_point_keeps_its_timing_when_torch_has_neither(monkeypatch):
     assert "kineto_results.events()" in profiler and "prof.events()" in profiler
 
 
+def test_the_flop_count_gives_formulas_the_tensors_on_this_torch():
+    seen = []
+
+    def formula(*args, out_val=None, **kwargs):
+        seen.append((type(args[0]), type(out_val)))
+        return 7
+
+    with torch_compat.flop_counter_mode({torch.ops.aten.bmm: formula}) as counter:
+        torch.bmm(torch.ones(2, 3, 4), torch.ones(2, 4, 5))
+    assert seen == [(torch.Tensor, torch.Tensor)] and counter.get_total_flops() == 7
+
+
+def test_the_flop_count_is_a_note_when_torch_wraps_the_formulas(monkeypatch):
+    from torch.utils import flop_counter as fc
+
+    from txbench.measure.flop_formulas import count_step_flops
+
+    class Wrapping(fc.FlopCounterMode):  # a torch whose FlopCounterMode no longer reads _get_raw
+        def __init__(self, *args, custom_mapping=None, **kwargs):
+            wrapped = {op: fc.shape_wrapper(f) for op, f in (custom_mapping or {}).items()}
+            super().__init__(*args, custom_mapping=wrapped, **kwargs)
+
+    monkeypatch.setattr(fc, "FlopCounterMode", Wrapping)
+    counted = count_step_flops(_step(_point()))
+    assert counted["total"] is None and counted["attention"] is None and counted["by_op"] == {}
+    assert counted["note"] == (f"this torch version ({torch.__version__}) is not supported by the FLOP count, the "
+                               "rest of the point is kept: FlopCounterMode wrapped formulas marked _get_raw")
+
+
 def test_the_unsupported_error_names_what_was_missing(monkeypatch):
     monkeypatch.delattr(RESULT, "experimental_event_tree")
     monkeypatch.delattr(RESULT, "save")

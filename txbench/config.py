@@ -15,14 +15,7 @@ from txbench import fields as _fields
 from txbench.errors import PointError
 
 __all__ = [
-    "ARCHS",
     "ATTENTIONS",
-    "NORMS",
-    "OPTIMIZERS",
-    "OPTIMIZER_IMPLS",
-    "COMPILE_MODES",
-    "CHECKPOINTING",
-    "PARALLEL",
     "PRECISIONS",
     "DEVICES",
     "ModelConfig",
@@ -33,15 +26,8 @@ __all__ = [
 ]
 
 # allowed values live in the field table (txbench.fields); these names are kept for callers
-ARCHS = _fields.BY_NAME["arch"].choices
 ATTENTIONS = _fields.BY_NAME["attention"].choices
 PRECISIONS = _fields.BY_NAME["precision"].choices
-NORMS = _fields.BY_NAME["norm"].choices
-OPTIMIZERS = _fields.BY_NAME["optimizer"].choices
-OPTIMIZER_IMPLS = _fields.BY_NAME["optimizer_impl"].choices
-COMPILE_MODES = _fields.BY_NAME["compile"].choices
-CHECKPOINTING = _fields.BY_NAME["checkpointing"].choices
-PARALLEL = _fields.BY_NAME["parallel"].choices
 DEVICES = ("cpu", "cuda")
 
 

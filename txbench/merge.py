@@ -37,7 +37,7 @@ import pyarrow as pa
 import yaml
 
 from txbench.errors import TxbenchError
-from txbench.record import FINAL_STATUSES
+from txbench.record import STATUSES
 from txbench.store import (
     OPS_FILE,
     OPS_SCHEMA,
@@ -46,7 +46,9 @@ from txbench.store import (
     new_run_id,
     read_meta,
     read_rows,
+    write_env,
     write_points,
+    write_suite_yaml,
     write_table,
 )
 
@@ -251,7 +253,7 @@ def _keep_once(inputs: list[_Input]) -> tuple[dict[str, tuple[int, dict]], Count
                 kept[pid] = (i, row)
                 continue
             j, old = kept[pid]
-            if old.get("status") not in FINAL_STATUSES and row.get("status") in FINAL_STATUSES:
+            if old.get("status") not in STATUSES and row.get("status") in STATUSES:
                 kept[pid] = (i, row)  # same position in the merged table, the better record
                 dropped[inputs[j].name] += 1
             else:
@@ -328,8 +330,8 @@ def merge_runs(run_dirs, out, *, allow_mixed: bool = False) -> MergeResult:
         if any(inp.ops is not None for inp in inputs):
             write_table(tmp / OPS_FILE, pa.Table.from_pylist(ops_rows, schema=OPS_SCHEMA), {"suite": meta["suite"]})
             result.ops_rows = len(ops_rows)
-        (tmp / "env.json").write_text(json.dumps(first.env, indent=2, default=str))
-        (tmp / "suite.yaml").write_text(first.suite_text)
+        write_env(tmp, first.env)
+        write_suite_yaml(tmp, first.suite_text)
         for i, row in kept.values():
             for rel in _trace_files(inputs[i], row):
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

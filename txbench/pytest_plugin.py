@@ -81,7 +81,7 @@ class SuiteFile(pytest.File):
         import pandas as pd
 
         from txbench.errors import TxbenchError
-        from txbench.export import benchmark_ids
+        from txbench.export.pytest_benchmark import benchmark_ids
         from txbench.fields import CONFIG_COLUMNS, varying_columns
         from txbench.labels import short_labels
         from txbench.suite import load_suite
@@ -133,7 +133,7 @@ def run_point_benchmark(benchmark, point, measure, *, label: str, param: str, pa
     import torch
 
     from txbench._faults import fault_for
-    from txbench.export import point_extra_info
+    from txbench.export.pytest_benchmark import point_extra_info
     from txbench.pipeline import stages, unsupported_reason
 
     reason = unsupported_reason(point)

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from txbench.config import Point
 from txbench.fields import BY_NAME, FIELDS, to_json
 
-__all__ = ["STATUSES", "FINAL_STATUSES", "Record", "column_types"]
+__all__ = ["STATUSES", "Record", "column_types"]
 
 #: ok: measured. oom: out of memory. unsupported: decided before running (reason in ``error``).
 #: error: an exception or a crashed worker. timeout: the worker exceeded its time limit.
+#: Every one is final: ``--resume`` retries only points without a record with one of these statuses.
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
-#: Statuses that ``--resume`` does not retry.
-FINAL_STATUSES = STATUSES
 
 
 @dataclass

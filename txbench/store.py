@@ -10,9 +10,11 @@ Layout of a run (see docs/results.md)::
         report.html      the report (unless --no-report)
         traces/          Chrome/Perfetto traces (with --trace)
 
-Every write goes to a temporary file in the same directory and is then renamed
-over the old one (``os.replace`` is atomic on POSIX), so a run killed at any
-moment leaves the previous complete file, never a torn one.
+Every write into a run directory goes through this module (:func:`write_points`,
+:func:`write_table`, :func:`write_suite_yaml`, :func:`write_env`,
+:func:`write_text`): to a temporary file in the same directory, flushed to disk,
+then renamed over the old one (``os.replace`` is atomic on POSIX), so a run
+killed at any moment leaves the previous complete file, never a torn one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from txbench.errors import StoreError
 from txbench.record import column_types
@@ -34,10 +37,15 @@ __all__ = [
     "SCHEMA_VERSION",
     "POINTS_FILE",
     "OPS_FILE",
+    "SUITE_FILE",
+    "ENV_FILE",
     "points_schema",
     "OPS_SCHEMA",
     "write_points",
     "write_table",
+    "write_text",
+    "write_suite_yaml",
+    "write_env",
     "load_points",
     "load_ops",
     "read_meta",
@@ -51,6 +59,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 POINTS_FILE = "points.parquet"
 OPS_FILE = "ops.parquet"
+SUITE_FILE = "suite.yaml"
+ENV_FILE = "env.json"
 META_KEY = b"txbench"
 
 
@@ -84,16 +94,42 @@ def _meta(extra: dict | None) -> dict[bytes, bytes]:
     return {META_KEY: json.dumps(body, default=str).encode()}
 
 
-def write_table(path: Path, table: pa.Table, meta: dict | None = None) -> None:
-    """Write ``table`` to ``path`` atomically, with txbench metadata (schema version and ``meta``)."""
+def _atomic_write(path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, flush it to disk, rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **_meta(meta)})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_table(path: Path, table: pa.Table, meta: dict | None = None) -> None:
+    """Write ``table`` to ``path`` atomically, with txbench metadata (schema version and ``meta``)."""
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **_meta(meta)})
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    return _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_suite_yaml(run_dir, suite: str | dict) -> Path:
+    """Write the run's ``suite.yaml`` atomically: ``suite`` is the file's text or the resolved suite as a dict."""
+    text = suite if isinstance(suite, str) else yaml.safe_dump(suite, sort_keys=False)
+    return write_text(Path(run_dir) / SUITE_FILE, text)
+
+
+def write_env(run_dir, env: dict) -> Path:
+    """Write the run's environment fingerprint ``env.json`` atomically."""
+    return write_text(Path(run_dir) / ENV_FILE, json.dumps(env, indent=2, default=str))
 
 
 def write_points(path: Path, records: list[dict], meta: dict | None = None) -> None:

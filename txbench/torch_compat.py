@@ -1,17 +1,18 @@
 """The one place where txbench touches private torch APIs.
 
-txbench supports any ``torch>=2.4``, but two of its measurements read profiler
+txbench supports any ``torch>=2.4``, but three of its measurements read
 internals that torch does not promise to keep: the profiler pass reads kineto's
 raw events (``prof.profiler.kineto_results.events()``), an order of magnitude
-cheaper than torch's ``FunctionEvent`` objects, and the CPU memory measurement
-reads the allocation events of ``experimental_event_tree()``. Keeping those
-calls here means a torch upgrade that moves them breaks one module, never a
-point.
+cheaper than torch's ``FunctionEvent`` objects, the CPU memory measurement
+reads the allocation events of ``experimental_event_tree()``, and the FLOP
+count hands ``FlopCounterMode`` formulas that see the op's tensors (the
+``_get_raw`` attribute of a ``custom_mapping`` formula). Keeping those calls
+here means a torch upgrade that moves them breaks one module, never a point.
 
 Each capability is one function. It tries the private API first (so results
 stay what they have always been where it works), falls back to a public API
-that carries the same information, and where neither works raises
-:class:`TorchUnsupported`. Callers turn that into a note in the record's
+that carries the same information (where torch has one: the FLOP count has
+none), and where neither works raises :class:`TorchUnsupported`. Callers turn that into a note in the record's
 ``measure_notes`` column and keep the rest of the point (its timing, its
 status ``ok``). torch is imported inside the functions, so importing this
 module (as ``txbench.profile`` does) does not import torch.
@@ -24,7 +25,8 @@ import os
 import tempfile
 from decimal import Decimal
 
-__all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "auto_model_class"]
+__all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "auto_model_class",
+           "flop_counter_mode"]
 
 # What txbench.profile reads from each kineto event; a torch that drops one of these has changed the API.
 _KINETO_METHODS = ("name", "device_type", "start_ns", "end_ns", "start_thread_id", "end_thread_id",
@@ -258,3 +260,32 @@ def auto_model_class(auto, config):
         return mapping[type(config)] if mapping is not None else None
     except (KeyError, TypeError):
         return None
+
+
+# ----------------------------------------------------------------------------- FLOP count: formulas on tensors
+
+
+def flop_counter_mode(raw_formulas: dict):
+    """A ``FlopCounterMode(display=False)`` in which ``raw_formulas`` (op -> formula) replace the registry's formulas.
+
+    Each formula is called as torch calls a registry entry, ``formula(*args, out_val=..., **kwargs)`` with the op's
+    arguments as they are (tensors, flags), not their shapes, so it can look at the tensors and call the registry's
+    own entry for the op with the same arguments.
+
+    Private path: the formula's ``_get_raw`` attribute, which tells ``FlopCounterMode(custom_mapping=...)`` not to
+    wrap it in ``shape_wrapper``. No public fallback: the public ``register_flop_formula(op, get_raw=True)``
+    registers for every FlopCounterMode in the process and refuses an op that already has a formula, which every op
+    here has. Raises :class:`TorchUnsupported` when this torch's mode did not keep the formulas as given.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for formula in raw_formulas.values():
+        formula._get_raw = True
+    try:
+        counter = FlopCounterMode(display=False, custom_mapping=raw_formulas)
+    except Exception as exc:
+        raise TorchUnsupported("the FLOP count", f"FlopCounterMode(custom_mapping=...) failed ({_why(exc)})") from None
+    registry = getattr(counter, "flop_registry", None)
+    if registry is not None and any(registry.get(op) is not f for op, f in raw_formulas.items()):
+        raise TorchUnsupported("the FLOP count", "FlopCounterMode wrapped formulas marked _get_raw")
+    return counter

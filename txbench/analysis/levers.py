@@ -45,7 +45,7 @@ from txbench.gate import BLOCK_S, block_labels, sample_stats
 from txbench.labels import fmt_bytes, fmt_pct, fmt_x
 
 __all__ = ["LEVERS", "BASELINES", "LEVER_TITLES", "UNFUSED_ATTENTION", "ATTENTION_SHARE_HIGH", "MEMORY_WORTH",
-           "SUGGESTION_RULES", "lever_effects", "effect_table", "suggestions", "what_to_try"]
+           "lever_effects", "effect_table", "suggestions", "what_to_try"]
 
 #: The lever fields, and the value each is compared against (its default).
 LEVERS = ("compile", "checkpointing", "optimizer_impl")
@@ -431,10 +431,6 @@ def _fusion_rule(prof: pd.DataFrame, ok: pd.DataFrame, axes) -> list[Finding]:
             f"that torch.compile fuses into fewer kernels. Measure it, compile time included, with "
             f"{_set('compile', ['none', 'default'])}.")
     return [_finding(text, w, axes, g, ["share_fusable"], "categories")]
-
-
-#: The suggestion rules, in the order they are listed.
-SUGGESTION_RULES = ("attention", "lm_head_loss", "gpu_idle", "oom", "optimizer", "fusion")
 
 
 def suggestions(points: pd.DataFrame, ops=None) -> list[Finding]:

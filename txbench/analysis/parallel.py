@@ -57,7 +57,7 @@ from txbench.analysis.wording import (
 from txbench.fields import BY_NAME, CONFIG_COLUMNS
 from txbench.labels import fmt_bytes, fmt_num, fmt_pct, fmt_x
 
-__all__ = ["PARALLEL_RULES", "RANK_SKEW_NOTABLE", "COMM_EXPLAINS", "SCALING_EFFICIENCY_LOW", "NEAR_LINEAR_BAND",
+__all__ = ["RANK_SKEW_NOTABLE", "COMM_EXPLAINS", "SCALING_EFFICIENCY_LOW", "NEAR_LINEAR_BAND",
            "MEMORY_SAME", "scaling_efficiency", "parallel_memory", "efficiency_table"]
 
 #: A spread between ranks above this share of the slowest rank's step is named, with the slowest rank.
@@ -70,8 +70,6 @@ SCALING_EFFICIENCY_LOW = 0.70
 NEAR_LINEAR_BAND = 0.10
 #: Peak memory ratios within this factor of 1 are "about the same".
 MEMORY_SAME = 1.05
-#: The rule names (``Finding.rule``) of this module, in the order ``FINDING_RULES`` runs them.
-PARALLEL_RULES = ("scaling_efficiency", "parallel_memory")
 
 _DIST = ("parallel", "world_size")
 _DEFAULTS = {name: BY_NAME[name].default for name in _DIST}

@@ -29,7 +29,6 @@ OPT_SHARE_HIGH = 0.20  # optimizer share of the step that deserves a remedy
 GPU_IDLE_HIGH = 0.30  # share of the profiled step with no kernel running: launch-bound
 TREND_MIN_DELTA, TREND_MIN_SHARE = 0.10, 0.20  # a share must grow by 10 points and reach 20%
 DOMINANT_SHARE = 0.50  # a category above half the step is a warning
-DECISIVE_SPEEDUP = 1.05  # a winner within 5% of the runner-up is a tie, not a crossover
 LOOSE_FIT_R2 = 0.90  # below this a power-law fit is called loose
 MAX_PER_RULE = 6  # similar statements are grouped; at most this many findings per rule
 #: Categories that are a bottleneck worth a sentence above this share, with the usual remedy. GEMM and

@@ -13,10 +13,9 @@ from rich.markup import escape
 from txbench.errors import TxbenchError
 
 __all__ = [
-    "app", "console", "err_console", "handle_errors", "term_width", "print_all", "EXIT_USAGE", "EXIT_INTERRUPTED",
+    "app", "console", "err_console", "handle_errors", "term_width", "print_all", "EXIT_INTERRUPTED",
 ]
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(

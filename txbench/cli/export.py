@@ -41,13 +41,13 @@ def export(
     Example: [cyan]txbench export results/ci/20250101T000000Z-ab12 --format pytest-benchmark -o ci.json[/]
     """
     if fmt == ExportFormat.tensorboard:
-        from txbench.tb_export import write_tensorboard
+        from txbench.export.tensorboard import write_tensorboard
 
         info = write_tensorboard(run_dir, output)
         console.print(f"wrote {info['dir']}: {info['runs']} runs, {info['traces']} traces; "
                       f"open with: tensorboard --logdir {output}", soft_wrap=True)
         return
-    from txbench.export import write_pytest_benchmark
+    from txbench.export.pytest_benchmark import write_pytest_benchmark
 
     info = write_pytest_benchmark(run_dir, output, fullname_prefix=fullname_prefix)
     console.print(f"wrote {output}: {info['benchmarks']} benchmarks", soft_wrap=True)

@@ -141,7 +141,7 @@ def run(
             raise typer.BadParameter(str(exc), param_hint="--devices") from None
     s, resolved = load_suite(suite, set_)
     if tensorboard is not None:
-        from txbench.tb_export import _writer_class
+        from txbench.export.tensorboard import _writer_class
 
         _writer_class()  # a missing tensorboard package is said before anything is measured
     resume_arg = True if resume in ("latest", "last") else (Path(resume) if resume else None)
@@ -164,7 +164,7 @@ def run(
         report_path = _write_report(result.run_dir, quiet or as_json)
     tb_info = None
     if tensorboard is not None and not interrupted:
-        from txbench.tb_export import write_tensorboard
+        from txbench.export.tensorboard import write_tensorboard
 
         tb_info = write_tensorboard(result.run_dir, tensorboard)
     import pandas as pd

@@ -42,7 +42,6 @@ _GEMM_N = 2048
 #: Seconds of matmuls per dtype and point, at most (roughly: one call over budget is never started).
 BUDGET_S = 1.5
 _CACHE_VERSION = 2
-LAYOUTS = ("nt", "nn", "tn")  # a @ b.T (a linear's forward), a @ b (input grad), a.T @ b (weight grad)
 
 
 def _cache_file() -> Path:

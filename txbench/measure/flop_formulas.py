@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import collections
 
+from txbench.torch_compat import TorchUnsupported, flop_counter_mode
+
 __all__ = ["register_formulas", "count_step_flops", "FUSED_ATTENTION_OPS", "MISSING_OPS", "ATTENTION_MATMULS"]
 
 #: Fused attention ops: name -> (direction, index of query, index of value, index of is_causal or None).
@@ -196,7 +198,6 @@ class _Tally:
                     self.forward_causal += flops
             return flops
 
-        formula._get_raw = True  # FlopCounterMode passes tensors, not shapes, to raw formulas
         return formula
 
     def causal_total(self) -> float | None:
@@ -206,6 +207,10 @@ class _Tally:
         if not self.forward:
             return float(self.attention)
         return self.attention - self.attention * self.forward_causal / self.forward / 2
+
+
+def _uncounted(note: str) -> dict:
+    return {"total": None, "attention": None, "attention_causal": None, "recompute": None, "by_op": {}, "note": note}
 
 
 def _reason(exc: BaseException) -> str:
@@ -266,7 +271,7 @@ def count_step_flops(step) -> dict:
 
 
 def _count_once(step) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode, flop_registry
+    from torch.utils.flop_counter import flop_registry
     from torch.utils.module_tracker import ModuleTracker
 
     register_formulas()
@@ -277,7 +282,10 @@ def _count_once(step) -> dict:
         target = _op(name)
         if target is not None and target in flop_registry:
             mapping[target] = tally.wrap(name, flop_registry[target])
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    try:
+        counter = flop_counter_mode(mapping)  # the wrapped formulas get the op's tensors, not their shapes
+    except TorchUnsupported as exc:
+        return _uncounted(str(exc))
     try:
         with tracker, counter:
             loss = step.fwd()
@@ -286,8 +294,7 @@ def _count_once(step) -> dict:
         optimizer = getattr(step, "optimizer", None)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)  # a half-run backward leaves partial gradients
-        return {"total": None, "attention": None, "attention_causal": None, "recompute": None, "by_op": {},
-                "note": _reason(exc)}
+        return _uncounted(_reason(exc))
     del loss
     step.opt()
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}

@@ -311,12 +311,12 @@ class FlopCount(Part):
     notes: list = field(default_factory=list)
 
 
-def _flops_note(point: Point, analytic: float, counted: float | None) -> str | None:
+def _flops_note(point: Point, analytic: float, counted: float | None, why: str | None = None) -> str | None:
     if counted is None:
         if point.attention == "flex":
             return ("no count: FlopCounterMode cannot run FlexAttention's higher-order op in this torch "
                     "(https://github.com/pytorch/pytorch/issues/134385)")
-        return "no count: the step could not run under FlopCounterMode"
+        return f"no count: {why}" if why else "no count: the step could not run under FlopCounterMode"
     if not counted:
         return "FlopCounterMode counted nothing"
     ratio = counted / analytic
@@ -339,7 +339,7 @@ def count_flops(step: TrainStep, point: Point) -> FlopCount:
         note = ("no closed form for a factory model: flops_per_step is FlopCounterMode's count with txbench's "
                 "formulas for the ops it misses")
     else:
-        note = _flops_note(point, closed["flops_per_step"], total)
+        note = _flops_note(point, closed["flops_per_step"], total, counted.get("note"))
     if step.user is None:
         recompute = recompute_flops(**point.to_dict())
     else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from txbench.report.sections import (
 )
 from txbench.report.template import page
 from txbench.report.topops import ops_data, top_ops_section, trace_href
+from txbench.store import write_text
 
 __all__ = ["render_report", "write_report"]
 
@@ -358,8 +358,4 @@ def write_report(run_dirs: list[Path], out: Path, *, cdn: bool = False) -> Path:
     if out.exists() and out.is_dir():
         raise StoreError(f"{out}: is a directory; give a file name such as {out / 'report.html'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(run_dirs, cdn=cdn, out_dir=out.parent)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, render_report(run_dirs, cdn=cdn, out_dir=out.parent))

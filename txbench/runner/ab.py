@@ -19,7 +19,6 @@ interleaved steps as samples), so ``report``, ``show`` and ``compare`` work on t
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import sys
@@ -30,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from txbench.errors import SuiteError, TxbenchError
 from txbench.fields import CONFIG_COLUMNS
@@ -41,7 +39,7 @@ from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.record import Record
 from txbench.runner.launcher import WorkerLauncher
 from txbench.runner.worker import PROTOCOL
-from txbench.store import POINTS_FILE, new_run_dir, new_run_id, write_points
+from txbench.store import POINTS_FILE, new_run_dir, new_run_id, write_env, write_points, write_suite_yaml
 from txbench.suite import Suite, load_suite, slug
 
 __all__ = ["AbError", "SideSpec", "AbConfig", "AbCallbacks", "AbResult", "run_ab", "round_order", "MODES", "SIDES"]
@@ -318,7 +316,7 @@ def run_ab(suite_path, baseline: SideSpec, candidate: SideSpec, cfg: AbConfig | 
     name = slug(suites["baseline"].name)
     dirs = {k: new_run_dir(results_dir, name, f"{run_id}-{k}") for k in sides}
     for k in sides:
-        (dirs[k] / "suite.yaml").write_text(yaml.safe_dump(loaded[k][1], sort_keys=False))
+        write_suite_yaml(dirs[k], loaded[k][1])
     launchers = {k: WorkerLauncher(log_path=dirs[k] / "worker.log", env=_side_env(s), python=s.python, cwd=s.path)
                  for k, s in sides.items()}
     try:
@@ -350,7 +348,7 @@ def _run(suites, dirs, launchers, cfg: AbConfig, cb: AbCallbacks, t_start: float
     points = {k: suites[k].points(device) for k in SIDES}
     metas = {}
     for k in SIDES:
-        (dirs[k] / "env.json").write_text(json.dumps(envs[k]["env"], indent=2, default=str))
+        write_env(dirs[k], envs[k]["env"])
         metas[k] = {"suite": suites[k].name, "run_id": dirs[k].name, "device": device, "env": envs[k]["env"],
                     "ab": {"side": k, "mode": cfg.mode}}
     measure = {k: suites[k].measure_config() for k in SIDES}

@@ -7,18 +7,15 @@ through :class:`SweepCallbacks`; nothing here prints.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from txbench.config import Point
 from txbench.errors import StoreError, TxbenchError
-from txbench.record import FINAL_STATUSES, Record
+from txbench.record import STATUSES, Record
 from txbench.runner.launcher import Launcher, WorkerLauncher
 from txbench.runner.torchrun import TorchrunLauncher
 from txbench.store import (
@@ -31,7 +28,9 @@ from txbench.store import (
     new_run_id,
     read_meta,
     read_rows,
+    write_env,
     write_points,
+    write_suite_yaml,
     write_table,
 )
 from txbench.suite import Suite, in_shard, slug
@@ -238,7 +237,7 @@ def run_suite(
             ops_rows = read_rows(ops_path)
     else:
         run_dir = new_run_dir(results_dir, name, new_run_id())
-        (run_dir / "suite.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_suite_yaml(run_dir, resolved)
 
     own = launcher is None
     launcher = launcher or WorkerLauncher(log_path=run_dir / "worker.log", isolate=isolate)
@@ -274,9 +273,9 @@ def run_suite(
             meta["shard"] = list(shard)
         if resume:
             meta["env_first"] = old_meta.get("env")
-        (run_dir / "env.json").write_text(json.dumps(env, indent=2, default=str))
+        write_env(run_dir, env)
 
-        done = {r["point_id"] for r in existing if r.get("status") in FINAL_STATUSES}
+        done = {r["point_id"] for r in existing if r.get("status") in STATUSES}
         records = [r for r in existing]
         todo = [p for p in points if p.point_id not in done]
         result.skipped = len(points) - len(todo)

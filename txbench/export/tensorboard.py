@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from txbench.errors import StoreError
-from txbench.export import _plain
+from txbench.export.pytest_benchmark import _plain
 from txbench.fields import CONFIG_COLUMNS
 from txbench.labels import short_labels
 from txbench.store import load_points, read_meta, resolve_run

@@ -14,15 +14,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
-from pathlib import Path
 
 import pandas as pd
 
 from txbench.errors import StoreError
 from txbench.fields import CONFIG_COLUMNS, varying_columns
 from txbench.labels import short_labels
-from txbench.store import load_points, read_meta
+from txbench.store import load_points, read_meta, write_text
 
 __all__ = ["benchmark_ids", "pytest_benchmark_json", "write_pytest_benchmark", "point_extra_info"]
 
@@ -134,9 +132,5 @@ def write_pytest_benchmark(run, path, *, fullname_prefix: str | None = None) -> 
     doc, left_out = pytest_benchmark_json(run, fullname_prefix=fullname_prefix)
     if not doc["benchmarks"]:
         raise StoreError(f"{run}: no point with per-step samples to export ({len(left_out)} points, none ok)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=4, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(doc, indent=4, default=str))
     return {"benchmarks": len(doc["benchmarks"]), "left_out": left_out}
