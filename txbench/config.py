@@ -84,6 +84,11 @@ class MeasureConfig:
     profile_steps: int = 2  # active steps in the torch.profiler pass (0 turns it off)
     timeout_s: float = 600.0  # a point's worker is killed after this long (hang protection)
     memory: bool = True  # measure peak memory (one extra step on CPU)
+    # a point whose timed steps were mostly taken under interference (another process on its cores, a
+    # throttled GPU) waits up to quiet_wait_s for the machine to quiet down, then is measured again, at
+    # most retries times; after that it is stored as contended (docs/methodology.md#interference)
+    quiet_wait_s: float = 15.0
+    retries: int = 2
 
 
 @dataclass(frozen=True)

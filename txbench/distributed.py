@@ -33,7 +33,7 @@ import torch
 from txbench.host import cpu_cores
 
 __all__ = ["active", "rank", "world", "setup", "teardown", "parallelize", "shard_batch", "agree", "RankTimer",
-           "parallel_reason", "local_numel", "mean_over_ranks", "BACKENDS"]
+           "parallel_reason", "local_numel", "mean_over_ranks", "any_rank", "BACKENDS"]
 
 #: process-group backend per device type
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
@@ -182,6 +182,17 @@ def agree(value):
     return box[0]
 
 
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is True on any rank (an all-reduce); ``flag`` itself outside a process group."""
+    if not active():
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def mean_over_ranks(x: float) -> float:
     """The mean of ``x`` over the ranks (the global batch's loss from each rank's mean loss)."""
     if not active():
@@ -232,8 +243,11 @@ class RankTimer:
     def reset(self) -> None:
         self.steps, self.phases = [], []
 
-    def columns(self) -> dict:
-        """Per-rank medians, the slowest rank and the median spread between ranks, over the steps since reset."""
+    def columns(self, keep: list[int] | None = None) -> dict:
+        """Per-rank medians, the slowest rank and the median spread between ranks, over the steps since reset
+        (only the steps at the indices ``keep`` when given: a measurement drops blocks taken under interference)."""
+        if keep is not None:
+            self.steps, self.phases = [self.steps[i] for i in keep], [self.phases[i] for i in keep]
         if not self.steps:
             return {}
         import statistics

@@ -66,6 +66,8 @@ class MeasureSection(_Strict):
     profile_steps: int = Field(MeasureConfig.profile_steps, ge=0)
     timeout_s: float = Field(MeasureConfig.timeout_s, gt=0)
     memory: bool = MeasureConfig.memory
+    quiet_wait_s: float = Field(MeasureConfig.quiet_wait_s, ge=0, le=3600)
+    retries: int = Field(MeasureConfig.retries, ge=0, le=10)
 
 
 class Suite(_Strict):

@@ -27,7 +27,7 @@ __all__ = [
     "CLK_TCK", "MIN_BLOCK_S", "OTHER_CORES_MIN", "OVERSUB_TOLERANCE_CORES", "STEAL_FRAC_MAX",
     "GPU_CLOCK_RATIO_MIN", "THROTTLE_REASONS",
     "CpuSnapshot", "CpuInterference", "cpu_snapshot", "cpu_block", "proc_cpu_s",
-    "GpuSnapshot", "GpuInterference", "NvmlSampler", "gpu_block", "decode_reasons",
+    "GpuSnapshot", "GpuInterference", "NvmlSampler", "gpu_block", "decode_reasons", "BlockMonitor",
 ]
 
 #: Clock ticks per second of the kernel's CPU accounting (USER_HZ, 100 on Linux: 10 ms per jiffy).
@@ -414,3 +414,56 @@ def gpu_block(before: GpuSnapshot, after: GpuSnapshot, *, during: Iterable[GpuSn
         contaminated=bool(why), reason="; ".join(why) or None,
     )
 
+
+
+# ------------------------------------------------------------------------------------------- blocks
+
+class BlockMonitor:
+    """Brackets consecutive blocks of steps with snapshots: :meth:`start`, then :meth:`close` per block.
+
+    ``cores``: the CPUs this process may run on (its affinity); their jiffies alone are counted when they
+    are fewer than the machine's. ``threads``: torch threads the steps run. ``gpu``: an
+    :class:`NvmlSampler` (CUDA), or None. A block closes where the next begins, so no time goes unseen.
+    A block shorter than :data:`MIN_BLOCK_S` is reported but never called contaminated: /proc/stat's
+    10 ms ticks cannot tell one busy core from none over a few ticks.
+    """
+
+    def __init__(self, *, cores: list[int], threads: int, gpu: NvmlSampler | None = None,
+                 exclude_pids: Iterable[int] = (), proc: str = "/proc", sys: str = "/sys"):
+        self.cores, self.threads, self.gpu = list(cores), threads, gpu
+        self.exclude_pids, self.proc, self.sys = tuple(exclude_pids), proc, sys
+        total = os.cpu_count() or len(self.cores)
+        self._cpus = self.cores if len(self.cores) < total else None
+        self._cpu: CpuSnapshot | None = None
+        self._gpu: GpuSnapshot | None = None
+
+    def _snap(self) -> tuple[CpuSnapshot, GpuSnapshot | None]:
+        cpu = cpu_snapshot(self.proc, self.sys, self.exclude_pids, cpus=self._cpus, freq=False)
+        return cpu, self.gpu.snapshot() if self.gpu is not None and self.gpu.available else None
+
+    def start(self) -> None:
+        self._cpu, self._gpu = self._snap()
+
+    def close(self, steps: int) -> dict:
+        """The block since the last start/close: plain figures plus ``contaminated`` and ``reason``."""
+        cpu, gpu = self._snap()
+        c = cpu_block(self._cpu, cpu, cores=len(self.cores), threads=self.threads, steps=steps)
+        out = {"steps": steps, **c.to_dict()}
+        reasons = [c.reason] if c.contaminated else []
+        if gpu is not None and self._gpu is not None:
+            g = gpu_block(self._gpu, gpu)
+            out.update({f"gpu_{k}": v for k, v in g.to_dict().items() if k not in ("wall_s", "contaminated",
+                                                                                      "reason")})
+            if g.contaminated:
+                reasons.append(g.reason)
+        short = c.wall_s < MIN_BLOCK_S
+        out["contaminated"] = bool(reasons) and not short
+        out["reason"] = "; ".join(reasons) if out["contaminated"] else None
+        self._cpu, self._gpu = cpu, gpu
+        return out
+
+    def quiet(self, window_s: float = 0.5) -> dict:
+        """One idle window of this process: would a block taken now be contaminated? (the block's dict)"""
+        self.start()
+        time.sleep(window_s)
+        return self.close(0)

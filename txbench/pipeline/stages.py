@@ -15,6 +15,8 @@ A new measurement is one new stage and its result, or one new field of a result.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -23,8 +25,10 @@ import torch
 
 from txbench import distributed
 from txbench.config import MeasureConfig, Point, validate_point
+from txbench.host import cpu_cores
 from txbench.measure.cpu_peak import mfu_or_note, peak_tflops, step_gemm_shapes
 from txbench.measure.flops import recompute_flops, step_flops
+from txbench.measure.interference import MIN_BLOCK_S, BlockMonitor, NvmlSampler
 from txbench.measure.memory import cpu_step_peak_bytes
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.measure.timing import make_timer
@@ -33,8 +37,8 @@ from txbench.torch_compat import TorchUnsupported
 from txbench.usermodels import user_model_flops
 
 __all__ = ["Hooks", "NO_HOOKS", "Part", "Built", "Start", "Warmup", "Timing", "Throughput", "Memory", "FlopCount",
-           "Rates", "Profiled", "build", "start", "warmup", "run_steps", "time_steps", "throughput", "memory",
-           "count_flops", "rates", "profile", "build_step"]
+           "Rates", "Profiled", "build", "start", "warmup", "run_steps", "time_steps", "monitor_for", "throughput",
+           "memory", "count_flops", "rates", "profile", "build_step"]
 
 
 class Hooks(Protocol):
@@ -166,7 +170,14 @@ def run_steps(step, timer, n: int) -> tuple[list[float], list[float], list[float
 
 @dataclass
 class Timing(Part):
-    """Every timed step's phases (ms) and why the adaptive loop stopped."""
+    """Every kept timed step's phases (ms), why the adaptive loop stopped, and what interference did.
+
+    Steps run in blocks of at least :data:`~txbench.measure.interference.MIN_BLOCK_S`, each bracketed by
+    interference readings; a block taken under interference leaves the samples for
+    ``dropped_step_ms_samples``. ``interference``: ``none``, ``dropped_blocks`` (the kept steps are clean),
+    or ``contended`` (too few clean steps even after re-measuring: the samples are every step of the last
+    attempt, and not to be trusted).
+    """
 
     fwd_ms_samples: list
     bwd_ms_samples: list
@@ -176,6 +187,11 @@ class Timing(Part):
     timer: str
     recompiles: int | None = None  # frames a compiled forward compiled again after its first step (warmup)
     ranks: dict = field(default_factory=dict)  # a distributed point's per-rank columns
+    interference: str = "none"
+    block_list: list = field(default_factory=list)  # one dict per block (BlockMonitor.close) + "dropped"
+    dropped_step_ms_samples: list = field(default_factory=list)
+    remeasures: int = 0
+    quiet_waited_s: float = 0.0
     notes: list = field(default_factory=list)
 
     @property
@@ -188,6 +204,9 @@ class Timing(Part):
 
     def columns(self) -> dict:
         total = self.step_ms_samples
+        hit = [b for b in self.block_list if b.get("contaminated")]
+        worst = max(hit, key=lambda b: b.get("other_cores") or 0.0) if hit else None
+        others = [b["other_cores"] for b in self.block_list if b.get("other_cores") is not None]
         return {
             **self.ranks, **summarize(total, "step_ms"),
             "step_ms_samples": total, "fwd_ms_samples": self.fwd_ms_samples, "bwd_ms_samples": self.bwd_ms_samples,
@@ -198,48 +217,125 @@ class Timing(Part):
             "noisy": is_noisy(total), "n_steps": len(total), "ci_rel_halfwidth": ci_rel_halfwidth(total),
             "stop_reason": self.stop_reason, "measure_s": self.measure_s, "timer": self.timer,
             "recompiles": self.recompiles,
+            "interference": self.interference, "interference_reason": worst["reason"] if worst else None,
+            "blocks": len(self.block_list), "blocks_dropped": sum(1 for b in self.block_list if b.get("dropped")),
+            "dropped_step_ms_samples": self.dropped_step_ms_samples,
+            "block_interference": json.dumps([_rounded(b) for b in self.block_list], separators=(",", ":")),
+            "other_cores_max": max(others) if others else None,
+            "remeasures": self.remeasures, "quiet_waited_s": self.quiet_waited_s,
         }
 
 
-def _stop(n: int, elapsed: float, total: list[float], cfg: MeasureConfig) -> str | None:
-    if n >= cfg.max_steps:
+def _rounded(block: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in block.items()}
+
+
+def _stop(n_all: int, elapsed: float, clean: list[float], cfg: MeasureConfig) -> str | None:
+    """Why the loop ends now (checked when a block closes), or None. ``clean``: the kept steps' times."""
+    if n_all >= cfg.max_steps:
         return "max_steps"
-    if n < cfg.min_steps:  # min_steps is a floor that the time cap does not cut
-        return None
-    if ci_rel_halfwidth(total) <= cfg.target_ci:
+    if len(clean) >= cfg.min_steps and ci_rel_halfwidth(clean) <= cfg.target_ci:
         return "ci"
-    if elapsed >= cfg.max_s:
+    # min_steps is a floor the time cap does not cut; steps dropped for interference count towards it
+    if n_all >= cfg.min_steps and elapsed >= cfg.max_s:
         return "max_s"
     return None
 
 
-def time_steps(built: Built, cfg: MeasureConfig) -> Timing:
-    """The adaptive loop: steps until the median's CI is within ``target_ci`` or a step/time cap.
-
-    Peak-memory statistics are reset first (CUDA), so the memory stage sees the timed steps
-    only; a compiled forward that would recompile here raises (:meth:`TrainStep.timed_steps`).
-    """
-    step, timer = built.step, built.timer
+def monitor_for(step: TrainStep) -> BlockMonitor:
+    """The interference monitor of a step's blocks: this process's cores and threads, its GPU through NVML."""
+    gpu = None
     if step.device.type == "cuda":
-        torch.cuda.synchronize(step.device)
-        torch.cuda.reset_peak_memory_stats(step.device)
+        gpu = NvmlSampler(_nvml_index(step.device))
+    return BlockMonitor(cores=cpu_cores(), threads=torch.get_num_threads(), gpu=gpu)
+
+
+def _nvml_index(device: torch.device) -> int:
+    """NVML's index of a torch CUDA device (CUDA_VISIBLE_DEVICES renumbers torch's, not NVML's)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if index < len(visible) and visible[index].isdigit():
+        return int(visible[index])
+    return index
+
+
+def _attempt(built: Built, cfg: MeasureConfig, monitor: BlockMonitor) -> tuple:
+    """One adaptive loop in blocks: (fwd, bwd, opt, kept indices, blocks, stop reason, seconds)."""
+    step, timer = built.step, built.timer
     if built.ranked:
         timer.reset()  # the timed steps only
     fwd, bwd, opt, total = [], [], [], []
+    keep: list[int] = []
+    blocks: list[dict] = []
+    start = 0
+    monitor.start()
+    t0 = tb = time.perf_counter()
+    while True:
+        f, b, o = timer(step)
+        fwd.append(f)
+        bwd.append(b)
+        opt.append(o)
+        total.append(f + b + o)
+        now = time.perf_counter()
+        hard = len(total) >= cfg.max_steps or (len(total) >= cfg.min_steps and now - t0 >= cfg.max_s)
+        if not distributed.agree(hard or now - tb >= MIN_BLOCK_S):  # rank 0 decides where blocks end
+            continue
+        block = monitor.close(len(total) - start)
+        block["dropped"] = distributed.any_rank(block["contaminated"])  # a step hit on any rank is hit on all
+        blocks.append(block)
+        if not block["dropped"]:
+            keep.extend(range(start, len(total)))
+        start, tb = len(total), time.perf_counter()
+        reason = distributed.agree(_stop(len(total), tb - t0, [total[i] for i in keep], cfg))
+        if reason:
+            return fwd, bwd, opt, keep, blocks, reason, time.perf_counter() - t0
+
+
+def _wait_quiet(monitor: BlockMonitor, budget_s: float) -> float:
+    """Wait until an idle window of this process is clean, at most ``budget_s``; the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < budget_s:
+        if not monitor.quiet(min(0.5, max(budget_s - (time.perf_counter() - t0), MIN_BLOCK_S)))["contaminated"]:
+            break
+    distributed.agree(None)  # the ranks wait for each other before measuring again
+    return time.perf_counter() - t0
+
+
+def time_steps(built: Built, cfg: MeasureConfig, monitor: BlockMonitor | None = None) -> Timing:
+    """The adaptive loop: steps until the kept steps' median is within ``target_ci`` or a step/time cap.
+
+    Peak-memory statistics are reset first (CUDA), so the memory stage sees the timed steps only; a
+    compiled forward that would recompile here raises (:meth:`TrainStep.timed_steps`). When fewer than
+    ``min_steps`` steps stay clean, the machine gets up to ``quiet_wait_s`` to quiet down and the loop
+    runs again, at most ``retries`` times; then the point is ``contended``.
+    """
+    step, timer = built.step, built.timer
+    own = monitor is None
+    monitor = monitor or monitor_for(step)
+    if step.device.type == "cuda":
+        torch.cuda.synchronize(step.device)
+        torch.cuda.reset_peak_memory_stats(step.device)
+    remeasures, waited = 0, 0.0
     with step.timed_steps():
-        t0 = time.perf_counter()
         while True:
-            f, b, o = timer(step)
-            fwd.append(f)
-            bwd.append(b)
-            opt.append(o)
-            total.append(f + b + o)
-            reason = distributed.agree(_stop(len(total), time.perf_counter() - t0, total, cfg))  # rank 0 decides
-            if reason:
+            fwd, bwd, opt, keep, blocks, reason, measured = _attempt(built, cfg, monitor)
+            enough = distributed.agree(len(keep) >= min(cfg.min_steps, len(fwd)))
+            if enough or remeasures >= cfg.retries:
                 break
-        measured = time.perf_counter() - t0
-    return Timing(fwd, bwd, opt, reason, measured, timer.name, recompiles=step.lever_values.get("recompiles"),
-                  ranks=timer.columns() if built.ranked else {})
+            waited += _wait_quiet(monitor, cfg.quiet_wait_s)
+            remeasures += 1
+    if own and monitor.gpu is not None:
+        monitor.gpu.close()
+    kept = set(keep)
+    dropped = [i for i in range(len(fwd)) if i not in kept]
+    state = "none" if not dropped else "dropped_blocks" if enough else "contended"
+    if state == "contended":  # nothing clean enough to keep: the figures it reached, marked as such
+        keep, dropped = list(range(len(fwd))), []
+    ranks = timer.columns(keep=keep) if built.ranked else {}
+    return Timing([fwd[i] for i in keep], [bwd[i] for i in keep], [opt[i] for i in keep], reason, measured,
+                  timer.name, recompiles=step.lever_values.get("recompiles"), ranks=ranks, interference=state,
+                  block_list=blocks, dropped_step_ms_samples=[fwd[i] + bwd[i] + opt[i] for i in dropped],
+                  remeasures=remeasures, quiet_waited_s=waited)
 
 
 @dataclass
