@@ -104,6 +104,10 @@ def test_ab_same_code_passes_and_keeps_both_runs(tmp_path):
     n_base, n_cand = len(base["step_ms_samples"][0]), len(cand["step_ms_samples"][0])
     assert n_base == n_cand == step[0]["rounds"] * step[0]["steps_per_block"]
     assert "txbench ab" in base["measure_notes"][0] and "page faults per step" in base["measure_notes"][0]
+    # every round's blocks were read for interference; a dropped round leaves both sides' samples alike
+    assert base["interference"][0] in ("none", "dropped_blocks") and base["blocks"][0] == cand["blocks"][0]
+    assert base["blocks"][0] == step[0]["rounds"] + base["blocks_dropped"][0]
+    assert "parallel mode" in base["measure_notes"][0] and "cores during the" in base["measure_notes"][0]
     # every worker reuses its heap (fixed malloc thresholds), recorded with the run
     env = json.loads((Path(dirs["candidate"]) / "env.json").read_text())
     assert env["malloc_env"]["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)

@@ -82,10 +82,11 @@ def ab(
                                           "[cyan]--candidate-set sweep.attention=[sdpa_flash][/].")
     ] = None,
     mode: Annotated[
-        Mode, typer.Option(help="parallel (default): both sides' blocks at once, each pinned to half the cores, "
-                           "the halves swapped every round; alternate: one side after the other with all cores "
-                           "(A B B A ...).")
-    ] = Mode.parallel,
+        Optional[Mode], typer.Option(help="parallel (the default on CPU): both sides' blocks at once, each pinned to "
+                                     "half the cores, the halves swapped every round; alternate (the default on "
+                                     "CUDA, where parallel would share one GPU): one side after the other with all "
+                                     "cores (A B B A ...).")
+    ] = None,
     max_s: Annotated[
         float, typer.Option("--max-s", help="Budget of interleaved sampling per point, seconds; an undecided point "
                             "is inconclusive after it.", min=1.0)
@@ -130,7 +131,8 @@ def ab(
     from txbench.gate import has_regression
     from txbench.runner.ab import AbConfig, SideSpec, run_ab
 
-    cfg = AbConfig(mode=mode.value, max_s=max_s, threshold=_threshold(threshold), alpha=alpha, block_s=block_s)
+    cfg = AbConfig(mode=mode.value if mode else "auto", max_s=max_s, threshold=_threshold(threshold), alpha=alpha,
+                   block_s=block_s)
     base = SideSpec("baseline", baseline_python, baseline_path, list(baseline_set or []))
     cand = SideSpec("candidate", candidate_python, candidate_path, list(candidate_set or []))
     result = run_ab(suite, base, cand, cfg, results_dir=results_dir, callbacks=_Progress(quiet))

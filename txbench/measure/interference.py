@@ -448,7 +448,9 @@ class BlockMonitor:
         """The block since the last start/close: plain figures plus ``contaminated`` and ``reason``."""
         cpu, gpu = self._snap()
         c = cpu_block(self._cpu, cpu, cores=len(self.cores), threads=self.threads, steps=steps)
-        out = {"steps": steps, **c.to_dict()}
+        prev = dict(self._cpu.excluded_cpu_s)
+        excl = sum(max(v - prev.get(pid, 0.0), 0.0) for pid, v in cpu.excluded_cpu_s)
+        out = {"steps": steps, **c.to_dict(), "excluded_cores": excl / c.wall_s if c.wall_s > 0 else 0.0}
         reasons = [c.reason] if c.contaminated else []
         if gpu is not None and self._gpu is not None:
             g = gpu_block(self._gpu, gpu)

@@ -19,6 +19,7 @@ interleaved steps as samples), so ``report``, ``show`` and ``compare`` work on t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import sys
@@ -45,6 +46,9 @@ from txbench.suite import Suite, load_suite, slug
 __all__ = ["AbError", "SideSpec", "AbConfig", "AbCallbacks", "AbResult", "run_ab", "round_order", "MODES", "SIDES"]
 
 MODES = ("alternate", "parallel")
+#: ``mode: auto`` (the default): parallel on CPU (measured faster and tighter on a 2-core runner); alternate on
+#: CUDA, where parallel would put both sides on one GPU at once and each side's blocks would time the other's.
+AUTO_MODE = {"cpu": "parallel", "cuda": "alternate"}
 SIDES = ("baseline", "candidate")
 #: Default budget of sampling per point: a 4-point suite stays within 5 minutes on a 2-core CPU.
 MAX_S = 45.0
@@ -76,7 +80,7 @@ class SideSpec:
 
 @dataclass
 class AbConfig:
-    mode: str = "parallel"
+    mode: str = "auto"
     max_s: float = MAX_S
     threshold: float = 0.05
     memory_threshold: float = 0.01
@@ -298,7 +302,7 @@ def run_ab(suite_path, baseline: SideSpec, candidate: SideSpec, cfg: AbConfig | 
     """Run the A/B comparison of ``suite_path`` between the two sides; see the module docstring."""
     cfg = cfg or AbConfig()
     cb = callbacks or AbCallbacks()
-    if cfg.mode not in MODES:
+    if cfg.mode not in MODES + ("auto",):
         raise AbError(f"--mode {cfg.mode}: choose from {', '.join(MODES)}")
     t_start = time.monotonic()
     sides = {"baseline": baseline, "candidate": candidate}
@@ -345,6 +349,8 @@ def _env(suites, launchers) -> dict:
 def _run(suites, dirs, launchers, cfg: AbConfig, cb: AbCallbacks, t_start: float) -> AbResult:
     envs = _env(suites, launchers)
     device = envs["baseline"]["device"]
+    if cfg.mode == "auto":
+        cfg = dataclasses.replace(cfg, mode=AUTO_MODE.get(device.split(":")[0], "alternate"))
     points = {k: suites[k].points(device) for k in SIDES}
     metas = {}
     for k in SIDES:
@@ -441,18 +447,27 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     epochs: list[list[float]] = [[]]
     faults = {k: 0 for k in SIDES}  # minor page faults in the timed blocks (an allocator that maps fresh pages)
     sampled = 0.0  # seconds of rounds; rebuilds between epochs do not count against the budget
+    hit = _Interference()
+    pids = {k: launchers[k].proc.pid for k in SIDES if launchers[k].proc is not None}
     while verdict is None:
-        order = round_order(len(units))
+        order = round_order(len(units) + hit.rounds)
         if cfg.mode == "parallel":
-            _pin(launchers, len(units))
-        jobs = {k: {"kind": "ab_block", "steps": n} for k in SIDES}
+            _pin(launchers, len(units) + hit.rounds)
+        # the other side's work is not interference: it is the design of parallel mode, reported on its own
+        jobs = {k: {"kind": "ab_block", "steps": n, "exclude_pids": [p for s, p in pids.items() if s != k]}
+                for k in SIDES}
         t_round = time.monotonic()
         out = (both.send_all(jobs, order, block_timeout) if cfg.mode == "parallel"
                else both.one_by_one(jobs, order, block_timeout))
-        sampled += time.monotonic() - t_round
         failure = _first_failure(out)
         if failure:
             break
+        if hit.drop({k: out[k].answer.get("interference") or {} for k in SIDES}, time.monotonic() - t_round):
+            if hit.seconds <= cfg.max_s:
+                continue  # both sides' blocks of this round leave the test; a clean round comes later
+            hit.exhausted = True  # the machine stayed busy for a whole budget: the point is contended
+            break
+        sampled += time.monotonic() - t_round
         for k in SIDES:
             for ph in ("fwd", "bwd", "opt"):
                 samples[k][ph].extend(out[k].answer[ph])
@@ -482,14 +497,57 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     steps_done = max(len(samples["baseline"]["fwd"]), 1)
     note = (f"txbench ab: {len(units)} rounds of {n}-step blocks in {len([e for e in epochs if e])} builds, "
             f"{cfg.mode} with the other side, {decided_s:.0f} s; page faults per step "
-            + " vs ".join(f"{faults[k] / steps_done:.0f}" for k in SIDES))
+            + " vs ".join(f"{faults[k] / steps_done:.0f}" for k in SIDES) + hit.note(cfg.mode))
     for k in SIDES:
-        recs[k] = _with_blocks(recs[k], samples[k]["fwd"], samples[k]["bwd"], samples[k]["opt"], note)
+        recs[k] = {**_with_blocks(recs[k], samples[k]["fwd"], samples[k]["bwd"], samples[k]["opt"], note),
+                   **hit.columns(len(units))}
     if failure:
         k, (status, msg) = failure
         recs[k] = {**recs[k], "status": status, "error": f"during the interleaved blocks: {msg}"}
         return recs, None
-    return recs, {"test": test, "units": units, "epochs": epochs, "steps_per_block": n, "decided_s": decided_s}
+    return recs, {"test": test, "units": units, "epochs": epochs, "steps_per_block": n, "decided_s": decided_s,
+                  "contended": hit.contended(), "dropped_rounds": hit.rounds}
+
+
+class _Interference:
+    """Rounds dropped because either side's block ran under interference, and what the sides took from each other."""
+
+    def __init__(self):
+        self.rounds, self.seconds, self.reasons, self.exhausted = 0, 0.0, [], False
+        self.mutual = {k: [] for k in SIDES}  # the other side's cores during each kept block (parallel mode)
+
+    def drop(self, blocks: dict, seconds: float) -> bool:
+        """True when this round must leave the test (either side's block was contaminated)."""
+        why = [f"{k}: {b['reason']}" for k, b in blocks.items() if b.get("contaminated")]
+        if why:
+            self.rounds += 1
+            self.seconds += seconds
+            self.reasons.extend(why)
+            return True
+        for k, b in blocks.items():
+            if b.get("excluded_cores") is not None:
+                self.mutual[k].append(float(b["excluded_cores"]))
+        return False
+
+    def contended(self) -> str | None:
+        """Why the point is contended (dropped rounds outlasted the budget before a verdict), or None."""
+        if self.exhausted:
+            return f"{self.rounds} rounds dropped for interference ({self.reasons[-1]})"
+        return None
+
+    def note(self, mode: str) -> str:
+        out = ""
+        if self.rounds:
+            out += f"; {self.rounds} rounds dropped for interference (first: {self.reasons[0]})"
+        if mode == "parallel" and all(self.mutual.values()):
+            out += ("; parallel mode: each side's block ran beside the other's, which held "
+                    + " and ".join(f"{np.mean(self.mutual[k]):.2f} cores during the {k}'s" for k in SIDES))
+        return out
+
+    def columns(self, kept: int) -> dict:
+        state = "contended" if self.exhausted else "dropped_blocks" if self.rounds else "none"
+        return {"interference": state, "blocks": kept + self.rounds, "blocks_dropped": self.rounds,
+                "interference_reason": self.reasons[0] if self.reasons else None}
 
 
 def _open_job(point: dict, measure, threads, cfg: AbConfig) -> dict:
@@ -521,6 +579,8 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
     ratio = last.ratio if last else (math.exp(float(x.mean())) if x.size else math.nan)
     builds = len([e for e in seq.get("epochs", [units]) if e])
     verdict = last.verdict if last and last.verdict else "inconclusive"
+    if seq.get("contended"):
+        verdict = "inconclusive"  # a verdict on rounds the machine made wrong would be the machine's, not the code's
     lo, hi = (last.ci_low, last.ci_high) if last else (math.nan, math.nan)
     change = f"{100 * (ratio - 1):+.1f}%" if math.isfinite(ratio) else "no ratio"
     level = f"{100 * (1 - last.alpha):.3g}% interval" if last and last.alpha else "no look"
@@ -532,6 +592,8 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
         note = f"{change} beyond {thr} {when}, {level} below 0"
     elif verdict == "unchanged":
         note = f"{level} within ±{thr} {when}"
+    elif seq.get("contended"):
+        note = f"contended: {seq['contended']}; run txbench doctor, then again on a quiet machine"
     else:
         need = _budget_needed(lo, hi, ratio, cfg, seq["decided_s"])
         note = f"undecided {when}: {level} [{100 * (lo - 1):+.1f}%, {100 * (hi - 1):+.1f}%] {need}"

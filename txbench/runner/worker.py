@@ -123,15 +123,25 @@ def ab_open_job(job: dict) -> dict:
 
 
 def ab_block_job(job: dict) -> dict:
-    """Run ``steps`` timed steps of the open point; phase times in ms."""
+    """Run ``steps`` timed steps of the open point; phase times in ms, page faults, and the block's interference.
+
+    ``exclude_pids``: processes whose CPU use is not interference (the other side's worker in parallel mode);
+    their share is reported as ``excluded_cores``. Only the CPUs this process is pinned to are read.
+    """
     step, timer = _AB.get("step"), _AB.get("timer")
     if step is None:
         return {"error": "no point is open (ab_open first)"}
     import resource
 
+    import torch
+
+    from txbench.host import cpu_cores
+    from txbench.measure.interference import BlockMonitor
     from txbench.pipeline.stages import run_steps
 
+    monitor = BlockMonitor(cores=cpu_cores(), threads=torch.get_num_threads(), exclude_pids=job.get("exclude_pids", ()))
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    monitor.start()
     try:
         fwd, bwd, opt = run_steps(step, timer, int(job.get("steps", 1)))
         out = {"fwd": fwd, "bwd": bwd, "opt": opt}
@@ -139,6 +149,7 @@ def ab_block_job(job: dict) -> dict:
         traceback.print_exc(file=sys.stderr)
         ab_close_job({})
         return {"error": _first_line(exc)}
+    out["interference"] = monitor.close(len(fwd))
     out["minflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults  # page faults of the block
     return out
 
