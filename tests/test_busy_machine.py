@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -119,3 +120,26 @@ def test_absurd_interference_budgets_are_refused_naming_the_field(tmp_path, key,
     res = CliRunner().invoke(app, ["validate", str(suite), "--set", f"measure.{key}={value}"])
     assert res.exit_code == 2, res.output
     assert f"measure.{key}" in res.output and "Traceback" not in res.output
+
+
+def test_run_check_refuses_a_contaminated_machine_and_records_the_machine_otherwise(tmp_path, monkeypatch):
+    from tests.conftest import tiny_suite_yaml
+    from txbench import doctor
+    from txbench.cli import app
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(tiny_suite_yaml("s", sweep={"seq_len": [32], "attention": ["naive"]}))
+    busy = [doctor.Check("threads vs free cores", "fail", "2 threads, 1.0 free core",
+                         "set threads: [1] in the suite, or stop PID 4242 (python3, 98% of a core)")]
+    monkeypatch.setattr(doctor, "run_checks", lambda **kw: busy)
+    res = CliRunner().invoke(app, ["run", str(suite), "--check", "--results-dir", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "PID 4242" in res.output and "--check" in res.output
+    assert not (tmp_path / "r").exists()  # nothing started, nothing half-written
+    quiet = [doctor.Check("load average", "ok", "0.1 per core", "")]
+    monkeypatch.setattr(doctor, "run_checks", lambda **kw: quiet)
+    res = CliRunner().invoke(app, ["run", str(suite), "--check", "--results-dir", str(tmp_path / "r"),
+                                   "--no-profile", "--no-report", "--json"])
+    assert res.exit_code == 0, res.output
+    env = json.loads((Path(json.loads(res.stdout)["run_dir"]) / "env.json").read_text())
+    for when in ("machine_start", "machine_end"):
+        assert env[when]["contaminated"] is False and env[when]["checks"][0]["name"] == "load average"

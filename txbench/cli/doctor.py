@@ -15,7 +15,7 @@ from rich.table import Table
 
 from txbench.cli.app import app, handle_errors, print_all
 
-__all__ = ["doctor"]
+__all__ = ["doctor", "checks_table"]
 
 EXIT_CONTAMINATED = 1
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
@@ -60,13 +60,20 @@ def doctor(
     if fmt == Format.json:
         print(json.dumps({"checks": [c.__dict__ for c in checks], "contaminated": bad}, indent=2))
     else:
-        t = Table(title="txbench doctor")
-        for col in ("status", "check", "value", "advice"):
-            t.add_column(col, overflow="fold")
-        for c in checks:
-            t.add_row(f"[{_STYLE[c.status]}]{c.status}[/]", c.name, c.value, c.advice)
-        verdict = ("[bold red]a run started now would be contaminated[/]" if bad
-                   else "[green]no check failed[/]")
-        print_all([t, verdict])
+        print_all(checks_table(checks))
     if bad:
         raise typer.Exit(EXIT_CONTAMINATED)
+
+
+def checks_table(checks) -> list:
+    """The checks as a rich table and the verdict line under it (``txbench doctor``, ``txbench run --check``)."""
+    from txbench.doctor import is_contaminated
+
+    t = Table(title="txbench doctor")
+    for col in ("status", "check", "value", "advice"):
+        t.add_column(col, overflow="fold")
+    for c in checks:
+        t.add_row(f"[{_STYLE[c.status]}]{c.status}[/]", c.name, c.value, c.advice)
+    verdict = ("[bold red]a run started now would be contaminated[/]" if is_contaminated(checks)
+               else "[green]no check failed[/]")
+    return [t, verdict]

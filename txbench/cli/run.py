@@ -76,6 +76,24 @@ class _RichProgress:
             self.progress.stop()
 
 
+def _preflight(suite, quiet: bool) -> None:
+    """``--check``: the doctor's checks for the suite's thread count; exit 1 before anything runs if one fails."""
+    from txbench.cli.doctor import EXIT_CONTAMINATED, checks_table
+    from txbench.doctor import is_contaminated, run_checks
+    from txbench.host import cpu_cores
+
+    threads = max((p.threads or len(cpu_cores()) for p in suite.points("cpu")), default=len(cpu_cores()))
+    checks = run_checks(threads=threads, device=suite.device)
+    bad = is_contaminated(checks)
+    if bad or not quiet:
+        for r in checks_table(checks):  # --json and --quiet keep stdout for their own output
+            (err_console if quiet else console).print(r, width=term_width(), soft_wrap=False)
+    if bad:
+        err_console.print("--check: not started; stop the processes above or set threads in the suite, "
+                          "or run without --check")
+        raise typer.Exit(EXIT_CONTAMINATED)
+
+
 @app.command()
 @handle_errors
 def run(
@@ -117,6 +135,10 @@ def run(
         typer.Option("--shard", metavar="K/N", help="Run only shard K of N (1 <= K <= N): a stable 1/N of the points "
                      "by point id, for one job of an array job; join the shards with [cyan]txbench merge[/]."),
     ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Check the machine first ([cyan]txbench doctor[/]) and run nothing, "
+                           "exit 1, when a run started now would be contaminated.")
+    ] = False,
 ):
     """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
 
@@ -144,6 +166,8 @@ def run(
         from txbench.export.tensorboard import _writer_class
 
         _writer_class()  # a missing tensorboard package is said before anything is measured
+    if check:
+        _preflight(s, quiet or as_json)
     resume_arg = True if resume in ("latest", "last") else (Path(resume) if resume else None)
     if resume_arg and shard_kn is not None:
         _check_resume_shard(resume_arg, results_dir, s.name, shard_kn)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from txbench.config import Point
 from txbench.errors import StoreError, TxbenchError
+from txbench.host import cpu_cores
 from txbench.record import STATUSES, Record
 from txbench.runner.launcher import Launcher, WorkerLauncher
 from txbench.runner.torchrun import TorchrunLauncher
@@ -192,6 +193,16 @@ class _DevicePool:
             w.close()
 
 
+def _machine_state(threads: int | None, device: str) -> dict:
+    """The doctor's checks for env.json (never fails a run: a check that breaks is recorded as such)."""
+    from txbench.doctor import machine_state
+
+    try:
+        return machine_state(threads=threads or len(cpu_cores()), device=device)
+    except Exception as exc:  # the run's measurements matter more than its machine record
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def run_suite(
     suite: Suite,
     resolved: dict,
@@ -273,6 +284,8 @@ def run_suite(
             meta["shard"] = list(shard)
         if resume:
             meta["env_first"] = old_meta.get("env")
+        threads = env.get("torch_threads")
+        env["machine_start"] = _machine_state(threads, device)  # what else ran as the run began (txbench doctor)
         write_env(run_dir, env)
 
         done = {r["point_id"] for r in existing if r.get("status") in STATUSES}
@@ -329,6 +342,8 @@ def run_suite(
         if not todo and not (run_dir / POINTS_FILE).exists():
             write_points(run_dir / POINTS_FILE, records, meta)
         result.records = records
+        env["machine_end"] = _machine_state(threads, device)
+        write_env(run_dir, env)
     except KeyboardInterrupt:
         ranks.close()
         launcher.close()
