@@ -349,7 +349,27 @@ def step_list(ctx: Ctx) -> dict:
     status, reason = "ok", ""
     if not ctx.dry and missing:
         status, reason = "warn", f"bf16 cannot run {', '.join(missing)} on this GPU (reasons above)"
-    return _result(status, lines, reason, rows=rows)
+    doctor = _doctor(ctx, dev)
+    lines += doctor["lines"]
+    if doctor["reason"] and status == "ok":
+        status, reason = "warn", doctor["reason"]
+    return _result(status, lines, reason, rows=rows, doctor=doctor["checks"])
+
+
+def _doctor(ctx: Ctx, dev: str) -> dict:
+    """``txbench doctor`` on the device: persistence, clocks, throttling, other processes, ECC (via NVML)."""
+    rc, out = ctx.txbench(["doctor", "--format", "json", "--threads", "1", "--device", dev], "doctor")
+    try:
+        body = json.loads(out)
+    except (TypeError, ValueError):
+        return {"lines": ["doctor: no JSON answer (doctor.log)"], "reason": "txbench doctor failed", "checks": []}
+    shown = [c for c in body["checks"] if c["status"] != "ok" or c["name"].lower().startswith(("gpu", "sm", "nvml",
+                                                                                           "persistence", "ecc"))]
+    lines = [f"doctor {c['status']:4s} {c['name']}: {_cut(c['value'], 60)}" for c in shown[:6]]
+    bad = [c["name"] for c in body["checks"] if c["status"] == "fail"]
+    return {"lines": lines, "checks": body["checks"],
+            "reason": f"txbench doctor: {', '.join(bad)} failed (the check's numbers may be contaminated)" if bad
+            else ""}
 
 
 # --------------------------------------------------------------------------- step 3: the attention sweep
@@ -527,15 +547,39 @@ def step_mfu(ctx: Ctx) -> dict:
     peak = f"{p['peak_tflops']:.4g}" if p.get("peak_tflops") else "-"
     lines.append(f"MFU {_pct(mfu)} against {peak} TFLOP/s ({_cut(p['peak_source'], 60)}); AdamW "
                  f"{p['optimizer_impl']}")
+    seen, nvml = interference_line(p, ctx.dry)
+    lines.append(seen)
     if ctx.dry:
         lines.append("goal >= 45% (llm-foundry 35-46% on H100): applies on the GPU; a CPU measures its own GEMM peak")
         return _result("ok", lines, point=p)
     lines.append(f"goal >= {_pct(MFU_GOAL)}; anchors: llm-foundry 35-46% MFU on H100")
+    if p.get("interference") == "contended":
+        return _result("warn", lines, f"contended: {_cut(p.get('interference_reason') or '', 80)}", point=p)
+    if not nvml:
+        return _result("warn", lines, "no NVML readings in the blocks: install nvidia-ml-py (device-wheels.sh "
+                       "nvidia-ml-py)", point=p)
     if mfu is None:
         return _result("warn", lines, f"no MFU: {p['peak_source']}", point=p)
     if mfu < MFU_GOAL:
         return _result("warn", lines, f"MFU {_pct(mfu)} below the {_pct(MFU_GOAL)} goal", point=p)
     return _result("ok", lines, point=p)
+
+
+def interference_line(p: dict, dry: bool) -> tuple[str, bool]:
+    """The point's interference in one line, and whether its blocks carry NVML readings (SM clock, reasons)."""
+    blocks = json.loads(p.get("block_interference") or "[]")
+    gpu = [b for b in blocks if b.get("gpu_clock_ratio_min") is not None]
+    head = (f"interference {p.get('interference')}: {len(blocks)} blocks, {p.get('blocks_dropped')} dropped, "
+            f"others held up to {p.get('other_cores_max') or 0:.2f} cores")
+    if gpu:
+        ratio = min(b["gpu_clock_ratio_min"] for b in gpu)
+        reasons = sorted({r for b in gpu for r in (b.get("gpu_throttle_reasons") or "").split(",") if r})
+        procs = max(b.get("gpu_other_processes") or 0 for b in gpu)
+        head += (f"; SM clock >= {_pct(ratio)} of max, throttle {', '.join(reasons) or 'none'}, "
+                 f"{procs} other GPU process(es)")
+    elif not dry:
+        head += "; no NVML readings"
+    return head, bool(gpu)
 
 
 # --------------------------------------------------------------------------- step 5b: SDPA flash TFLOP/s

@@ -167,6 +167,9 @@ def test_dry_run_exits_0_and_names_every_step_with_a_status(dry):
     # what only a GPU can do is said, not silently left out
     assert steps["pytest"]["status"] == "skipped" and "needs CUDA" in steps["pytest"]["reason"]
     assert "do_bench: skipped: needs CUDA" in summary and "GPU busy/idle and kernel launches: skipped" in summary
+    # the machine's state and each timed block's interference are part of the check
+    assert re.search(r"interference (none|dropped_blocks|contended): \d+ blocks", summary), summary
+    assert steps["list"]["data"]["doctor"]
 
 
 @pytest.mark.slow
