@@ -126,6 +126,8 @@ def effect_table(points: pd.DataFrame) -> pd.DataFrame:
     df = _with_levers(points[points["status"] == "ok"])
     rows = []
     for lever in LEVERS:
+        if df[lever].nunique() < 2:
+            continue  # not swept: no group can hold two of its values, so there is no pair to compare
         others = [c for c in CONFIG_COLUMNS if c in df.columns and c != lever]
         base_value = BASELINES[lever]
         for _, g in df.groupby(others, dropna=False, sort=False):
