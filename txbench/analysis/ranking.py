@@ -94,11 +94,43 @@ def _resample_index(n: int) -> np.ndarray:
 
 
 def _row_medians(x: np.ndarray) -> np.ndarray:
-    """Median of each row (as ``np.median(x, axis=1)``, by one partition)."""
+    """Median of each row (as ``np.median(x, axis=1)``: the same two middle values, whichever way they are found).
+
+    A bootstrap's rows are short (a point's blocks): sorting them is faster than partitioning them there.
+    """
     n = x.shape[1]
     lo, hi = (n - 1) // 2, n // 2
-    xs = np.partition(x, sorted({lo, hi}), axis=1)
+    xs = np.sort(x, axis=1) if n <= 64 else np.partition(x, sorted({lo, hi}), axis=1)
     return (xs[:, lo] + xs[:, hi]) / 2.0
+
+
+_BOOT_CACHE: dict[bytes, np.ndarray] = {}
+#: Bootstrap medians kept (2000 floats each, 16 kB): more than a large sweep's findings read.
+_BOOT_CACHE_MAX = 4096
+
+
+def _boot_medians(units: list[np.ndarray]) -> list[np.ndarray]:
+    """The 2000 resampled medians of each set of units (a point's block medians), each set bootstrapped once.
+
+    The medians depend on the units' values alone (the resample indices are seeded per unit count), so they are
+    kept by value: a point compared with many others, in one rule or several, is resampled once. The sets not
+    kept yet are resampled together, one numpy pass per unit count.
+    """
+    keys = [u.tobytes() for u in units]
+    todo: dict[int, dict[bytes, np.ndarray]] = {}
+    for k, u in zip(keys, units):
+        if k not in _BOOT_CACHE:
+            todo.setdefault(u.size, {})[k] = u
+    for n, new in todo.items():
+        if len(_BOOT_CACHE) + len(new) > _BOOT_CACHE_MAX:
+            _BOOT_CACHE.clear()
+        idx = _resample_index(n)
+        ks, us = list(new), np.stack(list(new.values()))
+        step = max(1, 2**22 // (_N_RESAMPLES * n))  # a few tens of MB of resamples at a time
+        for i in range(0, len(ks), step):
+            med = _row_medians(us[i:i + step, idx].reshape(-1, n)).reshape(-1, _N_RESAMPLES)
+            _BOOT_CACHE.update(zip(ks[i:i + step], med))
+    return [_BOOT_CACHE[k] for k in keys]
 
 
 def unit_medians(samples, labels) -> np.ndarray:
@@ -115,8 +147,8 @@ def unit_medians(samples, labels) -> np.ndarray:
 
 def _ratio_ci(ua: np.ndarray, ub: np.ndarray) -> tuple[float, float]:
     """95% percentile bootstrap CI of median(ub) / median(ua), each side resampled on its own (as ``compare``)."""
-    r = _row_medians(ub[_resample_index(ub.size)]) / _row_medians(ua[_resample_index(ua.size)])
-    lo, hi = np.percentile(r, [2.5, 97.5])
+    ma, mb = _boot_medians([ua, ub])
+    lo, hi = np.percentile(mb / ma, [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -223,11 +255,11 @@ def _batch_ci(raw: list[dict]) -> None:
         if "need_ci" in s:
             ua, ub = s["need_ci"]
             todo.setdefault((ua.size, ub.size), []).append(s)
-    for (na, nb), group in todo.items():
-        a = np.stack([s["need_ci"][0] for s in group])  # (comparisons, units)
-        b = np.stack([s["need_ci"][1] for s in group])
-        ra = _row_medians(a[:, _resample_index(na)].reshape(-1, na)).reshape(len(group), -1)
-        rb = _row_medians(b[:, _resample_index(nb)].reshape(-1, nb)).reshape(len(group), -1)
+    if todo:  # every point's resampled medians at once, each point once
+        _boot_medians([u for group in todo.values() for s in group for u in s["need_ci"]])
+    for group in todo.values():
+        ra = np.stack(_boot_medians([s["need_ci"][0] for s in group]))  # (comparisons, resamples)
+        rb = np.stack(_boot_medians([s["need_ci"][1] for s in group]))
         lo, hi = np.percentile(rb / ra, [2.5, 97.5], axis=1)
         for s, low, high in zip(group, lo, hi):
             del s["need_ci"]
