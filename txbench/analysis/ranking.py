@@ -152,6 +152,9 @@ def _ratio_ci(ua: np.ndarray, ub: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+_EXACT_P: dict[tuple[int, int, int], float] = {}
+
+
 def mann_whitney_p(ua: np.ndarray, ub: np.ndarray) -> float:
     """Two-sided Mann-Whitney U p-value, as ``scipy.stats.mannwhitneyu`` gives it.
 
@@ -164,9 +167,15 @@ def mann_whitney_p(ua: np.ndarray, ub: np.ndarray) -> float:
     both = np.concatenate([ua, ub])
     _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
     if max(n1, n2) < 8 and (counts == 1).all():
-        from scipy import stats
+        # untied: the exact p is a function of the sizes and U alone (ranks 1..n), so each is asked of scipy once
+        u_b = int(inv[n1:].sum()) + n2 - n2 * (n2 + 1) // 2
+        key = (n2, n1, u_b)
+        p = _EXACT_P.get(key)
+        if p is None:
+            from scipy import stats
 
-        return float(stats.mannwhitneyu(ub, ua, alternative="two-sided", method="exact").pvalue)
+            p = _EXACT_P[key] = float(stats.mannwhitneyu(ub, ua, alternative="two-sided", method="exact").pvalue)
+        return p
     # average ranks: each distinct value takes the mean of the ranks it spans
     ends = np.cumsum(counts)
     ranks = (ends - (counts - 1) / 2.0)[inv]
@@ -384,15 +393,26 @@ def compare_points(a_row, b_row, *, metric: str = "step_ms", margin: float = TIE
 
 
 def compare_pairs(pairs, *, metric: str = "step_ms", margin: float = TIE_MARGIN,
-                  higher_is_better: bool = False) -> list[dict]:
-    """:func:`compare_points` for each ``(a_row, b_row)``, the p-values Holm-adjusted over all of them."""
+                  higher_is_better: bool = False, families=None) -> list[dict]:
+    """:func:`compare_points` for each ``(a_row, b_row)``, the p-values Holm-adjusted over all of them.
+
+    ``families``: the sizes of consecutive runs of ``pairs`` that are Holm-adjusted apart (they add up to
+    ``len(pairs)``), the same as one call per family, made at once (blocks and bootstraps in one pass).
+    """
+    pairs = list(pairs)
+    sizes = [len(pairs)] if families is None else [int(n) for n in families]
+    if sum(sizes) != len(pairs):
+        raise ValueError(f"families add up to {sum(sizes)} comparisons, not the {len(pairs)} pairs given")
     _prime_units([row for pair in pairs for row in pair], metric)
     raw = [_raw_stats(a, b, metric) for a, b in pairs]
     _batch_ci(raw)
     # an untested comparison (its interval holds 1: a tie whatever the test) still counts in the family, at p=1
-    adj = holm([s["p_value"] if math.isfinite(s["p_value"]) or not math.isfinite(s["ratio"]) else 1.0
-                for s in raw]) if raw else []
-    return [_judge(s, float(p), margin, higher_is_better) for s, p in zip(raw, adj)]
+    p = [s["p_value"] if math.isfinite(s["p_value"]) or not math.isfinite(s["ratio"]) else 1.0 for s in raw]
+    adj, start = [], 0
+    for n in sizes:
+        adj.extend(holm(p[start:start + n]) if n else [])
+        start += n
+    return [_judge(s, float(q), margin, higher_is_better) for s, q in zip(raw, adj)]
 
 
 def describe_ratio(ratio: float, lo: float, hi: float, inline: bool = False) -> str:
