@@ -235,18 +235,23 @@ def _prime_units(rows, metric: str) -> None:
         steps = samples(row, "step_ms")
         x = steps if metric == "step_ms" else samples(row, metric)
         n = steps.size
-        if n < 2 or x.size != n or key in todo.get(n, ()) or not (np.isfinite(steps).all() and np.isfinite(x).all()):
+        if n < 2 or x.size != n or key in todo.get(n, ()):
             continue
-        block_s = max(min(BLOCK_S, float(np.nansum(steps)) / 1e3 / MIN_BLOCKS), 0.0)
-        if block_s > 0:
-            todo.setdefault(n, {})[key] = (obj, x, steps, block_s)
+        # np.nansum's value for finite steps (a row with a NaN or an infinity is dropped below)
+        block_s = max(min(BLOCK_S, float(steps.sum()) / 1e3 / MIN_BLOCKS), 0.0)
+        todo.setdefault(n, {})[key] = (obj, x, steps, block_s)
     if len(_UNIT_CACHE) + sum(map(len, todo.values())) > 20000:
         _UNIT_CACHE.clear()
     for n, items in todo.items():
         keys, objs, xs, steps, blocks = zip(*((k, *v) for k, v in items.items()))
-        x, seg, b = np.stack(xs), np.stack(steps).clip(min=0.0) / 1e3, np.asarray(blocks)
-        q = np.maximum(np.cumsum(seg, axis=1) - 1e-12, 0.0) / b[:, None]
-        fine = q[:, -1] < 2.0**52  # the block index is exact as an integer
+        x, s, b = np.stack(xs), np.stack(steps), np.asarray(blocks)
+        seg = s.clip(min=0.0) / 1e3
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.maximum(np.cumsum(seg, axis=1) - 1e-12, 0.0) / b[:, None]
+        # finite samples, steps that add up to something, block indices exact as integers: the rest is cut alone
+        fine = np.isfinite(s).all(axis=1) & np.isfinite(x).all(axis=1) & (b > 0)
+        fine[fine] = q[fine, -1] < 2.0**52
+        q[~fine] = 0.0
         # the clock only moves forward: the labels (np.unique's inverse) count the changes of block along a row
         edge = np.diff(np.floor(q).astype(np.int64), axis=1) != 0
         lab = np.concatenate([np.zeros((len(keys), 1), dtype=np.int64), np.cumsum(edge, axis=1)], axis=1)
