@@ -226,7 +226,11 @@ def _prime_units(rows, metric: str) -> None:
     :func:`_point_units`.
     """
     todo: dict[int, dict] = {}
+    seen = set()
     for row in rows:
+        if id(row) in seen:  # a point compared with several others comes once per comparison
+            continue
+        seen.add(id(row))
         obj = _get(row, "step_ms_samples")
         key = (id(obj), metric, _get(row, "seq_len"), _get(row, "batch_size"))
         hit = _UNIT_CACHE.get(key)
