@@ -123,7 +123,10 @@ def effect_table(points: pd.DataFrame) -> pd.DataFrame:
     """
     if points is None or points.empty or "status" not in points.columns:
         return pd.DataFrame()
-    df = _with_levers(points[points["status"] == "ok"])
+    ok = points[points["status"] == "ok"]
+    if all(_col(ok, lever).nunique() < 2 for lever in LEVERS):
+        return pd.DataFrame([])  # no lever swept: no pair, and no copy of the frame to find that out
+    df = _with_levers(ok)
     rows = []
     for lever in LEVERS:
         if df[lever].nunique() < 2:
