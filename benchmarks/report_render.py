@@ -13,8 +13,17 @@ plotly.js embedded.
 sentences, same order, same bytes of HTML) to what was saved: run it before
 and after a change that should only make the report faster.
 
+``--against TREE`` measures this tree and another copy of txbench (a second
+worktree at the parent commit, say) side by side on one synthetic run: each of
+``--repeat`` rounds runs one fresh process per tree (``PYTHONPATH=<tree>``), the
+two in alternating order, and each process times its first render (a cold
+process, as ``txbench report`` runs), a second render, ``find`` on freshly
+loaded points, and ``find`` again on the same points. It prints the medians of
+both trees and their ratio, and exits with status 1 unless both trees wrote
+the same findings and the same report text.
+
     python benchmarks/report_render.py [--points-per-axis 10] [--repeat 3] [--keep DIR]
-        [--save-output DIR | --check-output DIR]
+        [--save-output DIR | --check-output DIR | --against TREE]
 """
 
 from __future__ import annotations
@@ -22,8 +31,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -183,7 +195,65 @@ def _check(saved: Path, now: dict[str, str]) -> bool:
     return same
 
 
+#: What each process of ``--against`` times, in this order, with the labels printed.
+_AB_TIMES = (("render_cold", "report, 1st render in a fresh process"), ("render", "report, 2nd render"),
+             ("find_cold", "find(), freshly loaded points"), ("find", "find(), same points again"))
+
+
+def _time_worker(run_dir: Path, out: Path) -> int:
+    """One process of ``--against``: the times of :data:`_AB_TIMES` as JSON in ``out``, next to the outputs."""
+    times = {}
+    t0 = time.perf_counter()
+    write_report([run_dir], out / "report.html")
+    times["render_cold"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    write_report([run_dir], out / "report.html")
+    times["render"] = time.perf_counter() - t0
+    points, ops = load_run(run_dir)
+    t0 = time.perf_counter()
+    find(points, ops)
+    times["find_cold"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    findings = find(points, ops)
+    times["find"] = time.perf_counter() - t0
+    for name, text in _outputs(run_dir, findings, out / "report.html").items():
+        (out / name).write_text(text, encoding="utf-8")
+    (out / "times.json").write_text(json.dumps(times))
+    return 0
+
+
+def _against(run_dir: Path, base: Path, other: Path, repeat: int) -> int:
+    """This tree against ``other`` (see the module docstring); 1 when their outputs differ."""
+    trees = {"other": other.resolve(), "this": Path(__file__).resolve().parents[1]}
+    times: dict[str, list[dict]] = {k: [] for k in trees}
+    same = True
+    for i in range(repeat):
+        for label in (("other", "this") if i % 2 == 0 else ("this", "other")):
+            out = base / f"ab-{label}-{i}"
+            out.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "PYTHONPATH": str(trees[label])}
+            cmd = [sys.executable, __file__, "--time-worker", str(run_dir.resolve()), str(out.resolve())]
+            subprocess.run(cmd, env=env, cwd=trees[label], check=True)
+            times[label].append(json.loads((out / "times.json").read_text()))
+            print(f"round {i + 1} {label:<5} " + "  ".join(f"{k} {v:.2f} s" for k, v in times[label][-1].items()),
+                  flush=True)
+        for name in ("findings.json", "report.html"):
+            a, b = ((base / f"ab-{t}-{i}" / name).read_text(encoding="utf-8") for t in ("other", "this"))
+            if a != b:
+                same = False
+                print(f"round {i + 1}: {name} differs between the trees")
+    print(f"\nmedians of {repeat} rounds; other = {trees['other']}, this = {trees['this']}")
+    print(f"{'':<38} {'other s':>8} {'this s':>8} {'other/this':>11}")
+    for key, label in _AB_TIMES:
+        a, b = (statistics.median(t[key] for t in times[k]) for k in ("other", "this"))
+        print(f"{label:<38} {a:>8.2f} {b:>8.2f} {a / b:>10.1f}x")
+    print("outputs: findings and report text " + ("identical in every round" if same else "DIFFER"))
+    return 0 if same else 1
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--time-worker":
+        return _time_worker(Path(sys.argv[2]), Path(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points-per-axis", type=int, default=10,
                     help="seq_len and batch values (points = 20 x this squared)")
@@ -194,12 +264,20 @@ def main() -> int:
                           help="write the findings and the report's text here")
     out_args.add_argument("--check-output", type=Path, metavar="DIR",
                           help="exit 1 unless the findings and the report's text equal those saved in DIR")
+    out_args.add_argument("--against", type=Path, metavar="TREE",
+                          help="time this tree and the txbench tree TREE side by side, one process each per round")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="txbench-report-bench-"))
     run_dir = base / "synthetic" / "20250101T000000Z-0000"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     n_points, n_ops = synth_run(run_dir, args.points_per_axis)
+    if args.against:
+        print(f"synthetic run: {n_points} points, {n_ops} op rows ({run_dir})")
+        status = _against(run_dir, base, args.against, args.repeat)
+        if args.keep is None:
+            shutil.rmtree(base)
+        return status
     rows = []
     for cdn in (False, True):
         out = base / ("report-cdn.html" if cdn else "report.html")

@@ -355,7 +355,7 @@ def _winner_rows(ok: pd.DataFrame, cmp: list[str], ctx: list[str]) -> pd.DataFra
         groups.append((key, pos, len(pairs)))
         pairs += [(data[pos[0]], data[o]) for o in pos[1:]]
     # one family per group (the comparisons one sentence states): Holm within it
-    stats = [s for _, pos, start in groups for s in compare_pairs(pairs[start:start + len(pos) - 1])]
+    stats = compare_pairs(pairs, families=[len(pos) - 1 for _, pos, _ in groups])
     rows = []
     for key, pos, start in groups:
         w, wm = pos[0], mem[pos[0]]

@@ -121,9 +121,14 @@ def effect_table(points: pd.DataFrame) -> pd.DataFrame:
     """
     if points is None or points.empty or "status" not in points.columns:
         return pd.DataFrame()
-    df = _with_levers(points[points["status"] == "ok"])
+    ok = points[points["status"] == "ok"]
+    if all(_col(ok, lever).nunique() < 2 for lever in LEVERS):
+        return pd.DataFrame([])  # no lever swept: no pair, and no copy of the frame to find that out
+    df = _with_levers(ok)
     rows = []
     for lever in LEVERS:
+        if df[lever].nunique() < 2:
+            continue  # not swept: no group can hold two of its values, so there is no pair to compare
         others = [c for c in CONFIG_COLUMNS if c in df.columns and c != lever]
         base_value = BASELINES[lever]
         for _, g in df.groupby(others, dropna=False, sort=False):

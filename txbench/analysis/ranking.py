@@ -94,11 +94,43 @@ def _resample_index(n: int) -> np.ndarray:
 
 
 def _row_medians(x: np.ndarray) -> np.ndarray:
-    """Median of each row (as ``np.median(x, axis=1)``, by one partition)."""
+    """Median of each row (as ``np.median(x, axis=1)``: the same two middle values, whichever way they are found).
+
+    A bootstrap's rows are short (a point's blocks): sorting them is faster than partitioning them there.
+    """
     n = x.shape[1]
     lo, hi = (n - 1) // 2, n // 2
-    xs = np.partition(x, sorted({lo, hi}), axis=1)
+    xs = np.sort(x, axis=1) if n <= 64 else np.partition(x, sorted({lo, hi}), axis=1)
     return (xs[:, lo] + xs[:, hi]) / 2.0
+
+
+_BOOT_CACHE: dict[bytes, np.ndarray] = {}
+#: Bootstrap medians kept (2000 floats each, 16 kB): more than a large sweep's findings read.
+_BOOT_CACHE_MAX = 4096
+
+
+def _boot_medians(units: list[np.ndarray]) -> list[np.ndarray]:
+    """The 2000 resampled medians of each set of units (a point's block medians), each set bootstrapped once.
+
+    The medians depend on the units' values alone (the resample indices are seeded per unit count), so they are
+    kept by value: a point compared with many others, in one rule or several, is resampled once. The sets not
+    kept yet are resampled together, one numpy pass per unit count.
+    """
+    keys = [u.tobytes() for u in units]
+    todo: dict[int, dict[bytes, np.ndarray]] = {}
+    for k, u in zip(keys, units):
+        if k not in _BOOT_CACHE:
+            todo.setdefault(u.size, {})[k] = u
+    for n, new in todo.items():
+        if len(_BOOT_CACHE) + len(new) > _BOOT_CACHE_MAX:
+            _BOOT_CACHE.clear()
+        idx = _resample_index(n)
+        ks, us = list(new), np.stack(list(new.values()))
+        step = max(1, 2**22 // (_N_RESAMPLES * n))  # a few tens of MB of resamples at a time
+        for i in range(0, len(ks), step):
+            med = _row_medians(us[i:i + step, idx].reshape(-1, n)).reshape(-1, _N_RESAMPLES)
+            _BOOT_CACHE.update(zip(ks[i:i + step], med))
+    return [_BOOT_CACHE[k] for k in keys]
 
 
 def unit_medians(samples, labels) -> np.ndarray:
@@ -115,15 +147,41 @@ def unit_medians(samples, labels) -> np.ndarray:
 
 def _ratio_ci(ua: np.ndarray, ub: np.ndarray) -> tuple[float, float]:
     """95% percentile bootstrap CI of median(ub) / median(ua), each side resampled on its own (as ``compare``)."""
-    r = _row_medians(ub[_resample_index(ub.size)]) / _row_medians(ua[_resample_index(ua.size)])
-    lo, hi = np.percentile(r, [2.5, 97.5])
+    ma, mb = _boot_medians([ua, ub])
+    lo, hi = np.percentile(mb / ma, [2.5, 97.5])
     return float(lo), float(hi)
+
+
+_EXACT_P: dict[tuple[int, int, int], float] = {}
+
+
+def _exact_p(n1: int, n2: int, u1: int) -> float:
+    """Two-sided exact Mann-Whitney p of ``U1 = u1`` for untied sets of ``n1`` and ``n2``, computed as
+    ``scipy.stats.mannwhitneyu(..., method="exact")`` computes it (its ``_MWU`` frequencies, the same float
+    operations in the same order), without importing ``scipy.stats`` (about a second of a cold start).
+    """
+    m, n = min(n1, n2), max(n1, n2)
+    k = max(u1, n1 * n2 - u1)  # the larger U; its survival function is the cdf of the smaller one
+    kc = m * n - k
+    sigma = np.zeros(kc + 1, dtype=int)
+    for d in np.arange(1, m + 1):
+        sigma[np.arange(d, kc + 1, d)] += d
+    for d in np.arange(n + 1, n + m + 1):
+        sigma[np.arange(d, kc + 1, d)] -= d
+    sigma = sigma[1:]
+    freq = np.zeros(kc + 1, dtype=np.uint64)
+    freq[0] = 1
+    for u in np.arange(1, kc + 1):
+        freq[u] = np.dot(freq[:u], sigma[u - 1::-1]) / u
+    p = np.cumsum(freq / float(math.comb(m + n, m)))[kc] * 2
+    return float(np.clip(p, 0.0, 1.0))
 
 
 def mann_whitney_p(ua: np.ndarray, ub: np.ndarray) -> float:
     """Two-sided Mann-Whitney U p-value, as ``scipy.stats.mannwhitneyu`` gives it.
 
-    In closed form (2 / C(n+m, n)) when the two sets do not overlap; exact (scipy) for small untied sets;
+    In closed form (2 / C(n+m, n)) when the two sets do not overlap; exact for small untied sets (scipy's
+    exact distribution, :func:`_exact_p`);
     otherwise the normal approximation with tie and continuity corrections (scipy's asymptotic method), in numpy.
     """
     n1, n2 = ua.size, ub.size
@@ -132,9 +190,13 @@ def mann_whitney_p(ua: np.ndarray, ub: np.ndarray) -> float:
     both = np.concatenate([ua, ub])
     _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
     if max(n1, n2) < 8 and (counts == 1).all():
-        from scipy import stats
-
-        return float(stats.mannwhitneyu(ub, ua, alternative="two-sided", method="exact").pvalue)
+        # untied: the exact p is a function of the sizes and U alone (ranks 1..n): computed once per sizes and U
+        u_b = int(inv[n1:].sum()) + n2 - n2 * (n2 + 1) // 2
+        key = (n2, n1, u_b)
+        p = _EXACT_P.get(key)
+        if p is None:
+            p = _EXACT_P[key] = _exact_p(*key)
+        return p
     # average ranks: each distinct value takes the mean of the ranks it spans
     ends = np.cumsum(counts)
     ranks = (ends - (counts - 1) / 2.0)[inv]
@@ -173,6 +235,64 @@ def _point_units(row, metric: str) -> tuple[np.ndarray, np.ndarray, float, float
         _UNIT_CACHE.clear()
     _UNIT_CACHE[key] = (obj, out)
     return out
+
+
+def _prime_units(rows, metric: str) -> None:
+    """Put the units of every point of ``rows`` not cached yet in the cache of :func:`_point_units`, cut together.
+
+    The same values as :func:`_point_units` row by row, in one numpy pass per step count: the blocks of
+    :func:`txbench.analysis.verdict.block_labels` (the steps' clock cut every ``block_s``, a short last block
+    joined to the one before), their medians and each point's median. A point whose samples are not all finite,
+    whose steps add up to nothing or whose metric's samples do not line up with its steps is left to
+    :func:`_point_units`.
+    """
+    todo: dict[int, dict] = {}
+    seen = set()
+    for row in rows:
+        if id(row) in seen:  # a point compared with several others comes once per comparison
+            continue
+        seen.add(id(row))
+        obj = _get(row, "step_ms_samples")
+        key = (id(obj), metric, _get(row, "seq_len"), _get(row, "batch_size"))
+        hit = _UNIT_CACHE.get(key)
+        if hit is not None and hit[0] is obj:
+            continue
+        steps = samples(row, "step_ms")
+        x = steps if metric == "step_ms" else samples(row, metric)
+        n = steps.size
+        if n < 2 or x.size != n or key in todo.get(n, ()):
+            continue
+        # np.nansum's value for finite steps (a row with a NaN or an infinity is dropped below)
+        block_s = max(min(BLOCK_S, float(steps.sum()) / 1e3 / MIN_BLOCKS), 0.0)
+        todo.setdefault(n, {})[key] = (obj, x, steps, block_s)
+    if len(_UNIT_CACHE) + sum(map(len, todo.values())) > 20000:
+        _UNIT_CACHE.clear()
+    for n, items in todo.items():
+        keys, objs, xs, steps, blocks = zip(*((k, *v) for k, v in items.items()))
+        x, s, b = np.stack(xs), np.stack(steps), np.asarray(blocks)
+        seg = s.clip(min=0.0) / 1e3
+        with np.errstate(invalid="ignore", divide="ignore"):
+            q = np.maximum(np.cumsum(seg, axis=1) - 1e-12, 0.0) / b[:, None]
+        # finite samples, steps that add up to something, block indices exact as integers: the rest is cut alone
+        fine = np.isfinite(s).all(axis=1) & np.isfinite(x).all(axis=1) & (b > 0)
+        fine[fine] = q[fine, -1] < 2.0**52
+        q[~fine] = 0.0
+        # the clock only moves forward: the labels (np.unique's inverse) count the changes of block along a row
+        edge = np.diff(np.floor(q).astype(np.int64), axis=1) != 0
+        lab = np.concatenate([np.zeros((len(keys), 1), dtype=np.int64), np.cumsum(edge, axis=1)], axis=1)
+        last = lab == lab[:, -1:]
+        tail = np.where(last, seg, 0.0).sum(axis=1)
+        for i in np.flatnonzero(np.abs(tail - b / 2) <= 1e-9 * b):  # too close to call: sum as block_labels does
+            tail[i] = seg[i][last[i]].sum()
+        lab -= last & ((lab[:, -1] > 0) & (tail < b / 2))[:, None]
+        meds = unit_medians(x.ravel(), (lab + n * np.arange(len(keys))[:, None]).ravel())
+        units = np.split(meds, np.cumsum(lab[:, -1] + 1)[:-1])
+        lo, hi = (n - 1) // 2, n // 2
+        xsort = np.sort(x, axis=1)
+        med = xsort[:, lo] if lo == hi else (xsort[:, lo] + xsort[:, hi]) / 2.0
+        for i, key in enumerate(keys):
+            if fine[i]:
+                _UNIT_CACHE[key] = (objs[i], (x[i], units[i], blocks[i], float(med[i])))
 
 
 def _raw_stats(a_row, b_row, metric: str) -> dict:
@@ -223,11 +343,11 @@ def _batch_ci(raw: list[dict]) -> None:
         if "need_ci" in s:
             ua, ub = s["need_ci"]
             todo.setdefault((ua.size, ub.size), []).append(s)
-    for (na, nb), group in todo.items():
-        a = np.stack([s["need_ci"][0] for s in group])  # (comparisons, units)
-        b = np.stack([s["need_ci"][1] for s in group])
-        ra = _row_medians(a[:, _resample_index(na)].reshape(-1, na)).reshape(len(group), -1)
-        rb = _row_medians(b[:, _resample_index(nb)].reshape(-1, nb)).reshape(len(group), -1)
+    if todo:  # every point's resampled medians at once, each point once
+        _boot_medians([u for group in todo.values() for s in group for u in s["need_ci"]])
+    for group in todo.values():
+        ra = np.stack(_boot_medians([s["need_ci"][0] for s in group]))  # (comparisons, resamples)
+        rb = np.stack(_boot_medians([s["need_ci"][1] for s in group]))
         lo, hi = np.percentile(rb / ra, [2.5, 97.5], axis=1)
         for s, low, high in zip(group, lo, hi):
             del s["need_ci"]
@@ -303,14 +423,26 @@ def compare_points(a_row, b_row, *, metric: str = "step_ms", margin: float = TIE
 
 
 def compare_pairs(pairs, *, metric: str = "step_ms", margin: float = TIE_MARGIN,
-                  higher_is_better: bool = False) -> list[dict]:
-    """:func:`compare_points` for each ``(a_row, b_row)``, the p-values Holm-adjusted over all of them."""
+                  higher_is_better: bool = False, families=None) -> list[dict]:
+    """:func:`compare_points` for each ``(a_row, b_row)``, the p-values Holm-adjusted over all of them.
+
+    ``families``: the sizes of consecutive runs of ``pairs`` that are Holm-adjusted apart (they add up to
+    ``len(pairs)``), the same as one call per family, made at once (blocks and bootstraps in one pass).
+    """
+    pairs = list(pairs)
+    sizes = [len(pairs)] if families is None else [int(n) for n in families]
+    if sum(sizes) != len(pairs):
+        raise ValueError(f"families add up to {sum(sizes)} comparisons, not the {len(pairs)} pairs given")
+    _prime_units([row for pair in pairs for row in pair], metric)
     raw = [_raw_stats(a, b, metric) for a, b in pairs]
     _batch_ci(raw)
     # an untested comparison (its interval holds 1: a tie whatever the test) still counts in the family, at p=1
-    adj = holm([s["p_value"] if math.isfinite(s["p_value"]) or not math.isfinite(s["ratio"]) else 1.0
-                for s in raw]) if raw else []
-    return [_judge(s, float(p), margin, higher_is_better) for s, p in zip(raw, adj)]
+    p = [s["p_value"] if math.isfinite(s["p_value"]) or not math.isfinite(s["ratio"]) else 1.0 for s in raw]
+    adj, start = [], 0
+    for n in sizes:
+        adj.extend(holm(p[start:start + n]) if n else [])
+        start += n
+    return [_judge(s, float(q), margin, higher_is_better) for s, q in zip(raw, adj)]
 
 
 def describe_ratio(ratio: float, lo: float, hi: float, inline: bool = False) -> str:
