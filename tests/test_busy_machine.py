@@ -40,7 +40,7 @@ class ScriptedMonitor:
         return {"contaminated": self.quiet_calls <= self.quiet_after}
 
 
-CFG = MeasureConfig(warmup_s=0, warmup_min_steps=1, min_steps=4, max_steps=5000, max_s=1.0, target_ci=0.5,
+CFG = MeasureConfig(warmup_s=0, warmup_min_steps=1, min_steps=2, max_steps=5000, max_s=3.0, target_ci=0.5,
                     profile_steps=0, memory=False, quiet_wait_s=0.2, retries=2)
 
 
@@ -68,7 +68,8 @@ def test_a_point_that_stays_contended_is_remeasured_up_to_the_budget_then_marked
     assert cols["interference"] == "contended" and cols["remeasures"] == CFG.retries
     assert CFG.retries * CFG.quiet_wait_s <= cols["quiet_waited_s"] < CFG.retries * CFG.quiet_wait_s + 2
     assert cols["n_steps"] >= CFG.min_steps and cols["dropped_step_ms_samples"] == []  # the figures it reached
-    assert time.perf_counter() - t0 < 3 * (CFG.max_s + 1) + CFG.retries * (CFG.quiet_wait_s + 1)
+    # each attempt ends at the time cap (plus the block that was open); the waits are bounded by quiet_wait_s
+    assert time.perf_counter() - t0 < (CFG.retries + 1) * (CFG.max_s + 3) + CFG.retries * (CFG.quiet_wait_s + 1)
 
 
 def test_a_machine_that_quiets_down_gives_a_clean_second_attempt(built):
@@ -77,7 +78,7 @@ def test_a_machine_that_quiets_down_gives_a_clean_second_attempt(built):
     first = stages.time_steps(built, CFG.__class__(**{**CFG.__dict__, "retries": 0}), monitor=mon)
     assert first.interference == "contended"
     mon = ScriptedMonitor([True] * 3 + [False] * 200, quiet_after=1)
-    cfg = CFG.__class__(**{**CFG.__dict__, "max_s": 0.3})
+    cfg = CFG.__class__(**{**CFG.__dict__, "max_s": 0.7})
     t = stages.time_steps(built, cfg, monitor=mon)
     assert t.remeasures >= 1 and t.interference in ("none", "dropped_blocks") and mon.quiet_calls >= 2
 

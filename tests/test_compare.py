@@ -457,8 +457,10 @@ def test_calibrate_stores_the_spread_of_repeated_runs(write_suite, tmp_path, mon
         return sweep.SweepResult(run_dir=dirs[-1], wall_s=2.0)
 
     monkeypatch.setattr(sweep, "run_suite", fake_run_suite)
+    # this test's calibration only: the session's cache must not turn later one-run compares into calibrated ones
+    monkeypatch.setenv("TXBENCH_CACHE_DIR", str(tmp_path / "cache"))
     res = runner.invoke(app, ["calibrate", str(write_suite()), "--runs", "3", "--results-dir", str(tmp_path)],
-                        env={"COLUMNS": "1000"})
+                        env={"COLUMNS": "1000", "TXBENCH_CACHE_DIR": str(tmp_path / "cache")})
     assert res.exit_code == 0, res.output
     assert [line for line in res.output.splitlines() if line.startswith("run ")] == [
         f"run {i + 1}/3: {d} (2 ok points, 2 s)" for i, d in enumerate(dirs)]

@@ -57,7 +57,8 @@ def test_adaptive_stop_respects_caps():
         warmup_s=0, warmup_min_steps=1, min_steps=8, max_steps=200, max_s=30, target_ci=0.99, profile_steps=0,
         memory=False,
     )
-    rec = measure_point(_point(), loose)
+    # one thread: a busy neighbour on a 2-core machine leaves it a core, so no block is dropped
+    rec = measure_point(_point(threads=1), loose)
     # the CI is judged where a block of steps ends, once its interference reading can be trusted
     assert rec.stop_reason == "ci" and rec.n_steps >= 8 and rec.measure_s >= MIN_BLOCK_S
     assert rec.interference in ("none", "dropped_blocks", "contended") and rec.blocks >= 1
