@@ -137,12 +137,16 @@ def ok_points(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def without_contended(points: pd.DataFrame) -> pd.DataFrame:
-    """``points`` less the rows measured contended (``interference == "contended"``): their timings are not
-    trustworthy, so rankings, crossovers and scaling fits leave them out. ``points`` itself when there are none."""
-    if "interference" not in points.columns:
+    """``points`` with the rows measured contended (``interference == "contended"``) no longer ``ok``: their
+    status reads ``contended``. Their timings are not trustworthy, so rankings, crossovers and scaling fits,
+    which read ``ok`` points only, leave them out; a rule that looks for the point that did not measure (the
+    1-rank point of a scaling efficiency) finds it with that status. ``points`` itself when there are none."""
+    if "interference" not in points.columns or "status" not in points.columns:
         return points
     bad = (points["interference"] == "contended").to_numpy(dtype=bool)
-    return points[~bad] if bad.any() else points
+    if not bad.any():
+        return points
+    return points.assign(status=points["status"].where(~bad, "contended"))
 
 
 def iter_groups(df: pd.DataFrame, keys: list[str]):
