@@ -507,3 +507,49 @@ def test_real_run_compared_with_itself(write_suite, tmp_path):
     assert res.exit_code == 0
     assert json.loads(res.output)["counts"] == {"regression": 0, "improvement": 0, "unchanged": 4, "inconclusive": 4,
                                                 "skipped": 0, "not_comparable": 0}
+
+
+# --- points measured under interference ---------------------------------------------------------
+
+
+REASON = "other processes held 0.95 of 2 cores while 2 threads ran"
+
+
+def test_a_contended_side_makes_the_row_inconclusive_never_a_verdict(runs):
+    from txbench.report.compare_text import render_markdown, render_table
+
+    p, q = point(32), point(64)
+    slow = dict(interference="contended", interference_reason=REASON, other_cores_max=0.95)
+    for side in ("baseline", "candidate"):
+        b_extra, c_extra = (slow, {}) if side == "baseline" else ({}, slow)
+        # 30% slower, tight: without the interference this is a decided regression (or improvement)
+        base, cand = runs([ok_record(p, steps(10.0, seed=1), **b_extra), ok_record(q, steps(10.0, seed=3))],
+                          [ok_record(p, steps(13.0, seed=2), **c_extra), ok_record(q, steps(13.0, seed=4))])
+        df = compare_runs(base, cand, metrics=("step_ms", "tokens_per_s")).set_index(["point_id", "metric"])
+        for metric in ("step_ms", "tokens_per_s"):
+            row = df.loc[(p.point_id, metric)]
+            assert row["verdict"] == "inconclusive" and np.isnan(row["p_adjusted"])
+            assert row["note"].startswith(f"contended {side} ({REASON}): measured while other processes held")
+            assert row["ratio"] > 1.25 or row["ratio"] < 0.8  # the numbers are still shown
+            assert df.loc[(q.point_id, metric), "verdict"] == "regression"  # the clean point is judged
+        assert df.attrs["compare"]["tests"] == 2  # the contended rows are no test of the Holm family
+        md = render_markdown(df.reset_index())
+        assert f"contended {side} ({REASON})" in md and "re-run those points" in md
+        text = "\n".join(map(str, render_table(df.reset_index(), width=400)))
+        assert "2 rows were measured while other processes held the cores" in text
+
+
+def test_contended_on_both_sides_and_in_any_pooled_round(runs, tmp_path):
+    p = point()
+    slow = dict(interference="contended", interference_reason=REASON)
+    base, cand = runs([ok_record(p, steps(10.0, seed=1), **slow)],
+                      [ok_record(p, steps(13.0, seed=2), interference="contended")])
+    row = compare_runs(base, cand).iloc[0]
+    assert row["verdict"] == "inconclusive"
+    assert row["note"].startswith(f"contended baseline ({REASON}) and candidate: measured")
+    clean = write_run(tmp_path / "clean", [ok_record(p, steps(10.0, seed=3), interference="none")])
+    cand2 = write_run(tmp_path / "cand2", [ok_record(p, steps(13.0, seed=4), interference="dropped_blocks",
+                                                     blocks_dropped=2)])
+    assert compare_runs(clean, cand2).iloc[0]["verdict"] == "regression"  # dropped blocks: the rest is clean
+    row = compare_runs([clean, base], cand2).iloc[0]  # one contended round taints the pooled baseline
+    assert row["verdict"] == "inconclusive" and row["note"].startswith(f"contended baseline ({REASON})")

@@ -432,3 +432,49 @@ def test_analyze_a_real_tiny_run(tmp_path, write_suite):
     assert len(points) == 6
     if ops is not None:  # once the profiler pass writes ops.parquet
         assert "top_categories" in rules
+
+
+# ---------------------------------------------------------------- interference
+REASON = "other processes held 0.95 of 2 cores while 2 threads ran"
+
+
+def contended(pts: pd.DataFrame, mask, reason: str = REASON) -> pd.DataFrame:
+    """``pts`` with the rows in ``mask`` measured contended (the rest clean)."""
+    pts = pts.assign(interference="none", interference_reason=None)
+    pts.loc[mask, ["interference", "interference_reason"]] = ["contended", reason]
+    return pts
+
+
+def test_a_contended_point_is_a_warning_and_left_out_of_rankings_and_fits():
+    pts = sweep()
+    fast = (pts["attention"] == "naive") & (pts["seq_len"] == 128)
+    restep(pts, fast, 50.0)  # it would win at T=128 and make a crossover
+    assert "Crossover" in F.winners(pts)[0].text
+    found = F.find(contended(pts, fast))
+    warn = [f for f in found if f.rule == "interference"]
+    assert len(warn) == 1 and warn[0].severity == "warning" and warn[0].point_ids == ["naive-fp32-T128-B4"]
+    assert warn[0].text == (f"1 of 8 points was measured while other processes held the cores (T=128 `naive`: "
+                            f"{REASON}); it is left out of rankings, crossovers and scaling fits. "
+                            "Run `txbench doctor`, then re-run it.")
+    won = [f for f in found if f.rule == "winners"]
+    assert len(won) == 1 and "Crossover" not in won[0].text and "`naive` wins" not in won[0].text
+    assert won[0].text.startswith("`sdpa_flash` is fastest at every T (T=256..1024)")
+    assert "naive-fp32-T128-B4" not in won[0].point_ids
+    assert all("naive-fp32-T128-B4" not in f.point_ids for f in found if f.rule in ("scaling", "winners"))
+
+
+def test_dropped_blocks_and_unknown_interference_rank_as_before():
+    pts = sweep()
+    fast = (pts["attention"] == "naive") & (pts["seq_len"] == 128)
+    restep(pts, fast, 50.0)
+    base = texts(F.find(pts))
+    dropped = pts.assign(interference=["dropped_blocks"] + [None] * (len(pts) - 1), blocks_dropped=2)
+    assert texts(F.find(dropped)) == base and "Crossover" in base
+    assert F.interference(pts) == [] and F.interference(dropped) == []
+
+
+def test_lever_effects_leave_contended_points_out():
+    from txbench.analysis.levers import what_to_try
+    pts = pd.DataFrame([timed(100.0), timed(60.0, compile="default", compile_s=30.0, point_id="compiled")])
+    assert any(f.rule == "lever_effect" for f in what_to_try(pts))
+    assert not any(f.rule == "lever_effect" for f in what_to_try(contended(pts, pts["point_id"] == "compiled")))

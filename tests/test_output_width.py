@@ -135,3 +135,27 @@ def test_wide_points_table_leaves_out_columns_by_priority_and_names_them(width):
         assert "fwd/bwd/opt ms" in out  # phases are the last to go
     else:
         assert "left out" not in out and "4012/8012/321" in out and "10.6k" in out
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_show_marks_contended_points_and_dropped_blocks_and_fits(tmp_path, width):
+    from factories import ok_record, point, steps, write_run
+
+    reason = "other processes held 0.95 of 2 cores while 2 threads ran"
+    run = write_run(tmp_path / "run", [
+        ok_record(point(64), steps(10.0), interference="none", blocks=8, blocks_dropped=0),
+        ok_record(point(128), steps(80.0, seed=1), interference="contended", interference_reason=reason,
+                  blocks=8, blocks_dropped=0, remeasures=2),
+        ok_record(point(256), steps(30.0, seed=2), interference="dropped_blocks", interference_reason=reason,
+                  blocks=8, blocks_dropped=3),
+    ])
+    out = _invoke(["show", str(run)], width)
+    _check_fits(out, width)
+    flat = _flat(out)
+    assert f"contended ({reason})" in flat and "3 blocks dropped" in flat  # the table's notes (or footnotes)
+    assert f"contended T=128: {reason}; its timings are not trustworthy" in flat  # a line per contended point
+    assert "run `txbench doctor`, then re-run it" in flat
+    assert "blocks dropped for interference" in flat and "T=256 (3)" in flat
+    clean = write_run(tmp_path / "clean", [ok_record(point(64), steps(10.0), interference="none")])
+    out = _invoke(["show", str(clean)], width)
+    assert "contended" not in out and "dropped" not in out and "note" not in out

@@ -267,3 +267,13 @@ def test_the_analysis_does_not_import_torch():
     code = ("import sys, txbench.analysis.parallel, txbench.analysis.findings; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_contended_baseline_scales_nothing_and_is_named():
+    pts = frame(rec("ddp", 2, 20.0, **comm()),
+                rec("ddp", 1, 60.0, interference="contended", interference_reason="other processes held 1.2 cores"))
+    found = F.find(pts)
+    f = only(found)
+    assert "No scaling efficiency for ddp at 2 ranks" in f.text
+    assert "ended with status contended" in f.text and "Add world_size 1" not in f.text
+    assert any(g.rule == "interference" and "other processes held 1.2 cores" in g.text for g in found)

@@ -361,3 +361,26 @@ def test_a_run_over_ranks_charts_throughput_and_memory_per_parallel_mode(tmp_pat
     y = arr(ddp["y"])
     assert y[1] / y[0] == pytest.approx(2 / 1.1, rel=0.05)
     assert "chart-memory-world_size" in figs
+
+
+def test_contended_points_are_listed_under_warnings_and_win_nothing(tmp_path):
+    reason = "other processes held 0.95 of 2 cores while 2 threads ran"
+    recs = [ok_record(point(128, "naive"), steps(1.0, seed=0, **TIGHT), interference="contended",
+                      interference_reason=reason, blocks=6, blocks_dropped=0, remeasures=2),
+            ok_record(point(128, "sdpa_math"), steps(4.0, seed=1, **TIGHT), interference="dropped_blocks",
+                      interference_reason=reason, blocks=8, blocks_dropped=3),
+            ok_record(point(128, "sdpa_flash"), steps(2.0, seed=2, **TIGHT), interference="none", blocks=8,
+                      blocks_dropped=0)]
+    page = render_report([write_run(tmp_path, recs)])
+    warnings = page[page.index('<section id="failures">'):page.index('<section id="points">')]
+    assert "<h3>Contended points (1): measured while other processes held the cores</h3>" in warnings
+    assert "T=128 naive" in warnings or "naive" in warnings
+    assert reason in warnings and "Run <code>txbench doctor</code>, then re-run them" in warnings
+    assert "<h3>Points with dropped blocks (1): 3 blocks of steps taken under interference</h3>" in warnings
+    findings = page[page.index('<section id="findings">'):page.index("</section>", page.index('id="findings"'))]
+    assert ("1 of 3 points was measured while other processes held the cores (<code>naive</code>: "
+            f"{reason}); it is left out of rankings") in findings
+    assert "<code>naive</code> is the fastest" not in findings
+    assert "<code>sdpa_flash</code> is the fastest" in findings
+    clean = render_report([write_run(tmp_path / "clean", [ok_record(point(128, "naive"), steps(1.0, **TIGHT))])])
+    assert "Contended points" not in clean and "dropped blocks" not in clean

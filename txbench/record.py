@@ -14,12 +14,32 @@ from dataclasses import dataclass, field
 from txbench.config import Point
 from txbench.fields import BY_NAME, FIELDS, to_json
 
-__all__ = ["STATUSES", "Record", "column_types"]
+__all__ = ["STATUSES", "INTERFERENCE", "Record", "column_types", "is_contended", "blocks_dropped"]
 
 #: ok: measured. oom: out of memory. unsupported: decided before running (reason in ``error``).
 #: error: an exception or a crashed worker. timeout: the worker exceeded its time limit.
 #: Every one is final: ``--resume`` retries only points without a record with one of these statuses.
 STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
+#: Values of the ``interference`` column. none: no block of steps was taken under interference.
+#: dropped_blocks: some were, and their steps left the samples (the rest are clean). contended: the point
+#: stayed contended after re-measuring, so its figures are what it reached and are not trustworthy.
+#: Null (runs from before the column existed) reads as unknown, treated like none.
+INTERFERENCE = ("none", "dropped_blocks", "contended")
+
+
+def is_contended(row) -> bool:
+    """Whether a row (a mapping or a pandas row) was measured contended: its timings are not trustworthy."""
+    return row.get("interference") == "contended"
+
+
+def blocks_dropped(row) -> int:
+    """Blocks of steps a row dropped for interference (0 when none, or when not recorded)."""
+    n = row.get("blocks_dropped")
+    try:
+        n = int(n)
+    except (TypeError, ValueError):  # None, NaN, pandas' NA
+        return 0
+    return max(n, 0)
 
 
 @dataclass

@@ -58,6 +58,7 @@ from txbench.analysis.wording import (
     scope_of,
     value_text,
     whole,
+    without_contended,
 )
 from txbench.labels import fmt_bytes, fmt_pct, fmt_x
 from txbench.store import load_ops, load_points, resolve_run
@@ -65,7 +66,7 @@ from txbench.store import load_ops, load_points, resolve_run
 __all__ = [
     "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots",
     "phases", "noisy_points", "winners", "scaling_efficiency", "parallel_memory", "scaling", "saturation",
-    "feasibility_frontier", "forecast", "top_categories", "mfu",
+    "feasibility_frontier", "forecast", "top_categories", "mfu", "interference", "RANKING_RULES",
 ]
 
 
@@ -106,6 +107,34 @@ def failures(points, ops=None) -> list[Finding]:
         out.append(Finding("failures", sev, text, {"status": status}, ids_of(g), "failures",
                            json_records(g, ["point_id", *axes, "status", "error"])))
     return out
+
+
+def interference(points, ops=None) -> list[Finding]:
+    """Warning: points measured while other processes held the cores (``interference == "contended"``).
+
+    Their timings are what they reached under contention, so :func:`find` leaves them out of the
+    rankings, crossovers, scaling fits and saturation (:data:`RANKING_RULES`); this rule says so.
+    """
+    if "interference" not in points.columns:
+        return []
+    g = points[(points["interference"] == "contended").to_numpy(dtype=bool)]
+    if g.empty:
+        return []
+    axes = _varying(points)
+
+    def one(r) -> str:
+        reason = r.get("interference_reason")
+        where = config_label(r, axes) or str(r["point_id"])
+        return f"{where}: {reason}" if isinstance(reason, str) and reason else where
+
+    shown = "; ".join(one(r) for _, r in g.head(3).iterrows())
+    more = f"; and {len(g) - 3} more" if len(g) > 3 else ""
+    text = (f"{len(g)} of {len(points)} points {'was' if len(g) == 1 else 'were'} measured while other processes "
+            f"held the cores ({shown}{more}); {'it is' if len(g) == 1 else 'they are'} left out of rankings, "
+            f"crossovers and scaling fits. Run `txbench doctor`, then re-run {'it' if len(g) == 1 else 'them'}.")
+    return [Finding("interference", "warning", text, {}, ids_of(g), "failures",
+                    json_records(g, ["point_id", *axes, "step_ms_median", "interference", "interference_reason",
+                                     "other_cores_max", "remeasures", "quiet_waited_s"]))]
 
 
 def feasibility_frontier(points, ops=None) -> list[Finding]:
@@ -799,19 +828,26 @@ def _approx(n) -> str:
 
 
 #: Every rule, in the order of importance used to break ties within a severity.
-FINDING_RULES = (unverified_kernels, failures, gpu_idle, category_trends, hotspots, phases, noisy_points,
+FINDING_RULES = (unverified_kernels, failures, interference, gpu_idle, category_trends, hotspots, phases, noisy_points,
          winners, scaling_efficiency, parallel_memory, scaling, saturation, feasibility_frontier, forecast,
          top_categories, mfu)
+
+
+#: The rules that rank points or fit their timings: :func:`find` gives them the points less the contended ones.
+RANKING_RULES = (winners, scaling_efficiency, scaling, saturation)
 
 
 def find(points: pd.DataFrame, ops: pd.DataFrame | None = None, *, memory: float | None = None) -> list[Finding]:
     """All findings of a run, most important first (severity, then rule order, then magnitude within a rule).
 
     ``memory``: bytes the memory forecast is for (default: the device's memory recorded in the run's env).
+    Points measured contended are left out of :data:`RANKING_RULES` (the rule ``interference`` says so).
     """
     found, seen = [], set()
+    clean = without_contended(points)  # ``points`` itself when none is contended
     with shared_frames():  # the rules share the ok points, varying columns and category shares of these frames
-        results = [rule(points, ops, memory=memory) if rule is forecast else rule(points, ops)
+        results = [rule(points, ops, memory=memory) if rule is forecast
+                   else rule(clean if rule in RANKING_RULES else points, ops)
                    for rule in FINDING_RULES]
     for rank, result in enumerate(results):
         for i, f in enumerate(result):

@@ -39,6 +39,7 @@ from txbench.analysis.wording import (
     ids_of,
     json_records,
     scope_of,
+    without_contended,
 )
 from txbench.fields import BY_NAME, CONFIG_COLUMNS, varying_columns
 from txbench.gate import BLOCK_S, block_labels, sample_stats
@@ -459,5 +460,8 @@ def suggestions(points: pd.DataFrame, ops=None) -> list[Finding]:
 
 
 def what_to_try(points: pd.DataFrame, ops=None) -> list[Finding]:
-    """The measured lever effects (largest first), then the levers the profile points to."""
-    return lever_effects(points, ops) + suggestions(points, ops)
+    """The measured lever effects (largest first), then the levers the profile points to.
+
+    Points measured contended are left out of the effects: their timings are not trustworthy.
+    """
+    return lever_effects(without_contended(points), ops) + suggestions(points, ops)

@@ -20,7 +20,7 @@ __all__ = [
     "TREND_MIN_SHARE", "DOMINANT_SHARE", "LOOSE_FIT_R2", "MAX_PER_RULE", "HOTSPOTS", "COMPARE_COLUMNS",
     "PLURAL_CATEGORIES", "ABBR", "fmt_time", "whole", "value_text", "config_label", "config_where", "cap_first",
     "fmt_range", "share_move", "axis_span", "scope_of", "plain_value", "json_records", "is_flag", "ids_of",
-    "ok_points", "iter_groups", "context",
+    "ok_points", "without_contended", "iter_groups", "context",
 ]
 
 NOISY_IQR_REL = 0.10  # mirrors the measurement's noisy flag: IQR / median above this
@@ -134,6 +134,19 @@ def ids_of(df: pd.DataFrame) -> list[str]:
 def ok_points(points: pd.DataFrame) -> pd.DataFrame:
     """The rows whose status is ``ok`` (all of them when there is no status column)."""
     return points[points["status"] == "ok"] if "status" in points.columns else points
+
+
+def without_contended(points: pd.DataFrame) -> pd.DataFrame:
+    """``points`` with the rows measured contended (``interference == "contended"``) no longer ``ok``: their
+    status reads ``contended``. Their timings are not trustworthy, so rankings, crossovers and scaling fits,
+    which read ``ok`` points only, leave them out; a rule that looks for the point that did not measure (the
+    1-rank point of a scaling efficiency) finds it with that status. ``points`` itself when there are none."""
+    if "interference" not in points.columns or "status" not in points.columns:
+        return points
+    bad = (points["interference"] == "contended").to_numpy(dtype=bool)
+    if not bad.any():
+        return points
+    return points.assign(status=points["status"].where(~bad, "contended"))
 
 
 def iter_groups(df: pd.DataFrame, keys: list[str]):

@@ -20,7 +20,7 @@ from rich.progress import (
 
 from txbench.cli.app import EXIT_INTERRUPTED, app, console, err_console, handle_errors, print_all, term_width
 from txbench.labels import fmt_bytes, fmt_ms, fmt_num
-from txbench.report.terminal import points_table
+from txbench.report.terminal import interference_lines, points_table
 
 SetOpt = Annotated[
     Optional[list[str]],
@@ -209,7 +209,8 @@ def run(
         }))
     else:
         if not quiet and len(df):
-            print_all(points_table(df, title=f"{s.name}: {len(df)} points", width=term_width()))
+            print_all(points_table(df, title=f"{s.name}: {len(df)} points", width=term_width())
+                      + interference_lines(df))
         console.print(f"[bold]results[/]  {result.run_dir}")
         if not quiet:
             console.print("  " + ", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from txbench.cli.app import app, handle_errors, print_all, term_width
-from txbench.report.terminal import points_table
+from txbench.report.terminal import interference_lines, points_table
 
 
 @app.command()
@@ -30,4 +30,4 @@ def show(
         return
     meta = df.attrs.get("txbench", {})
     title = f"{meta.get('suite', '')} {meta.get('run_id', '')} on {meta.get('device', '')}"
-    print_all(points_table(df, title=title, width=term_width()))
+    print_all(points_table(df, title=title, width=term_width()) + interference_lines(df))

@@ -20,6 +20,7 @@ from txbench.gate.compare import (
     compare_memory,
     compare_runs,
     compare_samples,
+    contended_note,
     has_regression,
     result_columns,
     run_identity,
@@ -61,6 +62,7 @@ __all__ = [
     # compare
     "VERDICTS", "MIN_SAMPLES", "CORRECTIONS", "compare_runs", "compare_samples", "unmatched_points",
     "verdict_counts", "has_regression", "run_identity", "result_columns", "compare_memory", "status_row",
+    "contended_note",
     # verdict
     "BLOCK_S", "MIN_BLOCKS", "MIN_ROUNDS", "UNITS", "block_labels", "block_medians", "sample_stats", "run_stats",
     "decide", "holm",

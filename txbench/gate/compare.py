@@ -22,7 +22,11 @@ Verdicts (``VERDICTS``):
 - ``inconclusive``: too few blocks, or too noisy to tell (the CI straddles a
   threshold, or the change is beyond the threshold but not significant). The
   note says about how many steps per side would decide, from the CI width
-  shrinking as 1/sqrt(blocks).
+  shrinking as 1/sqrt(blocks). A timed row whose baseline or candidate point
+  was measured contended (``interference == "contended"``: other processes
+  held the cores) is inconclusive too, whatever its samples say, and is left
+  out of the Holm family; the note names the side and the reason. Memory rows
+  are still judged: contention slows the steps, not the peak memory.
 - ``skipped``: nothing to compare (unsupported or failing on both sides, or the
   metric was not measured).
 - ``not_comparable``: the runs differ in device or schema and were compared
@@ -56,6 +60,7 @@ from txbench.gate.verdict import (
     sample_stats,
 )
 from txbench.labels import short_labels
+from txbench.record import is_contended
 from txbench.store import load_points
 
 __all__ = [
@@ -74,6 +79,7 @@ __all__ = [
     "result_columns",
     "compare_memory",
     "status_row",
+    "contended_note",
 ]
 
 VERDICTS = ("regression", "improvement", "unchanged", "inconclusive", "skipped", "not_comparable")
@@ -120,6 +126,8 @@ def _pool(frames: list[pd.DataFrame]) -> pd.DataFrame:
             acc["_rounds"] = acc["_rounds"] + [n]
             if acc["status"] == "ok" and rec["status"] != "ok":
                 acc.update(status=rec["status"], error=rec.get("error"))
+            if is_contended(rec) and not is_contended(acc):  # one contended round taints the pooled samples
+                acc.update(interference="contended", interference_reason=rec.get("interference_reason"))
             for k, v in rec.items():
                 if k.startswith("rank_"):  # per-rank lists of a distributed point: the first round's stand
                     continue
@@ -257,6 +265,22 @@ def status_row(sb: str, sc: str, eb, ec) -> dict:
     return {**_blank(), "metric": "status", "verdict": verdict, "note": note, "threshold": math.nan}
 
 
+def contended_note(rb, rc) -> str | None:
+    """Why a timed comparison of a baseline row ``rb`` and candidate row ``rc`` cannot be trusted: which side was
+    measured contended and the reason it recorded; None when neither was."""
+    sides = [(side, r) for side, r in (("baseline", rb), ("candidate", rc)) if is_contended(r)]
+    if not sides:
+        return None
+
+    def why(r) -> str:
+        reason = r.get("interference_reason")
+        return f" ({' '.join(str(reason).split())})" if isinstance(reason, str) and reason.strip() else ""
+
+    what = " and ".join(f"{side}{why(r)}" for side, r in sides)
+    return (f"contended {what}: measured while other processes held the cores, so no verdict; "
+            "run `txbench doctor`, then re-run the point")
+
+
 def _dedup(df: pd.DataFrame) -> pd.DataFrame:
     # a resumed run keeps one row per point; keep the last if a file ever holds more
     df = df.reset_index(drop=True).drop_duplicates("point_id", keep="last")
@@ -355,6 +379,7 @@ def compare_runs(
             rows.append({**base, **status_row(rb["status"], rc["status"], rb.get("error"), rc.get("error"))})
             continue
         blocks = (_blocks(rb, unit_s), _blocks(rc, unit_s))
+        contended = contended_note(rb, rc)
         for metric in metrics:
             t = rules.threshold_for(metric, {**config, "point_id": pid}, fallback=threshold)
             if metric in TIMED_METRICS:
@@ -364,7 +389,11 @@ def compare_runs(
                 else:
                     res = sample_stats(sb, sc, *(lab if lab.size == x.size else None
                                                  for lab, x in zip(blocks, (sb, sc))), rounds=by_rounds)
-                timed.append((len(rows), metric == "tokens_per_s"))
+                if contended is not None:  # the numbers are shown, but they decide nothing and are no test
+                    res = {**res, "p_adjusted": math.nan, "verdict": "inconclusive", "note": contended,
+                           "steps_needed": None}
+                else:
+                    timed.append((len(rows), metric == "tokens_per_s"))
             else:
                 res = compare_memory(rb.get(metric), rc.get(metric), t)
             rows.append({**base, "metric": metric, "threshold": t, **res})

@@ -24,6 +24,8 @@ _INCONCLUSIVE_HINT = (
 )
 _AB_HINT = ("undecided within the budget; the note gives the interval reached and about what --max-s would decide; "
             "a change about the size of the threshold needs a longer budget or a larger --threshold")
+_CONTENDED_HINT = ("{n} measured while other processes held the cores (the note names the side): no verdict "
+                   "is drawn from them; run `txbench doctor`, then re-run those points")
 #: Marks the PR comment so a workflow can find and update its own comment.
 MARKDOWN_TAG = "<!-- txbench-compare -->"
 
@@ -115,7 +117,7 @@ def render_table(df, *, show_all: bool = False, width: int = 200) -> list:
         out.append("[green]no changes beyond the thresholds[/] (--all shows every point)")
     out.append(f"[bold]summary[/] {_summary(df, meta)}")
     if (df["verdict"] == "inconclusive").any():
-        out.append(f"[yellow]inconclusive[/]: {_hint(meta)}")
+        out.append(f"[yellow]inconclusive[/]: {escape(_hint(meta, df))}")
     for u in meta["unmatched"]:
         out.append(f"[yellow]{u['side']}:[/] {escape(str(u['label']))} ({u['point_id']}, {u['status']})")
     return out
@@ -151,7 +153,7 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     elif len(df):
         lines.append("No changes beyond the thresholds.")
     if n_und:
-        lines += ["", f"Undecided ({n_und} rows): {_hint(meta)}"]
+        lines += ["", f"Undecided ({n_und} rows): {_hint(meta, df)}"]
     if meta["unmatched"]:
         lines += ["", "Points in only one run:", ""]
         lines += [f"- {u['side']}: {u['label']} (`{u['point_id']}`, {u['status']})" for u in meta["unmatched"]]
@@ -159,8 +161,25 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _hint(meta: dict) -> str:
-    return _AB_HINT if meta.get("units") == "ab" else _INCONCLUSIVE_HINT
+def _contended(df) -> int:
+    """Inconclusive rows that are so because a side was measured contended (the gate's note says it first)."""
+    if not len(df):
+        return 0
+    und = df[df["verdict"] == "inconclusive"]
+    return int(und["note"].astype(str).str.startswith("contended ").sum())
+
+
+def _hint(meta: dict, df=None) -> str:
+    if meta.get("units") == "ab":
+        return _AB_HINT
+    n = _contended(df) if df is not None else 0
+    if not n:
+        return _INCONCLUSIVE_HINT
+    rows = f"{n} row{'s' if n > 1 else ''}" + (" were" if n > 1 else " was")
+    hint = _CONTENDED_HINT.format(n=rows)
+    if n == int((df["verdict"] == "inconclusive").sum()):
+        return hint
+    return f"{hint}; the others are {_INCONCLUSIVE_HINT}"
 
 
 def method_note(meta: dict) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from txbench.labels import fmt_bytes, fmt_ms, fmt_num, missing, model_names
+from txbench.record import blocks_dropped, is_contended
 from txbench.report.data import RunData
 
 __all__ = ["e", "fmt_num", "fmt_ms", "fmt_bytes", "table", "header_html", "findings_html", "levers_html",
@@ -153,7 +154,8 @@ def _label(labels: pd.Series, uid) -> str:
 
 
 def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
-    """Failed points with their messages, noisy points, and attention kernels that were not the requested ones."""
+    """Failed points with their messages, noisy points, points measured under interference (contended, or with
+    blocks of steps dropped), and attention kernels that were not the requested ones."""
     parts = []
     bad = points[points["status"].isin(_BAD)]
     if len(bad):
@@ -173,6 +175,8 @@ def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
                          (str(r.get("n_steps", "-")), r.get("n_steps"))])
         parts.append(f"<h3>Noisy points ({len(noisy)}): IQR above 10% of the median</h3>"
                      + table(["point", "median step (ms)", "IQR / median", "steps"], rows, numeric={1, 2, 3}))
+    if "interference" in points.columns:
+        parts.append(_interference_html(points, labels))
     if "attention_verified" in points.columns:
         unv = points[points["attention_verified"].map(lambda v: v is False or v is np.False_)]
         if len(unv):
@@ -181,6 +185,42 @@ def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
             parts.append(f"<h3>Unverified attention kernels ({len(unv)})</h3>"
                          "<p class=\"note\">The profiler saw a different kernel than the one requested: these timings "
                          "measure the kernel that ran.</p>" + table(["point", "requested", "ran"], rows))
+    return "".join(parts)
+
+
+def _text(v) -> str:
+    return " ".join(v.split()) if isinstance(v, str) and v.strip() else "-"
+
+
+def _count(v):
+    """``(text, sort value)`` of a count that may be missing."""
+    return ("-", None) if missing(v) else (str(int(v)), int(v))
+
+
+def _interference_html(points: pd.DataFrame, labels: pd.Series) -> str:
+    """Contended points (their reason) and points that dropped blocks of steps; nothing when there are none."""
+    rows = points.to_dict("records")
+    bad = [r for r in rows if is_contended(r)]
+    dropped = [r for r in rows if not is_contended(r) and blocks_dropped(r)]
+    parts = []
+    if bad:
+        body = [[_label(labels, r["uid"]), _text(r.get("interference_reason")),
+                 (fmt_ms(r.get("step_ms_median")), r.get("step_ms_median")), _count(r.get("remeasures"))]
+                for r in bad]
+        parts.append(f"<h3>Contended points ({len(bad)}): measured while other processes held the cores</h3>"
+                     '<p class="note">They stayed contended after re-measuring: their figures are what they reached '
+                     "and are not trustworthy, so the findings leave them out of rankings, crossovers and scaling "
+                     "fits, and <code>txbench compare</code> draws no verdict from them. Run <code>txbench "
+                     "doctor</code>, then re-run them.</p>"
+                     + table(["point", "reason", "median step (ms)", "re-measured"], body, numeric={2, 3}, msg={1}))
+    if dropped:
+        body = [[_label(labels, r["uid"]), (str(blocks_dropped(r)), blocks_dropped(r)), _count(r.get("blocks")),
+                 _text(r.get("interference_reason"))] for r in dropped]
+        n = sum(blocks_dropped(r) for r in dropped)
+        parts.append(f"<h3>Points with dropped blocks ({len(dropped)}): {n} block{'s' if n > 1 else ''} of steps "
+                     "taken under interference</h3>"
+                     '<p class="note">Those blocks\' steps left the samples; the remaining steps are clean.</p>'
+                     + table(["point", "blocks dropped", "blocks", "reason"], body, numeric={1, 2}, msg={3}))
     return "".join(parts)
 
 

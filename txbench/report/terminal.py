@@ -13,9 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from txbench.fields import BY_NAME, DICT_FIELDS
-from txbench.labels import fmt_bytes, fmt_ms, fmt_num, fmt_pct, label_columns, missing, part
+from txbench.labels import fmt_bytes, fmt_ms, fmt_num, fmt_pct, label_columns, missing, part, short_labels
+from txbench.record import blocks_dropped, is_contended
 
-__all__ = ["Column", "fit_table", "points_table", "varying_axes", "label_value", "fmt_bytes", "fmt_num"]
+__all__ = ["Column", "fit_table", "points_table", "varying_axes", "label_value", "interference_words",
+           "interference_lines", "fmt_bytes", "fmt_num"]
 
 _STATUS_STYLE = {"ok": "green", "oom": "magenta", "unsupported": "yellow", "error": "red", "timeout": "red"}
 
@@ -111,16 +113,18 @@ def points_table(df: pd.DataFrame, title: str | None = None, *, width: int = 200
     rows = list(df.to_dict("records"))
     cols = [Column(BY_NAME[a].short or a if a in BY_NAME else a, [label_value(a, r.get(a)) for r in rows],
                    "right" if a in BY_NAME and BY_NAME[a].type in (int, float) else "left") for a in axes]
-    status, step, ci, phases, notes = [], [], [], [], []
+    status, step, ci, phases, notes, styles = [], [], [], [], [], []
     for r in rows:
         s = str(r.get("status"))
         status.append(s)
+        # a contended point ran: its status is ok, but its timings are not to be read as the others'
+        styles.append("yellow" if s == "ok" and is_contended(r) else _STATUS_STYLE.get(s, ""))
         if s == "ok":
             step.append(fmt_ms(r.get("step_ms_median")))
             ci.append(_ci(r))
             phases.append("/".join(fmt_ms(r.get(k), digits=3)
                                    for k in ("fwd_ms_median", "bwd_ms_median", "opt_ms_median")))
-            why = []
+            why = interference_words(r)
             if r.get("noisy"):
                 why.append("noisy")
             if r.get("attention_verified") is False:
@@ -134,7 +138,7 @@ def points_table(df: pd.DataFrame, title: str | None = None, *, width: int = 200
             phases.append("-")
             notes.append(" ".join(str(r.get("error") or "").split()))
     cols += [
-        Column("status", status, styles=[_STATUS_STYLE.get(s, "") for s in status]),
+        Column("status", status, styles=styles),
         Column("step ms", step, "right"),
         # left out first when narrow: tokens/s (step time says it), then MFU, memory, CI, phases
         Column("±CI", ci, "right", drop=2),
@@ -147,6 +151,45 @@ def points_table(df: pd.DataFrame, title: str | None = None, *, width: int = 200
     if not any(notes):
         cols.pop()
     return fit_table(cols, width, title=title)
+
+
+def interference_words(r) -> list[str]:
+    """What other work on the machine did to a point, for its note: ``contended (reason)``, ``2 blocks dropped``."""
+    if is_contended(r):
+        reason = r.get("interference_reason")
+        return ["contended" + (f" ({' '.join(reason.split())})" if isinstance(reason, str) and reason.strip()
+                               else "")]
+    n = blocks_dropped(r)
+    return [f"{n} block{'s' if n > 1 else ''} dropped"] if n else []
+
+
+def interference_lines(df: pd.DataFrame) -> list:
+    """Warnings under a run's table: one line per contended point (its label and reason), then one line
+    naming the points that dropped blocks of steps. Nothing for a run without interference."""
+    if "interference" not in df.columns or not len(df):
+        return []
+    rows = df.to_dict("records")
+    contended = [i for i, r in enumerate(rows) if is_contended(r)]
+    dropped = [i for i, r in enumerate(rows) if not is_contended(r) and blocks_dropped(r)]
+    if not contended and not dropped:
+        return []
+    labels = short_labels(df)
+    out: list = []
+    for i in contended:
+        reason = rows[i].get("interference_reason")
+        why = f": {' '.join(reason.split())}" if isinstance(reason, str) and reason.strip() else ""
+        line = Text("contended ", style="yellow")
+        line.append(f"{labels[i]}{why}; its timings are not trustworthy and findings leave it out of rankings")
+        out.append(line)
+    if contended:
+        out.append(Text("measured while other processes held the cores: run `txbench doctor`, then re-run "
+                        f"{'it' if len(contended) == 1 else 'them'}", style="yellow"))
+    if dropped:
+        shown = ", ".join(f"{labels[i]} ({blocks_dropped(rows[i])})" for i in dropped[:6])
+        more = f" and {len(dropped) - 6} more" if len(dropped) > 6 else ""
+        out.append(Text(f"blocks dropped for interference (their steps left the samples; the rest are clean): "
+                        f"{shown}{more}", style="dim"))
+    return out
 
 
 def _ci(r) -> str:
