@@ -434,11 +434,14 @@ class BlockMonitor:
         self.exclude_pids, self.proc, self.sys = tuple(exclude_pids), proc, sys
         total = os.cpu_count() or len(self.cores)
         self._cpus = self.cores if len(self.cores) < total else None
+        # the clock where cpufreq says it cheaply (/proc/cpuinfo costs milliseconds on many cores and is a
+        # nominal figure on VMs like the development one)
+        self._freq = bool(_freq_files(sys)) and len(self.cores) <= 64
         self._cpu: CpuSnapshot | None = None
         self._gpu: GpuSnapshot | None = None
 
     def _snap(self) -> tuple[CpuSnapshot, GpuSnapshot | None]:
-        cpu = cpu_snapshot(self.proc, self.sys, self.exclude_pids, cpus=self._cpus, freq=False)
+        cpu = cpu_snapshot(self.proc, self.sys, self.exclude_pids, cpus=self._cpus, freq=self._freq)
         return cpu, self.gpu.snapshot() if self.gpu is not None and self.gpu.available else None
 
     def start(self) -> None:
