@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from txbench.analysis.breakdown import phase_split
-from txbench.analysis.findings_ops import (
+from txbench.analysis.findings.ops import (
     _axes,
     _columns,
     _memo,
@@ -28,8 +28,8 @@ from txbench.analysis.findings_ops import (
     shared_frames,
     top_categories,
 )
+from txbench.analysis.findings.parallel import parallel_memory, scaling_efficiency
 from txbench.analysis.forecast import QUADRATIC, device_memory, memory_forecast
-from txbench.analysis.parallel import parallel_memory, scaling_efficiency
 from txbench.analysis.ranking import TIE_MARGIN, compare_pairs, describe_ratio, describe_tie
 from txbench.analysis.scaling import numeric_axes, scaling_fits, varying_config
 from txbench.analysis.types import SEVERITIES, Finding
