@@ -194,14 +194,19 @@ def _trend_stats(ok: pd.DataFrame, fits: pd.DataFrame, axis: str) -> pd.DataFram
     """``fits`` with ``trend`` (``a_better``/``b_better``/``tie``/``unknown``: the first point of each fit
     against its last, by the ranking statistics) and ``trend_margin``."""
     where = _memo(_id_positions, ok)
+    fit_pos = [[where[i] for i in ids if i in where] for ids in fits["point_ids"]]
+    # the points of every fit read at once: a pandas take per fit cost more than its statistics
+    need = sorted({p for pos in fit_pos for p in pos})
+    row_at = dict(zip(need, _rows(ok, need, ["point_id", axis, "step_ms_samples", "seq_len", "batch_size"])))
     pairs = []
-    for ids in fits["point_ids"]:
-        pos = [where[i] for i in ids if i in where]
-        rs = sorted(_rows(ok, pos, ["point_id", axis, "step_ms_samples", "seq_len", "batch_size"]),
-                    key=lambda r: float(r[axis]))
+    for pos in fit_pos:
+        rs = sorted((row_at[p] for p in pos), key=lambda r: float(r[axis]))
         pairs.append((rs[0], rs[-1]) if len(rs) >= 2 else None)
-    res = [compare_pairs([p])[0] if p is not None else {"outcome": "unknown", "margin": np.nan, "ci_low": np.nan,
-                                                          "ci_high": np.nan} for p in pairs]
+    # one call for every fit, each its own family of one test (the same as one call per fit)
+    tested = [p for p in pairs if p is not None]
+    stats = iter(compare_pairs(tested, families=[1] * len(tested)))
+    res = [next(stats) if p is not None else {"outcome": "unknown", "margin": np.nan, "ci_low": np.nan,
+                                              "ci_high": np.nan} for p in pairs]
     tie = [s["outcome"] == "tie" for s in res]  # only a tie's band is written: only then is its CI read
     return fits.assign(trend=[s["outcome"] for s in res],
                        trend_margin=[s["margin"] if t else np.nan for s, t in zip(res, tie)],
