@@ -1,4 +1,4 @@
-"""Findings for distributed points (txbench.analysis.parallel): scaling efficiency along world_size, ddp vs fsdp.
+"""Findings for distributed points (analysis.findings.parallel): scaling efficiency along world_size, ddp vs fsdp.
 
 Every run here is hand-made with tests/factories: the step times are planted, so the efficiency and the ratios the
 sentences state are known in advance.
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import txbench.cli  # noqa: F401  (registers every command on the app)
 from tests.factories import failed_record, ok_record, point, write_run
 from txbench.analysis import findings as F
-from txbench.analysis.parallel import efficiency_table, parallel_memory, scaling_efficiency
+from txbench.analysis.findings.parallel import efficiency_table, parallel_memory, scaling_efficiency
 from txbench.cli.app import app
 
 MiB = 2**20
@@ -264,7 +264,7 @@ def test_find_and_the_cli_json_carry_the_rules(tmp_path):
 
 
 def test_the_analysis_does_not_import_torch():
-    code = ("import sys, txbench.analysis.parallel, txbench.analysis.findings; "
+    code = ("import sys, txbench.analysis.findings.parallel, txbench.analysis.findings; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

@@ -41,7 +41,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from txbench.analysis.findings_ops import _ok_rows, _Row, _varying
+from txbench.analysis.findings.ops import _ok_rows, _Row, _varying
 from txbench.analysis.ranking import TIE_MARGIN, compare_pairs, compare_points, describe_ratio, describe_tie
 from txbench.analysis.types import Finding
 from txbench.analysis.wording import (
