@@ -231,3 +231,21 @@ def test_sampler_unavailable_says_why():
     except ImportError:
         missing = NvmlSampler(0)
         assert not missing.available and "nvidia-ml-py" in missing.reason
+
+
+def test_a_monitor_pinned_to_its_own_cores_does_not_take_the_other_sides_time_off_them(monkeypatch):
+    # parallel A/B: this side pinned to core 0, the other side (excluded) busy on core 1, a hog sharing core 0
+    import os
+
+    from txbench.measure import interference as I
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs for a monitor of one of them")
+    snaps = iter([snap(0.0, 0.0, self_s=0.0, excluded=[(77, 0.0)], total=1),
+                  snap(1.0, 1.0, self_s=0.5, excluded=[(77, 1.0)], total=1)])
+    monkeypatch.setattr(I, "cpu_snapshot", lambda *a, **kw: next(snaps))
+    mon = I.BlockMonitor(cores=[0], threads=1, exclude_pids=[77])
+    mon.start()
+    block = mon.close(10)
+    assert block["other_cores"] == pytest.approx(0.5) and block["contaminated"]
+    assert block["excluded_cores"] == pytest.approx(1.0)  # what the other side held, reported apart

@@ -19,7 +19,7 @@ import importlib
 import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Iterable
 
@@ -450,7 +450,12 @@ class BlockMonitor:
     def close(self, steps: int) -> dict:
         """The block since the last start/close: plain figures plus ``contaminated`` and ``reason``."""
         cpu, gpu = self._snap()
-        c = cpu_block(self._cpu, cpu, cores=len(self.cores), threads=self.threads, steps=steps)
+        before, after = self._cpu, cpu
+        if self._cpus is not None:
+            # only this process's own cores are read: processes pinned to the others (the other side of a
+            # parallel A/B pair) never show in these jiffies, so their CPU time must not be taken off them
+            before, after = replace(before, excluded_cpu_s=()), replace(after, excluded_cpu_s=())
+        c = cpu_block(before, after, cores=len(self.cores), threads=self.threads, steps=steps)
         prev = dict(self._cpu.excluded_cpu_s)
         excl = sum(max(v - prev.get(pid, 0.0), 0.0) for pid, v in cpu.excluded_cpu_s)
         out = {"steps": steps, **c.to_dict(), "excluded_cores": excl / c.wall_s if c.wall_s > 0 else 0.0}
