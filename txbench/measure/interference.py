@@ -424,8 +424,9 @@ class BlockMonitor:
     ``cores``: the CPUs this process may run on (its affinity); their jiffies alone are counted when they
     are fewer than the machine's. ``threads``: torch threads the steps run. ``gpu``: an
     :class:`NvmlSampler` (CUDA), or None. A block closes where the next begins, so no time goes unseen.
-    A block shorter than :data:`MIN_BLOCK_S` is reported but never called contaminated: /proc/stat's
-    10 ms ticks cannot tell one busy core from none over a few ticks.
+    A block shorter than :data:`MIN_BLOCK_S` (the last one, cut by a time cap) is called contaminated
+    only when the others' share clears the threshold by more than one 10 ms tick per CPU over the
+    block: /proc/stat's ticks cannot tell one busy core from none over a few of them.
     """
 
     def __init__(self, *, cores: list[int], threads: int, gpu: NvmlSampler | None = None,
@@ -459,16 +460,22 @@ class BlockMonitor:
         prev = dict(self._cpu.excluded_cpu_s)
         excl = sum(max(v - prev.get(pid, 0.0), 0.0) for pid, v in cpu.excluded_cpu_s)
         out = {"steps": steps, **c.to_dict(), "excluded_cores": excl / c.wall_s if c.wall_s > 0 else 0.0}
-        reasons = [c.reason] if c.contaminated else []
+        short = c.wall_s < MIN_BLOCK_S
+        if short:  # a block cut short by a time cap: trusted only beyond one 10 ms tick per CPU of doubt
+            err = (len(self._cpus) if self._cpus else (os.cpu_count() or 1)) / (CLK_TCK * max(c.wall_s, 1e-3))
+            cpu_hit = c.oversubscribed and c.other_cores - err >= OTHER_CORES_MIN
+        else:
+            cpu_hit = c.contaminated
+        reasons = [c.reason] if cpu_hit and c.reason else []
         if gpu is not None and self._gpu is not None:
             g = gpu_block(self._gpu, gpu)
             out.update({f"gpu_{k}": v for k, v in g.to_dict().items() if k not in ("wall_s", "contaminated",
                                                                                       "reason")})
             if g.contaminated:
                 reasons.append(g.reason)
-        short = c.wall_s < MIN_BLOCK_S
-        out["contaminated"] = bool(reasons) and not short
-        out["reason"] = "; ".join(reasons) if out["contaminated"] else None
+        out["contaminated"] = bool(reasons)
+        out["reason"] = "; ".join(reasons) if reasons else None
+        out["short"] = short
         self._cpu, self._gpu = cpu, gpu
         return out
 

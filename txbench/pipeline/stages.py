@@ -281,6 +281,9 @@ def _attempt(built: Built, cfg: MeasureConfig, monitor: BlockMonitor) -> tuple:
         if not distributed.agree(hard or now - tb >= MIN_BLOCK_S):  # rank 0 decides where blocks end
             continue
         block = monitor.close(len(total) - start)
+        if block.get("short") and blocks and not block["contaminated"] and blocks[-1]["contaminated"]:
+            # too short to judge on its own (the time cap cut it): interference does not stop between ticks
+            block.update(contaminated=True, reason=blocks[-1]["reason"])
         block["dropped"] = distributed.any_rank(block["contaminated"])  # a step hit on any rank is hit on all
         blocks.append(block)
         if not block["dropped"]:
