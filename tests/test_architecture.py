@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "txbench"
 #: levels: the measurement (torch) on one side, the results (no torch) on the other.
 LAYERS = [
     (0, ["txbench", "txbench.errors", "txbench.host", "txbench.fields", "txbench.labels", "txbench.config",
-         "txbench.record", "txbench.cache", "txbench.measure.stats", "txbench.measure.peaks",
+         "txbench.record", "txbench.cache", "txbench.numerics", "txbench.measure.stats", "txbench.measure.peaks",
          "txbench.measure.flops"]),
     (1, ["txbench.torch_compat", "txbench.attention", "txbench.model", "txbench.usermodels", "txbench.opclass",
          "txbench.regions", "txbench.store"]),

@@ -89,6 +89,11 @@ class MeasureConfig:
     # most retries times; after that it is stored as contended (docs/methodology.md#interference)
     quiet_wait_s: float = 15.0
     retries: int = 2
+    # "warm": torch.compile uses inductor's caches as they are (compile_s is what a second run pays);
+    # "cold": each compiled point starts from an empty cache, so compile times compare
+    compile_cache: str = "warm"
+    # steps from the seeded weights whose loss and gradient norm are recorded (loss parity); 0 turns it off
+    parity_steps: int = 5
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class Point:
     # torch.compile of the model's forward (backward through AOTAutograd; the optimizer step stays eager):
     # "none", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     compile: str = "none"
+    # "model": torch.compile of the whole model; "blocks": each repeated block compiled on its own (regional)
+    compile_scope: str = "model"
     checkpointing: str = "none"  # activation checkpointing per block: "none", "full", "selective"
     # data parallelism across world_size ranks launched by torchrun: "none", "ddp" (DistributedDataParallel),
     # "fsdp" (FSDP2 fully_shard per block, then the root); batch_size is per rank
@@ -192,6 +199,9 @@ def validate_point(p: Point) -> None:
         m = p.model
         if m.d_model % m.n_heads:
             problems.append(("n_heads", f"{m.n_heads} does not divide d_model={m.d_model}"))
+        if p.compile_scope != "model" and p.compile == "none":
+            problems.append(("compile_scope", f"{p.compile_scope} compiles nothing with compile: none; set compile "
+                             "or exclude the combination"))
         if p.world_size > 1 and p.parallel == "none":
             problems.append(("world_size", f"{p.world_size} ranks need parallel: ddp or fsdp (parallel is none); "
                              "exclude the combination or set parallel"))

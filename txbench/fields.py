@@ -78,6 +78,7 @@ _NORMS = ("layernorm", "rmsnorm")
 _OPTIMIZERS = ("adamw", "adam", "sgd")
 _COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 _CHECKPOINTING = ("none", "full", "selective")
+_COMPILE_SCOPES = ("model", "blocks")
 _OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "forloop")
 _PARALLEL = ("none", "ddp", "fsdp")
 _WORLD_SIZES = (1, 2, 4, 8)
@@ -113,6 +114,8 @@ FIELDS: tuple[PointField, ...] = (
     # the levers (docs/suites.md#levers); added after schema 1, so in point_id only when not at their default
     PointField("compile", "point", str, "none", "torch.compile mode of the forward", choices=_COMPILE_MODES,
                legacy_id=False),
+    PointField("compile_scope", "point", str, "model", "what torch.compile compiles: the model or each block",
+               choices=_COMPILE_SCOPES, short="scope", legacy_id=False),
     PointField("checkpointing", "point", str, "none", "activation checkpointing per block", choices=_CHECKPOINTING,
                short="ckpt", legacy_id=False),
     PointField("optimizer_impl", "train", str, "auto", "optimizer implementation", choices=_OPTIMIZER_IMPLS,

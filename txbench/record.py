@@ -118,6 +118,10 @@ class Record:
     graph_breaks: int | None = None  # graph breaks dynamo took while compiling the forward
     recompiles: int | None = None  # frames compiled again after the first compiled step (the timed steps allow none)
     compile_loss_rel_diff: float | None = None  # |compiled loss - eager loss| / |eager loss|, same weights and batch
+    compile_cache: str | None = None  # "warm" | "cold" | "partial": whether inductor's caches held the graphs
+    # loss parity: the first measure.parity_steps steps from the seeded weights and the fixed batch
+    loss_trajectory: list[float] = field(default_factory=list)  # each step's loss (distributed: mean over ranks)
+    grad_norm_trajectory: list[float] = field(default_factory=list)  # each step's global gradient L2 norm
     # distributed points (parallel ddp/fsdp): the step time is the slowest rank's in each step
     backend: str | None = None  # process-group backend: gloo (CPU) or nccl (CUDA)
     rank_step_ms_medians: list[float] = field(default_factory=list)  # each rank's own median step time

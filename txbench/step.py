@@ -45,6 +45,7 @@ import time
 
 import torch
 
+from txbench import numerics as _numerics
 from txbench.attention import sdpa_context
 from txbench.config import Point
 from txbench.model import Transformer, make_batch
@@ -57,7 +58,7 @@ PHASES = ("fwd", "bwd", "opt")
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: relative difference of the compiled and the eager loss (same weights, same batch) a compiled point may have
-LOSS_TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 2e-2, "fp16": 1e-2}
+LOSS_TOLERANCE = _numerics.LOSS_TOLERANCE
 
 
 def autocast_dtype(precision: str) -> torch.dtype:
@@ -153,7 +154,9 @@ class CheckpointedBlock(torch.nn.Module):
             return self.block(*args, **kwargs)
         from torch.utils.checkpoint import checkpoint
 
-        return checkpoint(self.block, *args, use_reentrant=False, context_fn=_context_fn(self.selective), **kwargs)
+        # full: no context_fn at all (torch.compile cannot trace checkpoint's noop_context_fn argument)
+        ckpt = {"context_fn": _context_fn(True)} if self.selective else {}
+        return checkpoint(self.block, *args, use_reentrant=False, **ckpt, **kwargs)
 
 
 def _hf_model_class(point: Point):
@@ -197,6 +200,30 @@ def lever_reason(point: Point) -> str | None:
         except (RuntimeError, ValueError, TypeError) as exc:
             return f"optimizer_impl: fused {cls.__name__} is not available on {dev.type} here: {_first_line(exc)}"
     return None
+
+
+def _compile_mode(compile_: str) -> str | None:
+    return None if compile_ == "default" else compile_
+
+
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The user's block inside txbench's wrappers (a compiled module, a checkpointed block)."""
+    while True:
+        inner = getattr(module, "_orig_mod", None) or (module.block if isinstance(module, CheckpointedBlock) else None)
+        if inner is None:
+            return module
+        module = inner
+
+
+def _cache_state(before: dict | None, after: dict | None) -> str | None:
+    """``warm`` when inductor's and AOTAutograd's caches held every graph compiled between the two counts, ``cold``
+    when none, ``partial`` for some; None when the caches were not consulted (or this torch counts nothing)."""
+    if not before or not after:
+        return None
+    hits, misses = after["cache_hits"] - before["cache_hits"], after["cache_misses"] - before["cache_misses"]
+    if hits and misses:
+        return "partial"
+    return "warm" if hits else "cold" if misses else None
 
 
 def _rank_of(point: Point) -> tuple[int, int]:
@@ -277,7 +304,11 @@ class TrainStep:
             if self.user is not None:
                 self.user.batch = self.batch
         self.model.train()
+        # the levers in torchtitan's order: checkpointing per block, compile per block, then DDP/FSDP, and
+        # compile of the whole model last (docs/suites.md#levers)
         self._checkpointed = self._apply_checkpointing()
+        self.compiled_blocks = self._compile_blocks() if point.compile != "none" and point.compile_scope == "blocks" \
+            else []
         self.wrapped = None  # the DistributedDataParallel wrapper the step calls (parallel: ddp)
         self.notes: list[str] = []  # what the record's measure_notes should say about how the step was built
         if point.parallel != "none":
@@ -292,13 +323,39 @@ class TrainStep:
         self.optimizer, self.optimizer_impl = _make_optimizer(self.model, point)
         self.amp_dtype = _AUTOCAST.get(point.precision)
         self.scaler = torch.amp.GradScaler(self.device.type) if point.precision == "fp16" else None
-        self.compiled = None  # torch.compile(model) when point.compile is set: fwd() runs it
-        if point.compile != "none":
-            self.compiled = torch.compile(self._base(), mode=None if point.compile == "default" else point.compile)
+        self.compiled = None  # torch.compile(model) when compile is set with compile_scope model: fwd() runs it
+        if point.compile != "none" and point.compile_scope == "model":
+            self.compiled = torch.compile(self._base(), mode=_compile_mode(point.compile))
         self._eager = False
         self.lever_values: dict = {}  # compile columns of the record, filled by compile_warmup and timed_steps
+        # loss and gradient norm of the first parity_steps steps from the seeded weights and the fixed batch
+        self.parity_steps = 0
+        self._parity_loss: list = []
+        self._parity_grad_norm: list = []
+        torch.manual_seed(point.train.seed)  # dropout and any other randomness of the steps start from the seed
 
     # ------------------------------------------------------------------ levers
+    @property
+    def is_compiled(self) -> bool:
+        """True when ``compile`` is set: the whole model (``compile_scope: model``) or each block is compiled."""
+        return self.compiled is not None or bool(self.compiled_blocks)
+
+    def _compile_blocks(self) -> list:
+        """``compile_scope: blocks``: each repeated block compiled on its own (PyTorch's regional compilation);
+        identical blocks share one compiled graph. Each block is replaced in its ModuleList by its compiled
+        module, so DDP/FSDP wrap the compiled block (torchtitan's order)."""
+        lists = self._block_lists()
+        if not lists:
+            raise LeverUnsupported(
+                f"compile_scope: blocks: the model ({type(self.model).__name__}) exposes no repeated blocks to compile "
+                "one by one; use compile_scope: model, or give a factory model a `blocks` nn.ModuleList")
+        out = []
+        for blocks in lists:
+            for i in range(len(blocks)):
+                blocks[i] = torch.compile(blocks[i], mode=_compile_mode(self.point.compile))
+                out.append(blocks[i])
+        return out
+
     def _apply_checkpointing(self) -> list:
         """Wrap each block in :class:`CheckpointedBlock` (HF: its own switch); the wrappers, or ["hf"] for HF."""
         mode = self.point.checkpointing
@@ -363,16 +420,21 @@ class TrainStep:
     def eager(self):
         """Within this context ``fwd()`` runs the uncompiled model (the FLOP count and the eager reference)."""
         old, self._eager = self._eager, True
+        # compiled blocks run their original modules under the force_eager stance
+        stance = torch.compiler.set_stance("force_eager") if self.compiled_blocks else contextlib.nullcontext()
         try:
-            yield
+            with stance:
+                yield
         finally:
             self._eager = old
 
     def _unused_parameters(self) -> list[str]:
         """Names of trainable parameters that one forward and backward on this rank's batch leaves without a
         gradient (DDP must know of them); the gradients are dropped again."""
-        loss = self.user.loss(self.model, self.batch) if self.user is not None else self.model(self.batch)
-        loss.backward()
+        stance = torch.compiler.set_stance("force_eager") if self.compiled_blocks else contextlib.nullcontext()
+        with stance:  # compiling happens in compile_warmup, where it is timed
+            loss = self.user.loss(self.model, self.batch) if self.user is not None else self.model(self.batch)
+            loss.backward()
         names = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         for p in self.model.parameters():
             p.grad = None
@@ -390,34 +452,43 @@ class TrainStep:
         return self._base() if self.compiled is None or self._eager else self.compiled
 
     def _block_lists(self) -> list[torch.nn.ModuleList] | None:
-        """The ModuleLists of the model's blocks: the reference model's stacks, a factory model's ``blocks``
-        (None when it exposes none). Not for Hugging Face models (see :meth:`_blocks`)."""
+        """The ModuleLists of the model's blocks: the reference model's stacks, a factory model's ``blocks``, a
+        Hugging Face model's lists of its ``_no_split_modules`` classes (None when it exposes none)."""
+        if self.point.model.arch == "hf":
+            names = set(getattr(self.model, "_no_split_modules", None) or ())
+            lists = [m for m in self.model.modules() if isinstance(m, torch.nn.ModuleList) and len(m)
+                     and all(type(_unwrapped(b)).__name__ in names for b in m)]
+            return lists or None
         if self.user is not None:
             blocks = getattr(self.model, "blocks", None)
             return [blocks] if isinstance(blocks, torch.nn.ModuleList) else None
         return [self.model.decoder] + ([self.model.encoder] if self.model.encoder is not None else [])
 
     def _blocks(self) -> list[torch.nn.Module]:
-        """The model's repeated blocks (what FSDP shards one by one): :meth:`_block_lists`' blocks, a Hugging
-        Face model's ``_no_split_modules`` classes; [] when it has none."""
-        if self.point.model.arch == "hf":
+        """The model's repeated blocks (what FSDP shards one by one), as the step calls them (compiled or
+        checkpointed wrappers included): :meth:`_block_lists`' entries; a Hugging Face model without such a
+        list gives its ``_no_split_modules`` classes; [] when it has none."""
+        lists = self._block_lists()
+        if lists is None and self.point.model.arch == "hf":
             names = set(getattr(self.model, "_no_split_modules", None) or ())
             return [m for m in self.model.modules() if type(m).__name__ in names]
-        return [b for blocks in self._block_lists() or [] for b in blocks]
+        return [b for blocks in lists or [] for b in blocks]
 
     def compile_warmup(self, timer) -> dict:
         """Compile the forward and measure what it costs; ``{}`` when ``compile`` is ``none``.
 
         Before any step, the eager model's loss on the batch (no grad); then
-        :data:`COMPILE_STEPS` compiled steps, the first of which compiles the
-        forward and the backward graph (its loss is compared with the eager one,
-        same weights and batch); then :data:`EAGER_STEPS` eager steps. Returns
-        ``compile_s`` (the compiled steps minus as many eager steps at their
+        :data:`COMPILE_STEPS` compiled steps (or :attr:`parity_steps`, when more),
+        the first of which compiles the forward and the backward graph (its loss is
+        compared with the eager one, same weights and batch); then
+        :data:`EAGER_STEPS` eager steps. Returns ``compile_s`` (the first
+        :data:`COMPILE_STEPS` compiled steps minus as many eager steps at their
         median: the compile time, as PyTorch's dynamo benchmarks measure it),
-        ``graph_breaks`` and ``compile_loss_rel_diff``. Raises
-        :class:`CompileFailed` with the compiler's first line.
+        ``graph_breaks``, ``compile_loss_rel_diff`` and ``compile_cache`` (whether
+        inductor's caches held the graphs: ``warm``, ``cold`` or ``partial``).
+        Raises :class:`CompileFailed` with the compiler's first line.
         """
-        if self.compiled is None:
+        if not self.is_compiled:
             return {}
         with torch.no_grad(), self.eager():
             eager_loss = float(self.fwd())
@@ -438,6 +509,8 @@ class TrainStep:
         first_s = time.perf_counter() - t0
         after = dynamo_counts()
         compiled_s = first_s + sum(sum(timer(self)) for _ in range(COMPILE_STEPS - 1)) / 1e3
+        for _ in range(self.parity_steps - COMPILE_STEPS):  # the loss trajectory is the compiled steps' own
+            timer(self)
         with self.eager():
             eager_ms = sorted(sum(timer(self)) for _ in range(EAGER_STEPS))
         rel = abs(compiled_loss - eager_loss) / max(abs(eager_loss), 1e-12)
@@ -451,6 +524,7 @@ class TrainStep:
             "compile_s": compiled_s - COMPILE_STEPS * eager_ms[len(eager_ms) // 2] / 1e3,
             "graph_breaks": after["breaks"] - before["breaks"] if after and before else None,
             "compile_loss_rel_diff": rel,
+            "compile_cache": _cache_state(before, after),
         }
         return dict(self.lever_values)
 
@@ -461,7 +535,8 @@ class TrainStep:
         On entering, ``lever_values["recompiles"]`` is set to the frames dynamo
         compiled again after the first compiled step (during the warmup).
         """
-        if self.compiled is None:
+        self.parity_steps = len(self._parity_loss)  # the trajectory ends where the timed steps begin
+        if not self.is_compiled:
             yield
             return
         now = dynamo_counts()
@@ -490,7 +565,7 @@ class TrainStep:
 
     def fwd(self) -> torch.Tensor:
         module = self._module()
-        if module is self.compiled and self.point.compile == "reduce-overhead":
+        if self.is_compiled and not self._eager and self.point.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # CUDA graphs: a new step may overwrite the last outputs
         with self._autocast(), self._backend():
             if self.user is not None:
@@ -498,6 +573,8 @@ class TrainStep:
             return module(self.batch)
 
     def bwd(self, loss: torch.Tensor) -> None:
+        if len(self._parity_loss) < self.parity_steps:
+            self._parity_loss.append(loss.detach().float())
         with self._backend():
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -505,6 +582,8 @@ class TrainStep:
                 loss.backward()
 
     def opt(self) -> None:
+        if len(self._parity_grad_norm) < min(self.parity_steps, len(self._parity_loss)):
+            self._parity_grad_norm.append(self._grad_norm())
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -520,6 +599,36 @@ class TrainStep:
         return loss
 
     __call__ = step
+
+    # ------------------------------------------------------------------ loss parity
+    def record_parity(self, steps: int) -> None:
+        """Record the loss and the gradient norm of the next ``steps`` steps (the first ones: call it before any)."""
+        self.parity_steps = steps
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The global L2 norm of the gradients, unscaled (fp16), whole under FSDP (its shards' norms combined)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # the step then skips its own unscale
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norm = torch.nn.utils.get_total_norm(grads)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    @property
+    def parity_done(self) -> bool:
+        """True once the steps :meth:`record_parity` asked for have run."""
+        return len(self._parity_grad_norm) >= self.parity_steps
+
+    def parity(self) -> tuple[list[float], list[float]]:
+        """The recorded (losses, gradient norms) as floats; a distributed step's loss is the mean over ranks."""
+        from txbench import distributed
+
+        losses = [float(x) for x in self._parity_loss]
+        norms = [float(x) for x in self._parity_grad_norm]
+        if distributed.active():
+            losses = [distributed.mean_over_ranks(x) for x in losses]
+        return losses, norms
 
     def static_bytes(self) -> dict[str, int]:
         """Bytes of parameters, gradients (fp32, one per parameter) and optimizer state."""

@@ -68,6 +68,8 @@ class MeasureSection(_Strict):
     memory: bool = MeasureConfig.memory
     quiet_wait_s: float = Field(MeasureConfig.quiet_wait_s, ge=0, le=3600)
     retries: int = Field(MeasureConfig.retries, ge=0, le=10)
+    compile_cache: Literal["warm", "cold"] = MeasureConfig.compile_cache
+    parity_steps: int = Field(MeasureConfig.parity_steps, ge=0, le=1000)
 
 
 class Suite(_Strict):
@@ -81,20 +83,35 @@ class Suite(_Strict):
     measure: MeasureSection = Field(default_factory=MeasureSection)
     sweep: dict[str, list[_SCALAR | None]] = Field(default_factory=dict)
     exclude: list[dict[str, _SCALAR | list[_SCALAR]]] = Field(default_factory=list)
+    # combinations beyond the sweep's product: each entry is the sweep's first values with these fields set
+    include: list[dict[str, _SCALAR | None]] = Field(default_factory=list)
 
     def measure_config(self) -> MeasureConfig:
         return MeasureConfig(**self.measure.model_dump())
 
-    def points(self, device: str) -> list[Point]:
-        """The cartesian product of the sweep axes minus the excludes, on ``device``."""
+    def combos(self) -> list[tuple[str | None, dict]]:
+        """(where it comes from, the axis values) of every combination: the cartesian product of the sweep axes
+        minus the excludes (``None``), then each ``include`` entry (``include[i]``) over the sweep's first values."""
         names = list(self.sweep)
-        base = {**self.model.model_dump(), **self.train.model_dump(), "device": device}
-        out = []
+        out: list[tuple[str | None, dict]] = []
         for combo in itertools.product(*(self.sweep[n] for n in names)):
             values = dict(zip(names, combo))
-            if any(_matches(ex, values) for ex in self.exclude):
-                continue
-            out.append(Point.from_dict(_merge(base, values)))
+            if not any(_matches(ex, values) for ex in self.exclude):
+                out.append((None, values))
+        first = {n: v[0] for n, v in self.sweep.items() if v}
+        out += [(f"include[{i}]", {**first, **entry}) for i, entry in enumerate(self.include)]
+        return out
+
+    def points(self, device: str) -> list[Point]:
+        """The cartesian product of the sweep axes minus the excludes, then the includes, on ``device`` (each
+        point once)."""
+        base = {**self.model.model_dump(), **self.train.model_dump(), "device": device}
+        out, seen = [], set()
+        for _, values in self.combos():
+            point = Point.from_dict(_merge(base, values))
+            if point.point_id not in seen:
+                seen.add(point.point_id)
+                out.append(point)
         return out
 
 
@@ -143,7 +160,7 @@ def _suggest(word: str, options) -> str:
 
 
 _SECTION_FIELDS = {
-    (): ["name", "description", "device", "model", "train", "measure", "sweep", "exclude"],
+    (): ["name", "description", "device", "model", "train", "measure", "sweep", "exclude", "include"],
     ("model",): _MODEL_FIELDS,
     ("train",): _TRAIN_FIELDS,
     ("measure",): [f.name for f in dataclasses.fields(MeasureConfig)],
@@ -210,6 +227,12 @@ def _check_sweep(raw: dict) -> list[tuple[str, str]]:
             if v not in choices:
                 problems.append((f"sweep.{axis}[{i}]",
                                  f"unknown value {v!r}{_suggest(v, choices)}; allowed: {', '.join(choices)}"))
+    for i, entry in enumerate(raw.get("include") or []):
+        if isinstance(entry, dict):
+            for k in entry:
+                if k not in AXES and split_axis(k)[1] is None:
+                    problems.append((f"include[{i}].{k}", f"unknown field{_suggest(k, AXES)} (fields: "
+                                     f"{', '.join(AXES)})"))
     for i, rule in enumerate(raw.get("exclude") or []):
         if isinstance(rule, dict):
             for k in rule:
@@ -231,21 +254,19 @@ def _value_problems(suite: Suite) -> list[tuple[str, str]]:
     """Check each axis value, then every combination, through ``validate_point``."""
     problems: list[tuple[str, str]] = []
     device = "cpu" if suite.device == "auto" else suite.device
-    names = list(suite.sweep)
     base = {**suite.model.model_dump(), **suite.train.model_dump(), "device": device}
     seen: set = set()
     checked: set = set()
-    for combo in itertools.product(*(suite.sweep[n] for n in names)):
-        values = dict(zip(names, combo))
-        if any(_matches(ex, values) for ex in suite.exclude):
-            continue
+    for source, values in suite.combos():
         try:
             point = Point.from_dict(_merge(base, values))
             validate_point(point)
             _user_model_problems(point, checked)
         except (PointError, TypeError, ValueError) as e:
             for fld, msg in getattr(e, "problems", [("sweep", str(e))]):
-                if fld.startswith("model.") and fld[len("model."):] in values:  # a swept hf.x or factory_args.x
+                if source is not None and (fld in values or fld[len("model."):] in values):
+                    path = f"{source}.{fld[len('model.'):] if fld.startswith('model.') else fld}"
+                elif fld.startswith("model.") and fld[len("model."):] in values:  # a swept hf.x or factory_args.x
                     axis = fld[len("model."):]
                     path = f"sweep.{axis}[{suite.sweep[axis].index(values[axis])}]"
                 elif fld.startswith("model."):

@@ -20,12 +20,14 @@ module (as ``txbench.profile`` does) does not import torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from decimal import Decimal
 
-__all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "auto_model_class",
+__all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "fresh_compile_cache",
+           "auto_model_class",
            "flop_counter_mode"]
 
 # What txbench.profile reads from each kineto event; a torch that drops one of these has changed the API.
@@ -244,9 +246,30 @@ def dynamo_counts() -> dict | None:
     except ImportError:
         return None
     try:
-        return {"frames": int(counters["frames"].get("ok", 0)), "breaks": int(sum(counters["graph_break"].values()))}
+        return {"frames": int(counters["frames"].get("ok", 0)), "breaks": int(sum(counters["graph_break"].values())),
+                "cache_hits": int(counters["inductor"].get("fxgraph_cache_hit", 0)
+                                  + counters["aot_autograd"].get("autograd_cache_hit", 0)),
+                "cache_misses": int(counters["inductor"].get("fxgraph_cache_miss", 0)
+                                    + counters["aot_autograd"].get("autograd_cache_miss", 0))}
     except (KeyError, TypeError, AttributeError):
         return None
+
+
+@contextlib.contextmanager
+def fresh_compile_cache():
+    """Within this context torch.compile starts cold: a new, empty inductor cache directory (deleted after) and
+    the in-memory caches cleared (``torch._inductor.utils.fresh_cache``; ``fresh_inductor_cache`` before torch
+    2.8), and dynamo's compiled frames dropped. Raises :class:`TorchUnsupported` when this torch has neither."""
+    import torch._dynamo
+    import torch._inductor.utils as inductor_utils
+
+    fresh = getattr(inductor_utils, "fresh_cache", None) or getattr(inductor_utils, "fresh_inductor_cache", None)
+    if fresh is None:
+        raise TorchUnsupported("measure.compile_cache: cold needs torch._inductor.utils.fresh_cache (torch >= 2.1)")
+    torch._dynamo.reset()
+    with fresh():
+        yield
+    torch._dynamo.reset()
 
 
 def auto_model_class(auto, config):

@@ -45,7 +45,8 @@ from txbench.fields import BY_NAME, CONFIG_COLUMNS, varying_columns
 from txbench.gate import BLOCK_S, block_labels, sample_stats
 from txbench.labels import fmt_bytes, fmt_pct, fmt_x
 
-__all__ = ["LEVERS", "BASELINES", "LEVER_TITLES", "UNFUSED_ATTENTION", "ATTENTION_SHARE_HIGH", "MEMORY_WORTH",
+__all__ = ["STACK_FIELDS", "eager_twins", "stack_name", "stack_effects", "LEVERS", "BASELINES",
+           "LEVER_TITLES", "UNFUSED_ATTENTION", "ATTENTION_SHARE_HIGH", "MEMORY_WORTH",
            "lever_effects", "effect_table", "suggestions", "what_to_try"]
 
 #: The lever fields, and the value each is compared against (its default).
@@ -60,6 +61,12 @@ ATTENTION_SHARE_HIGH = TREND_MIN_SHARE
 _SAME = 1.0
 #: Peak memory divided by at least this much makes checkpointing worth recommending for a batch that does not fit.
 MEMORY_WORTH = 1.25
+
+
+#: Every field a combination of levers sets (docs/suites.md#levers); a point with all of them at their default is
+#: eager, and a point's *eager twin* is the eager point of the same model, shapes and global batch.
+STACK_FIELDS = ("compile", "compile_scope", "checkpointing", "optimizer_impl", "parallel", "world_size")
+STACK_DEFAULTS = {name: BY_NAME[name].default for name in STACK_FIELDS}
 
 
 def _col(df: pd.DataFrame, name: str) -> pd.Series:
@@ -130,12 +137,16 @@ def effect_table(points: pd.DataFrame) -> pd.DataFrame:
     for lever in LEVERS:
         if df[lever].nunique() < 2:
             continue  # not swept: no group can hold two of its values, so there is no pair to compare
-        others = [c for c in CONFIG_COLUMNS if c in df.columns and c != lever]
+        # compile's scope belongs to the compile lever: compile per block is paired with the eager point too
+        others = [c for c in CONFIG_COLUMNS if c in df.columns and c != lever
+                  and not (lever == "compile" and c == "compile_scope")]
         base_value = BASELINES[lever]
         for _, g in df.groupby(others, dropna=False, sort=False):
             if g[lever].nunique() < 2:
                 continue
             base = g[g[lever] == base_value]
+            if lever == "compile" and "compile_scope" in g.columns:
+                base = base[base["compile_scope"].fillna("model") == "model"]
             if base.empty:
                 continue
             b = base.iloc[0]
@@ -173,6 +184,110 @@ def _effect_row(lever: str, b, c) -> dict:
         base_impl=b.get("optimizer_impl_used"), cand_impl=c.get("optimizer_impl_used"), score=score,
     )
     return row
+
+
+# ---------------------------------------------------------------- combinations
+def eager_twins(points: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+    """(lever point, its eager twin) for every ``ok`` point with some lever set whose twin is in ``points``.
+
+    The twin has every :data:`STACK_FIELDS` at its default and the same other
+    config, with the same *global* batch: a 2-rank point with ``batch_size: 2`` is
+    twinned with the one-process point of ``batch_size: 4`` (the same training).
+    """
+    if points is None or points.empty or "status" not in points.columns:
+        return []
+    ok = points[points["status"] == "ok"]
+    if ok.empty:
+        return []
+    df = ok.copy()
+    for name in STACK_FIELDS:
+        df[name] = _col(df, name)
+    world = pd.to_numeric(df["world_size"], errors="coerce").fillna(1)
+    df["_global_batch"] = pd.to_numeric(_col(df, "batch_size"), errors="coerce") * world
+    keys = [c for c in CONFIG_COLUMNS if c in df.columns and c not in STACK_FIELDS and c != "batch_size"]
+    key = [repr(tuple(map(str, t))) for t in df[keys + ["_global_batch"]].itertuples(index=False)]
+    key = pd.Series(key, index=df.index)
+    eager = (df[list(STACK_FIELDS)] == pd.Series(STACK_DEFAULTS)).all(axis=1)
+    twins: dict = {}
+    for k, (_, row) in zip(key[eager], df[eager].iterrows()):
+        twins.setdefault(k, row)
+    return [(row, twins[k]) for k, (_, row) in zip(key[~eager], df[~eager].iterrows()) if k in twins]
+
+
+def stack_name(row) -> str:
+    """A combination of levers in words: ``AC (full) + compile (blocks) + FSDP x2``."""
+    parts = []
+    ck = row.get("checkpointing", "none")
+    if ck not in (None, "none"):
+        parts.append(f"AC ({ck})")
+    comp = row.get("compile", "none")
+    if comp not in (None, "none"):
+        scope = row.get("compile_scope") or "model"
+        parts.append(f"compile ({comp}{', per block' if scope == 'blocks' else ''})")
+    impl = row.get("optimizer_impl", "auto")
+    if impl not in (None, "auto"):
+        parts.append(f"optimizer_impl {impl}")
+    par = row.get("parallel", "none")
+    if par not in (None, "none"):
+        parts.append(f"{'FSDP2' if par == 'fsdp' else 'DDP'} x{int(row.get('world_size') or 1)}")
+    return " + ".join(parts) or "eager"
+
+
+def _n_levers(row) -> int:
+    return sum(1 for name in ("checkpointing", "compile", "optimizer_impl", "parallel")
+               if row.get(name) not in (None, STACK_DEFAULTS[name]))
+
+
+def stack_effects(points: pd.DataFrame, ops=None) -> list[Finding]:
+    """Every combination of levers against its eager twin, ranked (rule ``lever_stack``).
+
+    A combination is two or more levers, or data parallelism (one lever alone
+    is :func:`lever_effects`' job). Ranked by the larger of its speed and
+    memory effects, like the single levers: "AC (full) + compile (default):
+    1.4x less peak memory than eager at 0.95x its speed". Distributed points
+    compare the whole job's step (the same global batch) and the peak per rank.
+    """
+    pairs = [(c, b) for c, b in eager_twins(without_contended(points))
+             if _n_levers(c) >= 2 or c.get("parallel") not in (None, "none")]
+    if not pairs:
+        return []
+    ok = points[points["status"] == "ok"]
+    axes = [c for c in varying_columns(ok) if c not in STACK_FIELDS and c != "batch_size"]
+    rows = []
+    for c, b in pairs:
+        r = _effect_row("compile", b, c)
+        r["name"] = stack_name(c)
+        rows.append(r)
+    rows.sort(key=lambda r: -r["score"])
+    out = []
+    for rank, r in enumerate(rows[:2 * MAX_PER_RULE], 1):
+        ratio = r["step_ratio"]
+        if ratio is None:
+            continue
+        speed = f"{fmt_x(1 / ratio)} its speed" if _clear(r["step_ci_low"], r["step_ci_high"]) else \
+            "about its speed (the step times' 95% CI includes 1)"
+        m = r["mem_ratio"]
+        if m is not None and m >= 1.05:
+            mem = f"{fmt_x(m)} less peak memory"
+        elif m is not None and m <= 1 / 1.05:
+            mem = f"{fmt_x(1 / m)} more peak memory"
+        else:
+            mem = "about the same peak memory"
+        per_rank = " per rank" if r.get("parallel") not in (None, "none") else ""
+        than = "as" if mem.startswith("about") else "than"
+        where = config_where(pd.Series(r), axes)
+        at = "" if where == "this point" else f" at {where}"
+        comp = f"; compiling took {r['compile_s']:,.0f} s" if r.get("compile_s") is not None else ""
+        text = (f"#{rank} {r['name']}{at}: {mem}{per_rank} {than} eager at {speed} "
+                f"({fmt_time(r['base_step_ms'])} -> {fmt_time(r['cand_step_ms'])} per step, "
+                f"{fmt_bytes(r['base_mem'])} -> {fmt_bytes(r['cand_mem'])}){comp}.")
+        evidence = {k: r.get(k) for k in ("name", "base_id", "cand_id", "step_ratio", "step_ci_low", "step_ci_high",
+                                          "base_step_ms", "cand_step_ms", "base_mem", "cand_mem", "mem_ratio",
+                                          "compile_s")}
+        scope = {**scope_of(pd.Series(r), axes), **{k: r.get(k) for k in STACK_FIELDS if k in r}}
+        out.append(Finding("lever_stack", "info", text, scope, [r["base_id"], r["cand_id"]], "scaling",
+                           json_records(pd.DataFrame([evidence]))))
+    return out
 
 
 # ---------------------------------------------------------------- sentences
@@ -224,6 +339,9 @@ def _sentence(r, axes: list[str]) -> str:
     where = config_where(pd.Series(r), axes)
     at = "" if where == "this point" else f" at {where}"
     lever, value = r["lever"], r["value"]
+    alongside = stack_name({**r, lever: BASELINES[lever], **({"compile_scope": "model"} if lever == "compile" else {})})
+    if alongside != "eager":
+        at += f" with {alongside}"
     if r["step_ratio"] is None:
         return f"{LEVER_TITLES[lever]} ({value}){at}: no step samples to compare."
     sign = _clear(r["step_ci_low"], r["step_ci_high"])
@@ -237,6 +355,8 @@ def _sentence(r, axes: list[str]) -> str:
             tail = f"never pays back {cost}"
         else:
             tail = f"the difference is within the noise, so {cost} buys nothing measurable"
+        if r.get("compile_scope") == "blocks":
+            value = f"{value}, per block"
         return (f"compile ({value}) is {_speed_words(r)}{at} and {tail}"
                 + (f"; it {mem}" if mem else "") + ".")
     if lever == "checkpointing":
@@ -266,7 +386,8 @@ def lever_effects(points: pd.DataFrame, ops=None) -> list[Finding]:
     table = effect_table(points)
     if table.empty:
         return []
-    axes = [c for c in varying_columns(_with_levers(points[points["status"] == "ok"])) if c not in LEVERS]
+    axes = [c for c in varying_columns(_with_levers(points[points["status"] == "ok"]))
+            if c not in STACK_FIELDS]
     out, per = [], {}
     for r in table.to_dict("records"):
         if per.get(r["lever"], 0) >= MAX_PER_RULE:
@@ -464,4 +585,4 @@ def what_to_try(points: pd.DataFrame, ops=None) -> list[Finding]:
 
     Points measured contended are left out of the effects: their timings are not trustworthy.
     """
-    return lever_effects(without_contended(points), ops) + suggestions(points, ops)
+    return lever_effects(without_contended(points), ops) + stack_effects(points, ops) + suggestions(points, ops)

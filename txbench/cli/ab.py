@@ -114,6 +114,12 @@ def ab(
     fail_on_inconclusive: Annotated[
         bool, typer.Option("--fail-on-inconclusive", help="Exit 1 also when a point stays undecided.")
     ] = False,
+    fail_on_numerics: Annotated[
+        bool, typer.Option("--fail-on-numerics/--no-fail-on-numerics",
+                           help="Exit 1 when the candidate's loss leaves the baseline's (same seed and batch) beyond "
+                           "the precision's tolerance, even when it is faster (metric loss, numerics_changed). On by "
+                           "default; turn it off for a change meant to alter the math.")
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
 ):
     """Compare two sides (checkouts, interpreters or suite overrides) with both alive at once, interleaved.
@@ -124,11 +130,14 @@ def ab(
     the same moments of the machine, and the paired block ratios are tested
     sequentially until the point is [red]regression[/], [green]improvement[/] or
     unchanged at the threshold, or its --max-s budget is spent
-    ([yellow]inconclusive[/]). Exit codes: 0 no regression, 1 regression, 2 usage error.
+    ([yellow]inconclusive[/]). Each point's loss over its first steps from the same
+    seed and batch is compared too (metric loss): beyond the tolerance it is
+    [magenta]numerics_changed[/]. Exit codes: 0 no regression, 1 regression (or
+    numerics_changed, unless --no-fail-on-numerics), 2 usage error.
 
     Example: [cyan]txbench ab suites/ci.yaml --baseline-path ../base --candidate-path . --format markdown[/]
     """
-    from txbench.gate import has_regression
+    from txbench.gate import has_numerics_change, has_regression
     from txbench.runner.ab import AbConfig, SideSpec, run_ab
 
     cfg = AbConfig(mode=mode.value if mode else "auto", max_s=max_s, threshold=_threshold(threshold), alpha=alpha,
@@ -141,5 +150,6 @@ def ab(
     where = f"runs: {result.run_dirs['baseline']} vs {result.run_dirs['candidate']} ({result.wall_s:.0f} s)"
     err_console.print((f"wrote {output}; " if output else "") + where, soft_wrap=True)
     failed = has_regression(df) or (fail_on_inconclusive and bool((df["verdict"] == "inconclusive").any()))
+    failed = failed or (fail_on_numerics and has_numerics_change(df))
     if failed:
         raise typer.Exit(EXIT_REGRESSION)

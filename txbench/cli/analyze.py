@@ -78,7 +78,7 @@ def analyze(
         tries.add_column(no_wrap=True)
         tries.add_column()
         for f in levers:
-            kind = "measured" if f.rule == "lever_effect" else "try"
+            kind = "measured" if f.rule in ("lever_effect", "lever_stack") else "try"
             tries.add_row(f"[cyan]{kind}[/]", escape(f.text))
         print_all([tries])
         console.print("[bold]Findings[/]")

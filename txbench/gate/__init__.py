@@ -17,10 +17,12 @@ from txbench.gate.compare import (
     CORRECTIONS,
     MIN_SAMPLES,
     VERDICTS,
+    compare_loss,
     compare_memory,
     compare_runs,
     compare_samples,
     contended_note,
+    has_numerics_change,
     has_regression,
     result_columns,
     run_identity,
@@ -61,7 +63,8 @@ from txbench.gate.verdict import (
 __all__ = [
     # compare
     "VERDICTS", "MIN_SAMPLES", "CORRECTIONS", "compare_runs", "compare_samples", "unmatched_points",
-    "verdict_counts", "has_regression", "run_identity", "result_columns", "compare_memory", "status_row",
+    "verdict_counts", "has_regression", "has_numerics_change",
+    "compare_loss", "run_identity", "result_columns", "compare_memory", "status_row",
     "contended_note",
     # verdict
     "BLOCK_S", "MIN_BLOCKS", "MIN_ROUNDS", "UNITS", "block_labels", "block_medians", "sample_stats", "run_stats",

@@ -65,6 +65,7 @@ from txbench.store import load_points
 
 __all__ = [
     "VERDICTS",
+    "compare_loss",
     "MIN_SAMPLES",
     "BLOCK_S",
     "CORRECTIONS",
@@ -75,6 +76,7 @@ __all__ = [
     "short_labels",
     "verdict_counts",
     "has_regression",
+    "has_numerics_change",
     "run_identity",
     "result_columns",
     "compare_memory",
@@ -82,7 +84,7 @@ __all__ = [
     "contended_note",
 ]
 
-VERDICTS = ("regression", "improvement", "unchanged", "inconclusive", "skipped", "not_comparable")
+VERDICTS = ("regression", "numerics_changed", "improvement", "unchanged", "inconclusive", "skipped", "not_comparable")
 #: Fewer units (blocks of steps) than this on a side and no verdict is attempted.
 MIN_SAMPLES = MIN_BLOCKS
 #: Multiple-testing corrections over the timed rows of one comparison.
@@ -226,6 +228,39 @@ def _blank() -> dict:
     return {"baseline_median": nan, "candidate_median": nan, "ratio": nan, "ratio_ci_low": nan, "ratio_ci_high": nan,
             "p_value": nan, "p_adjusted": nan, "n_baseline": 0, "n_candidate": 0, "blocks_baseline": 0,
             "blocks_candidate": 0, "units": None, "steps_needed": None}
+
+
+def compare_loss(b: dict, c: dict, *, aa: dict | None = None) -> dict:
+    """The loss-parity row of two records from the same seed and batch (``metric: loss``).
+
+    ``b``/``c``: records (or rows) with ``loss_trajectory``, ``grad_norm_trajectory``
+    and ``precision``. ``aa``: the largest relative differences of each side built
+    twice (``{"loss": x, "grad_norm": y}``), the noise the tolerance must clear
+    (:func:`txbench.numerics.compare`). Verdict ``numerics_changed`` beyond the
+    tolerance, ``unchanged`` within it, ``skipped`` when a side has no trajectory.
+    The medians are the last recorded losses; ``ratio`` is theirs.
+    """
+    from txbench.numerics import compare
+
+    aa = aa or {}
+    p = compare(b.get("loss_trajectory"), c.get("loss_trajectory"), b.get("grad_norm_trajectory"),
+                c.get("grad_norm_trajectory"), precision=c.get("precision") or b.get("precision"),
+                aa_loss=aa.get("loss"), aa_grad_norm=aa.get("grad_norm"))
+    out = _blank()
+    out["threshold"] = p.loss_tolerance
+    if p.verdict == "unknown":
+        out.update(verdict="skipped", note=f"loss parity not recorded: {p.note}")
+        return out
+    bl, cl = list(b["loss_trajectory"]), list(c["loss_trajectory"])
+    n = min(len(bl), len(cl))
+    bm, cm = float(bl[n - 1]), float(cl[n - 1])
+    r = cm / bm if bm else math.nan
+    aa_txt = (f"; A/A {aa['loss']:.2g}" if aa.get("loss") is not None else "")
+    out.update(baseline_median=bm, candidate_median=cm, ratio=r, ratio_ci_low=r, ratio_ci_high=r, n_baseline=n,
+               n_candidate=n, units="steps",
+               verdict="numerics_changed" if p.verdict == "changed" else "unchanged",
+               note=("the math changed: " if p.verdict == "changed" else "same math: ") + p.note + aa_txt)
+    return out
 
 
 def compare_memory(b, c, threshold: float) -> dict:
@@ -466,6 +501,11 @@ def verdict_counts(df: pd.DataFrame) -> dict[str, int]:
     """Rows per verdict, every verdict present (zeros included), in :data:`VERDICTS` order."""
     counts = df["verdict"].value_counts().to_dict() if len(df) else {}
     return {v: int(counts.get(v, 0)) for v in VERDICTS}
+
+
+def has_numerics_change(df: pd.DataFrame) -> bool:
+    """True when any row says the candidate's loss left the baseline's beyond the tolerance (``metric: loss``)."""
+    return bool(len(df)) and bool((df["verdict"] == "numerics_changed").any())
 
 
 def has_regression(df: pd.DataFrame) -> bool:

@@ -30,7 +30,7 @@ from txbench.pipeline import stages
 from txbench.pipeline.checks import no_kernel, unsupported_reason
 from txbench.pipeline.stages import NO_HOOKS, Hooks, Part, build_step
 from txbench.record import Record
-from txbench.step import LeverUnsupported, TrainStep, is_oom
+from txbench.step import CompileFailed, LeverUnsupported, TrainStep, is_oom
 
 __all__ = ["PointRun", "run_point", "measure_point", "measure_point_keep", "assemble",
            "unsupported_reason", "build_step", "is_oom", "Hooks", "NO_HOOKS"]
@@ -77,6 +77,16 @@ def run_point(point: Point, measure: MeasureConfig | None = None, *, hooks: Hook
     the same process; otherwise it is freed before returning.
     """
     cfg = measure or MeasureConfig()
+    if point.compile != "none" and cfg.compile_cache == "cold":
+        from txbench.torch_compat import fresh_compile_cache
+
+        with fresh_compile_cache():  # an empty inductor cache: this point's compile_s is a cold compile
+            return _run_point(point, cfg, hooks, profile_steps, trace_path, keep)
+    return _run_point(point, cfg, hooks, profile_steps, trace_path, keep)
+
+
+def _run_point(point: Point, cfg: MeasureConfig, hooks: Hooks | None, profile_steps: int, trace_path: str | None,
+               keep: bool) -> PointRun:
     hooks = hooks or NO_HOOKS
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
@@ -92,11 +102,13 @@ def run_point(point: Point, measure: MeasureConfig | None = None, *, hooks: Hook
     try:
         built = stages.build(point, hooks)
         step = built.step
+        step.record_parity(cfg.parity_steps)
         first = stages.start(built)  # the first loss; compile: first compiled steps vs eager, loss check
         warm = stages.warmup(step, built.timer, cfg)
+        trajectory = stages.parity(built, cfg)
         hooks.after_warmup(step, built.timer)
         timing = stages.time_steps(built, cfg)
-        parts: list[Part] = [built, first, warm, timing, stages.throughput(point, timing),
+        parts: list[Part] = [built, first, warm, trajectory, timing, stages.throughput(point, timing),
                              stages.memory(step, cfg)]
         flops = stages.count_flops(step, point)
         parts += [flops, stages.rates(point, flops, timing.median_ms)]
@@ -128,6 +140,11 @@ def _failure(point: Point, exc: BaseException) -> tuple[str | None, str | None]:
     """(status, message) for a failure that is data (unsupported, oom); (None, None) for one that is an error."""
     if isinstance(exc, LeverUnsupported):  # a lever only the built model can rule out (a factory without blocks)
         return "unsupported", str(exc)
+    others = [name for name, on in (("checkpointing", point.checkpointing != "none"),
+                                    (point.parallel.upper(), point.parallel != "none")) if on]
+    if isinstance(exc, CompileFailed) and others and "changed the loss" not in str(exc):
+        # torch itself cannot compile this stack here: data, like any combination the machine cannot run
+        return "unsupported", f"compile with {' and '.join(others)}: torch cannot compile this combination here: {exc}"
     if no_kernel(exc) and point.attention in SDPA_BACKENDS:
         return "unsupported", (f"{point.attention} cannot run this model's attention (its masks or shapes rule "
                                f"the backend out): {str(exc).strip().splitlines()[0][:300]}")

@@ -37,7 +37,8 @@ from txbench.torch_compat import TorchUnsupported
 from txbench.usermodels import user_model_flops
 
 __all__ = ["Hooks", "NO_HOOKS", "Part", "Built", "Start", "Warmup", "Timing", "Throughput", "Memory", "FlopCount",
-           "Rates", "Profiled", "build", "start", "warmup", "run_steps", "time_steps", "monitor_for", "throughput",
+           "Rates", "Profiled", "Parity", "parity",
+           "build", "start", "warmup", "run_steps", "time_steps", "monitor_for", "throughput",
            "memory", "count_flops", "rates", "profile", "build_step"]
 
 
@@ -124,6 +125,7 @@ class Start(Part):
     compile_s: float | None = None
     graph_breaks: int | None = None
     compile_loss_rel_diff: float | None = None
+    compile_cache: str | None = None
     notes: list = field(default_factory=list)
 
 
@@ -154,6 +156,27 @@ def warmup(step, timer, cfg: MeasureConfig) -> Warmup:
         elapsed = time.perf_counter() - t0
         if distributed.agree(n >= cfg.warmup_max_steps or (n >= cfg.warmup_min_steps and elapsed >= cfg.warmup_s)):
             return Warmup(n, elapsed)
+
+
+# ------------------------------------------------------------------ loss parity
+@dataclass
+class Parity(Part):
+    """The loss and the gradient norm of the point's first steps, from the seeded weights and the fixed batch:
+    what a lever's point is compared with its eager twin on (txbench.numerics)."""
+
+    loss_trajectory: list
+    grad_norm_trajectory: list
+    notes: list = field(default_factory=list)
+
+
+def parity(built: Built, cfg: MeasureConfig) -> Parity:
+    """The recorded trajectory (:meth:`TrainStep.record_parity`), after running any of its steps the start and
+    the warmup did not (the ranks agree on the count)."""
+    step = built.step
+    while not distributed.agree(step.parity_done):
+        built.timer(step)
+    losses, norms = step.parity()
+    return Parity(losses, norms)
 
 
 # ------------------------------------------------------------------ timing

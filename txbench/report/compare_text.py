@@ -13,10 +13,12 @@ from txbench.report.terminal import Column, fit_table
 __all__ = ["render_table", "render_markdown", "render_json", "method_note", "value_text", "p_text", "threshold_text",
            "MARKDOWN_TAG"]
 
-_SHOWN = ("regression", "improvement", "inconclusive", "not_comparable")
-_STYLE = {"regression": "bold red", "improvement": "green", "inconclusive": "yellow", "unchanged": "dim",
+_SHOWN = ("regression", "numerics_changed", "improvement", "inconclusive", "not_comparable")
+_STYLE = {"regression": "bold red", "numerics_changed": "bold magenta",
+          "improvement": "green", "inconclusive": "yellow", "unchanged": "dim",
           "skipped": "dim", "not_comparable": "magenta"}
-_MARK = {"regression": "🔴", "improvement": "🟢", "inconclusive": "🟡", "unchanged": "⚪", "skipped": "⚪",
+_MARK = {"regression": "🔴", "numerics_changed": "🟠",
+         "improvement": "🟢", "inconclusive": "🟡", "unchanged": "⚪", "skipped": "⚪",
          "not_comparable": "🟣"}
 _INCONCLUSIVE_HINT = (
     "too noisy to decide at this threshold; the note says how many rounds (or steps) per side would decide: "
@@ -42,6 +44,8 @@ def value_text(metric: str, v) -> str:
         return fmt_bytes(v)
     if metric == "tokens_per_s":
         return f"{fmt_num(v)} tok/s"
+    if metric == "loss":
+        return f"{v:.6g}"
     return f"{fmt_ms(v)} ms"
 
 
@@ -128,7 +132,11 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     meta = df.attrs["compare"]
     n_reg = int((df["verdict"] == "regression").sum()) if len(df) else 0
     n_und = int((df["verdict"] == "inconclusive").sum()) if len(df) else 0
-    if n_reg:
+    n_num = int((df["verdict"] == "numerics_changed").sum()) if len(df) else 0
+    if n_num:  # first: a faster candidate that computes something else is not a speed-up
+        head = (f"🟠 **numerics changed** on {n_num} point{'s' if n_num > 1 else ''}: the candidate's loss left the "
+                "baseline's from the same seed and batch" + (f"; and {n_reg} regression rows" if n_reg else ""))
+    elif n_reg:
         head = "🔴 **regression**" + (f", and {n_und} of {len(df)} rows undecided" if n_und else "")
     elif n_und:  # undecided rows never read as a pass
         head = f"🟡 **undecided**: no regression found, but {n_und} of {len(df)} rows are undecided"

@@ -129,8 +129,8 @@ def findings_html(findings: list, anchors: dict[str, str], *, title: str = "") -
 def levers_html(items: list, anchors: dict[str, str], *, title: str = "") -> str:
     """"What to try next": the measured effect of each swept lever, then the levers the profile points to.
 
-    ``items`` are the findings of :func:`txbench.analysis.levers.what_to_try` (rules ``lever_effect`` and
-    ``try_next``), each linked to the chart that shows it.
+    ``items`` are the findings of :func:`txbench.analysis.levers.what_to_try` (rules ``lever_effect``,
+    ``lever_stack`` and ``try_next``), each linked to the chart that shows it.
     """
     def block(rule: str, head: str, empty: str) -> str:
         chosen = [f for f in items if f.rule == rule]
@@ -145,6 +145,8 @@ def levers_html(items: list, anchors: dict[str, str], *, title: str = "") -> str
     return (title
             + block("lever_effect", "Measured in this run (each lever against its default, largest effect first)",
                     "No lever was swept: no two points differ only in compile, checkpointing or optimizer_impl.")
+            + (block("lever_stack", "Combinations measured in this run (each against its eager twin, ranked)", "")
+               if any(f.rule == "lever_stack" for f in items) else "")
             + block("try_next", "Indicated by this run's profile, not measured yet",
                     "Nothing in this run's numbers points to a lever it did not measure."))
 

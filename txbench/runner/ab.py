@@ -33,7 +33,7 @@ import pandas as pd
 
 from txbench.errors import SuiteError, TxbenchError
 from txbench.fields import CONFIG_COLUMNS
-from txbench.gate import LOOKS, SequentialTest, compare_memory, holm_alpha, result_columns, status_row
+from txbench.gate import LOOKS, SequentialTest, compare_loss, compare_memory, holm_alpha, result_columns, status_row
 from txbench.host import cpu_cores
 from txbench.labels import short_labels
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
@@ -390,7 +390,8 @@ def _run(suites, dirs, launchers, cfg: AbConfig, cb: AbCallbacks, t_start: float
     tests = int((frame["metric"] == "step_ms").sum()) if len(frame) else 0
     frame.attrs["compare"] = {
         "baseline": ident["baseline"], "candidate": ident["candidate"], "comparable": True, "mismatches": [],
-        "warnings": soft, "metrics": ["step_ms", "peak_mem_bytes"], "alpha": cfg.alpha, "threshold": cfg.threshold,
+        "warnings": soft, "metrics": ["step_ms", "peak_mem_bytes", "loss"], "alpha": cfg.alpha,
+        "threshold": cfg.threshold,
         "rules": {}, "block_s": cfg.block_s, "correction": "holm", "tests": tests, "units": "ab", "rounds": [1, 1],
         "advice": [], "unmatched": [], "matched": m,
         "ab": {"mode": cfg.mode, "max_s": cfg.max_s, "looks": cfg.looks, "run_dirs": {k: str(v) for k, v in
@@ -425,6 +426,16 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
     if any(recs[k]["status"] != "ok" for k in SIDES):
         _close(launchers)
         return recs, None
+    # loss parity's A/A: each side built again from the same seed (the first epoch's build), its first steps'
+    # loss against the open's; what differs there is the side's own nondeterminism, not a change
+    again = both.one_by_one({k: {"kind": "ab_rebuild"} for k in SIDES}, SIDES, timeout)
+    failed = _first_failure(again)
+    if failed:
+        k, (status, msg) = failed
+        recs[k] = {**recs[k], "status": status, "error": f"while building it again: {msg}"}
+        _close(launchers)
+        return recs, None
+    aa = _aa_noise(recs, {k: again[k].answer for k in SIDES})
     # the block length from each side's step time alone (the open measured both sides at once)
     probe = both.one_by_one({k: {"kind": "ab_block", "steps": 3} for k in SIDES}, SIDES, timeout)
     failed = _first_failure(probe)
@@ -506,7 +517,20 @@ def _measure_pair(i, pair, envs, launchers, measure, threads, cfg: AbConfig, alp
         recs[k] = {**recs[k], "status": status, "error": f"during the interleaved blocks: {msg}"}
         return recs, None
     return recs, {"test": test, "units": units, "epochs": epochs, "steps_per_block": n, "decided_s": decided_s,
-                  "contended": hit.contended(), "dropped_rounds": hit.rounds}
+                  "contended": hit.contended(), "dropped_rounds": hit.rounds, "aa": aa}
+
+
+def _aa_noise(recs: dict, again: dict) -> dict:
+    """The larger of the two sides' A/A differences (open vs rebuilt) of the loss and the gradient norm; a side
+    whose worker records no trajectory (an older txbench) gives none."""
+    from txbench.numerics import max_rel_diff
+
+    out = {}
+    for key, col in (("loss", "loss_trajectory"), ("grad_norm", "grad_norm_trajectory")):
+        diffs = [max_rel_diff(again[k].get(col), recs[k].get(col))[0] for k in SIDES]
+        diffs = [d for d in diffs if d is not None]
+        out[key] = max(diffs) if diffs else None
+    return out
 
 
 class _Interference:
@@ -605,7 +629,9 @@ def _rows_for(pair, recs, seq, cfg: AbConfig, label: str) -> list[dict]:
              "rounds": n_rounds, "steps_per_block": seq["steps_per_block"], "decided_s": round(seq["decided_s"], 1),
              "unit_sd": float(x.std(ddof=1)) if x.size >= 2 else math.nan, "builds": builds}
     mem = compare_memory(rb.get("peak_mem_bytes"), rc.get("peak_mem_bytes"), cfg.memory_threshold)
-    return [{**base, **timed}, {**base, "metric": "peak_mem_bytes", "threshold": cfg.memory_threshold, **mem}]
+    loss = compare_loss({**config, **rb}, {**config, **rc}, aa=seq.get("aa"))
+    return [{**base, **timed}, {**base, "metric": "peak_mem_bytes", "threshold": cfg.memory_threshold, **mem},
+            {**base, "metric": "loss", **loss}]
 
 
 def _budget_needed(lo: float, hi: float, ratio: float, cfg: AbConfig, spent_s: float) -> str:

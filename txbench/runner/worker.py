@@ -18,7 +18,8 @@ built between jobs:
 - ``{"kind": "ab_block", "steps": n}`` -> ``{"fwd": [...], "bwd": [...], "opt": [...]}`` (ms), or
   ``{"error": message}`` when a step raises (the point is then closed)
 - ``{"kind": "ab_rebuild", "warmup": n}`` builds the open point's step afresh and warms it up
-  -> ``{"rebuilt": true}`` (or ``{"error": message}``)
+  -> ``{"rebuilt": true, "loss_trajectory": [...], "grad_norm_trajectory": [...]}`` (its first steps' loss
+  parity, as the open's record has it) (or ``{"error": message}``)
 - ``{"kind": "ab_close"}`` -> ``{"closed": true}``
 
 The first line the worker writes is ``{"ready": true, "pid": ..., "protocol": PROTOCOL,
@@ -115,7 +116,7 @@ def ab_open_job(job: dict) -> dict:
             torch.set_num_threads(job["threads"])
             _AB["threads"] = job["threads"]
         _AB.update(step=step, timer=make_timer(point.device), device=point.device, point=point,
-                   warmup=cfg.warmup_min_steps)
+                   warmup=cfg.warmup_min_steps, parity_steps=cfg.parity_steps)
     else:
         _cleanup(point.device)
     record.wall_s = time.perf_counter() - t0
@@ -178,15 +179,17 @@ def ab_rebuild_job(job: dict) -> dict:
     try:
         _AB["pad"] = torch.empty(random.SystemRandom().randrange(1, 1 << 20), dtype=torch.uint8, device=point.device)
         step = build_step(point)
+        step.record_parity(int(_AB.get("parity_steps", 0)))  # the same first steps again: an A/A of the loss
         if _AB.get("threads"):
             torch.set_num_threads(_AB["threads"])
-        run_steps(step, timer, max(int(job.get("warmup", _AB.get("warmup", 3))), 1))
+        run_steps(step, timer, max(int(job.get("warmup", _AB.get("warmup", 3))), step.parity_steps, 1))
+        losses, norms = step.parity()
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         ab_close_job({})
         return {"error": _first_line(exc)}
     _AB["step"] = step
-    return {"rebuilt": True}
+    return {"rebuilt": True, "loss_trajectory": losses, "grad_norm_trajectory": norms}
 
 
 def ab_close_job(job: dict) -> dict:

@@ -10,7 +10,8 @@ sentence each in docs/findings.md. Pure pandas, no torch. The rules live by topi
 - :mod:`.fastest`: the fastest attention/precision, ties and crossovers (rule ``winners``);
 - :mod:`.efficiency`: phases (with the causes of :mod:`.causes`), GPU idle time, MFU, the memory forecast;
 - :mod:`.ops`: rules over the profiler's op table, and the frame helpers every rule shares;
-- :mod:`.parallel`: scaling efficiency over ranks and DDP against FSDP memory.
+- :mod:`.parallel`: scaling efficiency over ranks and DDP against FSDP memory;
+- :mod:`.numerics`: levers that change the loss (loss parity with the eager twin), compile time against depth.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pandas as pd
 
 from txbench.analysis.findings.efficiency import forecast, gpu_idle, mfu, phases
 from txbench.analysis.findings.fastest import winners
+from txbench.analysis.findings.numerics import compile_depth, numerics
 from txbench.analysis.findings.ops import category_trends, hotspots, shared_frames, top_categories
 from txbench.analysis.findings.parallel import parallel_memory, scaling_efficiency
 from txbench.analysis.findings.status import (
@@ -36,14 +38,16 @@ from txbench.store import load_ops, load_points, resolve_run
 __all__ = [
     "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots",
     "phases", "noisy_points", "winners", "scaling_efficiency", "parallel_memory", "scaling", "saturation",
-    "feasibility_frontier", "forecast", "top_categories", "mfu", "interference", "RANKING_RULES",
+    "feasibility_frontier", "forecast", "top_categories", "mfu", "interference", "RANKING_RULES", "numerics",
+    "compile_depth",
 ]
 
 
 #: Every rule, in the order of importance used to break ties within a severity.
-FINDING_RULES = (unverified_kernels, failures, interference, gpu_idle, category_trends, hotspots, phases, noisy_points,
+FINDING_RULES = (unverified_kernels, failures, numerics, interference, gpu_idle, category_trends, hotspots, phases,
+                 noisy_points,
          winners, scaling_efficiency, parallel_memory, scaling, saturation, feasibility_frontier, forecast,
-         top_categories, mfu)
+         top_categories, mfu, compile_depth)
 
 
 #: The rules that rank points or fit their timings: :func:`find` gives them the points less the contended ones.
