@@ -264,8 +264,13 @@ def stack_effects(points: pd.DataFrame, ops=None) -> list[Finding]:
         ratio = r["step_ratio"]
         if ratio is None:
             continue
-        speed = f"{fmt_x(1 / ratio)} its speed" if _clear(r["step_ci_low"], r["step_ci_high"]) else \
-            "about its speed (the step times' 95% CI includes 1)"
+        lo, hi = r["step_ci_low"], r["step_ci_high"]
+        if not (lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)):
+            speed = f"{fmt_x(1 / ratio)} its speed by the medians (too few steps for a CI)"
+        elif _clear(lo, hi):
+            speed = f"{fmt_x(1 / ratio)} its speed"
+        else:
+            speed = "about its speed (the step times' 95% CI includes 1)"
         m = r["mem_ratio"]
         if m is not None and m >= 1.05:
             mem = f"{fmt_x(m)} less peak memory"
