@@ -134,8 +134,10 @@ def render_markdown(df, *, show_all: bool = False) -> str:
     n_und = int((df["verdict"] == "inconclusive").sum()) if len(df) else 0
     n_num = int((df["verdict"] == "numerics_changed").sum()) if len(df) else 0
     if n_num:  # first: a faster candidate that computes something else is not a speed-up
-        head = (f"🟠 **numerics changed** on {n_num} point{'s' if n_num > 1 else ''}: the candidate's loss left the "
-                "baseline's from the same seed and batch" + (f"; and 🔴 **regression** on {n_reg} rows" if n_reg else ""))
+        head = (f"🟠 **numerics changed** on {n_num} point{'s' if n_num > 1 else ''}: "
+                "the candidate's loss left the baseline's from the same seed and batch")
+        if n_reg:
+            head += f"; and 🔴 **regression** on {n_reg} rows"
     elif n_reg:
         head = "🔴 **regression**" + (f", and {n_und} of {len(df)} rows undecided" if n_und else "")
     elif n_und:  # undecided rows never read as a pass
