@@ -38,4 +38,8 @@ if [ "${1:-}" = "--test" ]; then
 else
   "${PIP[@]}" -e .
 fi
+# change points of `txbench history detect`: only otava.analysis is used (numpy + scipy, already here); --no-deps
+# keeps its exact numpy/scipy pins and its BigQuery/Slack/Postgres clients off this machine (see pyproject.toml)
+"${PIP[@]}" --no-deps "apache-otava==0.8.0"
+"$PY" -c "import otava.analysis, duckdb" || { echo "setup: apache-otava or duckdb does not import"; exit 1; }
 "$PY" -c "import torch, txbench; print(f'setup: txbench {txbench.__version__}, torch {torch.__version__}')"

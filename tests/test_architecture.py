@@ -21,16 +21,16 @@ LAYERS = [
     (1, ["txbench.torch_compat", "txbench.attention", "txbench.model", "txbench.usermodels", "txbench.opclass",
          "txbench.regions", "txbench.store"]),
     (2, ["txbench.step", "txbench.distributed", "txbench.suite", "txbench.gate"]),
-    (3, ["txbench.measure", "txbench.profile", "txbench.analysis"]),
+    (3, ["txbench.measure", "txbench.profile", "txbench.analysis", "txbench.history"]),
     (4, ["txbench.pipeline", "txbench.doctor", "txbench.report", "txbench.export",
-         "txbench.merge"]),
+         "txbench.merge", "txbench.history.trend"]),
     (5, ["txbench.runner", "txbench._faults", "txbench.pytest_plugin"]),
     (6, ["txbench.cli", "txbench.__main__"]),
 ]
 #: Never import torch, directly or through another txbench module: `txbench report`, `compare`, `show`
 #: and `analyze` start fast on a machine without it (the TensorBoard export writes with torch's SummaryWriter).
 NO_TORCH = ["txbench.store", "txbench.analysis", "txbench.gate", "txbench.report", "txbench.export.pytest_benchmark",
-            "txbench.merge"]
+            "txbench.merge", "txbench.history"]
 
 
 def _modules() -> dict[str, Path]:

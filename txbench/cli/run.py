@@ -139,6 +139,16 @@ def run(
         bool, typer.Option("--check", help="Check the machine first ([cyan]txbench doctor[/]) and run nothing, "
                            "exit 1, when a run started now would be contaminated.")
     ] = False,
+    history: Annotated[
+        Optional[Path],
+        typer.Option("--history", help="Also add the run to this history database (DuckDB, e.g. "
+                     "results/history.duckdb), with the commit and branch of the suite's git checkout."),
+    ] = None,
+    commit: Annotated[
+        Optional[str], typer.Option("--commit", help="With --history: the commit, where the suite's directory is "
+                                    "not a git checkout.")
+    ] = None,
+    branch: Annotated[Optional[str], typer.Option("--branch", help="With --history: the branch.")] = None,
 ):
     """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
 
@@ -183,6 +193,8 @@ def run(
         result, interrupted = e.result, True
     finally:
         cb.close()
+    if history is not None and not interrupted:
+        _add_to_history(result.run_dir, history, suite, commit, branch, quiet or as_json)
     report_path = None
     if report and not interrupted:
         report_path = _write_report(result.run_dir, quiet or as_json)
@@ -223,6 +235,17 @@ def run(
     if interrupted:
         err_console.print(f"interrupted; resume with: txbench run {suite} --resume {result.run_dir}")
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _add_to_history(run_dir: Path, db: Path, suite: Path, commit: str | None, branch: str | None,
+                    quiet: bool) -> None:
+    from txbench.history import RunInfo, git_info, ingest
+
+    g = git_info(suite, commit)
+    info = RunInfo(commit=g.commit or commit, branch=branch or g.branch, commit_time=g.commit_time)
+    res = ingest(db, [run_dir], info)
+    if not quiet:
+        console.print(f"[bold]history[/]  {db} ({len(res['added'])} run added)")
 
 
 def _parse_shard_option(text: str | None) -> tuple[int, int] | None:
