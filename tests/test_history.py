@@ -11,7 +11,6 @@ import math
 
 import duckdb
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from txbench.cli import app
@@ -174,4 +173,3 @@ def test_run_history_adds_a_real_run_with_its_commit(tmp_path, write_suite):
     assert len(run) == 1 and run[0][0] == "feedbee"
     assert pts[0][0] == "ok" and pts[0][2] <= pts[0][1] <= pts[0][3]
     assert fp[0][1] and fp[0][2] >= 1
-    pytest.importorskip("plotly")
