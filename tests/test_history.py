@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -173,3 +174,46 @@ def test_run_history_adds_a_real_run_with_its_commit(tmp_path, write_suite):
     assert len(run) == 1 and run[0][0] == "feedbee"
     assert pts[0][0] == "ok" and pts[0][2] <= pts[0][1] <= pts[0][3]
     assert fp[0][1] and fp[0][2] >= 1
+    # the run's report links the trend page kept next to the database
+    report = (Path(run[0][1]) / "report.html").read_text()
+    assert "h.html" in report and "its trends and change points across commits" in report
+    assert (tmp_path / "h.html").exists()
+
+
+def test_trend_report_renders_offline_in_chromium(tmp_path):
+    from browser import open_page, require_browser, wait_for_charts
+
+    require_browser()
+    db = tmp_path / "h.duckdb"
+    plant(tmp_path, db, [10.0] * 14 + [12.0] * 8, sd=0.01)
+    plant(tmp_path, db, [8.0] * 8, env={"torch_version": "2.14.0+cpu"}, start=22, seed=3)
+    out = tmp_path / "trend.html"
+    res = invoke("history", "report", "-o", out, "--db", db)
+    assert res.exit_code == 0, res.output
+    html = out.read_text()
+    assert "between c013 and c014" in html and "torch 2.14.0+cpu" in html
+    with open_page(out.as_uri(), tmp_path / "profile") as (page, events):
+        n = wait_for_charts(page)
+        assert n == 4  # one point, four metrics
+        shapes = page.evaluate("""() => Array.from(document.querySelectorAll('.chart')).map(d => ({
+            traces: d.data.length, x: d.data[d.data.length - 1].x.length || 0,
+            lines: d.layout.shapes.filter(s => s.type === 'line').length,
+            rects: d.layout.shapes.filter(s => s.type === 'rect').length}))""")
+        step = shapes[0]
+        assert step["traces"] == 3 and step["lines"] >= 1 and step["rects"] == 1
+        hover = page.evaluate("document.querySelector('.chart').data[2].text[0]")
+        assert "commit c000" in hover and "r000" in hover
+    assert events.dialogs == [] and events.page_errors == [] and events.console_errors == []
+    assert events.foreign_requests(out.as_uri()) == []
+
+
+def test_history_add_links_the_run_report_to_the_trend_page(tmp_path):
+    p = point()
+    run = write_run(tmp_path / "runs" / "r0", [ok_record(p, steps(10.0))], suite="hist")
+    (run / "report.html").write_text("old")
+    db = tmp_path / "hist" / "h.duckdb"
+    assert invoke("history", "add", run, "--db", db, "--commit", "abc").exit_code == 0
+    page = tmp_path / "hist" / "h.html"
+    assert page.exists()
+    report = (run / "report.html").read_text()
+    assert 'href="../../hist/h.html"' in report

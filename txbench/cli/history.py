@@ -54,6 +54,14 @@ def add(
         g = git_info(repo or Path.cwd(), commit)
         info = RunInfo(commit=g.commit or commit, branch=branch, commit_time=g.commit_time)
     res = ingest(db, run_dirs, info)
+    from txbench.cli.run import _refresh_trend_page
+
+    _refresh_trend_page(db, run_dirs)
+    from txbench.report.html import write_report
+
+    for d in run_dirs:  # an existing run report gains its link to the trend page
+        if (Path(d) / "report.html").exists():
+            write_report([Path(d)], Path(d) / "report.html")
     console.print(f"{db}: {len(res['added'])} run(s) added, {len(res['skipped'])} already there", soft_wrap=True)
 
 

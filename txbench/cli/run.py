@@ -244,8 +244,18 @@ def _add_to_history(run_dir: Path, db: Path, suite: Path, commit: str | None, br
     g = git_info(suite, commit)
     info = RunInfo(commit=g.commit or commit, branch=branch or g.branch, commit_time=g.commit_time)
     res = ingest(db, [run_dir], info)
+    page = _refresh_trend_page(db, [run_dir])
     if not quiet:
-        console.print(f"[bold]history[/]  {db} ({len(res['added'])} run added)")
+        console.print(f"[bold]history[/]  {db} ({len(res['added'])} run added; trends: {page})")
+
+
+def _refresh_trend_page(db: Path, run_dirs) -> Path:
+    """Redraw the trend page next to the history database and link the runs to it."""
+    from txbench.history.trend import default_report_path, link_runs, write_trend_report
+
+    page = write_trend_report(db, default_report_path(db))
+    link_runs(run_dirs, db, page)
+    return page
 
 
 def _parse_shard_option(text: str | None) -> tuple[int, int] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,10 @@ class _Figures:
         body = ",".join(f'{{"id":"{fid}","fig":{pio.to_json(_fig_dict(fig), validate=False)}}}'
                         for fid, fig in self.items)
         return f"[{body}]"
+
+
+#: The figure collector, for other pages built on this template (the history's trend page).
+Figures = _Figures
 
 
 def _fig_dict(fig):
@@ -297,7 +302,7 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
     points = combined_points(runs)
     labels = point_labels(points)
     figs = _Figures()
-    body = [header_html(runs)]
+    body = [header_html(runs), _history_link(runs[0].run_dir, out_dir)]
     toc = [("levers", "What to try next"), ("findings", "Findings"), ("scaling", "Scaling"),
            ("time", "Where the time goes"), ("ops", "Top ops"),
            ("failures", "Failures and warnings"), ("points", "All points")]
@@ -346,6 +351,18 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
         "txb-ops": _dumps(ops_data(runs)),
     }
     return page(title, "\n".join(body), plotly_tag=tag, data=data)
+
+
+def _history_link(run_dir: Path, out_dir: Path) -> str:
+    """A link to the history's trend page when the run is in a history (its ``history.json``), else nothing."""
+    try:
+        link = json.loads((Path(run_dir) / "history.json").read_text())
+        target = (Path(run_dir) / link["report"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    href = os.path.relpath(target, Path(out_dir).resolve())
+    return (f'<p class="note">This run is in the history <code>{e(link.get("db", ""))}</code>: '
+            f'<a href="{e(href)}">its trends and change points across commits</a>.</p>')
 
 
 def _dumps(obj) -> str:
