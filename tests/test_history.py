@@ -143,6 +143,11 @@ def test_a_step_is_found_between_its_commits_and_gates_the_newest_runs(tmp_path)
     assert code == 0
     res = invoke("history", "detect", "--db", db, "--format", "markdown", "--newest", "5")
     assert res.exit_code == 0 and "between c019 and c020" in res.output
+    # --since a commit: only the runs from it on, where nothing changes
+    code, out = detect_json(db, "--since", "c022")
+    assert (code, out["change_points"]) == (0, [])
+    res = invoke("history", "detect", "--db", db, "--since", "yesterday-ish")
+    assert res.exit_code == 2 and "--since yesterday-ish" in res.output
 
 
 def test_a_slow_creep_is_one_cumulative_change_with_its_commits(tmp_path):
