@@ -222,3 +222,12 @@ def test_history_add_links_the_run_report_to_the_trend_page(tmp_path):
     assert page.exists()
     report = (run / "report.html").read_text()
     assert 'href="../../hist/h.html"' in report
+
+
+def test_run_history_without_a_known_commit_is_refused_before_measuring(tmp_path, write_suite, monkeypatch):
+    suite = write_suite("one")
+    monkeypatch.chdir(tmp_path)  # neither the suite's directory nor this one is a git checkout
+    res = invoke("run", suite, "--results-dir", tmp_path / "results", "--history", tmp_path / "h.duckdb")
+    assert res.exit_code == 2
+    assert "--commit" in res.output and "not in a git checkout" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "results").exists() and not (tmp_path / "h.duckdb").exists()

@@ -176,6 +176,8 @@ def run(
         from txbench.export.tensorboard import _writer_class
 
         _writer_class()  # a missing tensorboard package is said before anything is measured
+    if history is not None and commit is None:
+        _check_history_commit(suite)
     if check:
         _preflight(s, quiet or as_json)
     resume_arg = True if resume in ("latest", "last") else (Path(resume) if resume else None)
@@ -247,6 +249,16 @@ def _add_to_history(run_dir: Path, db: Path, suite: Path, commit: str | None, br
     page = _refresh_trend_page(db, [run_dir])
     if not quiet:
         console.print(f"[bold]history[/]  {db} ({len(res['added'])} run added; trends: {page})")
+
+
+def _check_history_commit(suite: Path) -> None:
+    """``--history`` without ``--commit`` needs a git checkout (the suite's or the current directory's): said
+    before anything is measured."""
+    from txbench.history import HistoryError, git_info
+
+    if git_info(suite).commit is None and git_info(Path.cwd()).commit is None:
+        raise HistoryError(f"--history: {suite.resolve().parent} is not in a git checkout, so the run's commit is "
+                           "unknown; pass --commit SHA (and --branch NAME)")
 
 
 def _refresh_trend_page(db: Path, run_dirs) -> Path:
