@@ -88,7 +88,7 @@ def test_bisect_finds_the_planted_commit_within_the_ab_budget(tmp_path):
     commits = len(shas) - 1
     assert len(body["steps"]) <= math.ceil(math.log2(commits)) + 1
     assert body["steps"][0]["commit"] == shas[-1] and body["steps"][0]["verdict"] == "regression"
-    assert all(s["verdict"] in ("regression", "good") for s in body["steps"])
+    assert all(s["verdict"] in ("regression", "unchanged", "improvement") for s in body["steps"])
     assert all(s["ratio"] > 1.5 for s in body["steps"] if s["verdict"] == "regression")
     assert len(_worktrees(repo)) == 1  # only the repository itself
 

@@ -40,7 +40,7 @@ class BisectError(TxbenchError):
 @dataclass
 class BisectStep:
     commit: str
-    verdict: str  # "regression" (bad), "good", "inconclusive"
+    verdict: str  # the ab verdict: "regression" (bad), "unchanged" or "improvement" (good), "inconclusive"
     ratio: float | None
     ci_low: float | None = None
     ci_high: float | None = None
@@ -159,7 +159,10 @@ def _judge(frame, points: list[str] | None) -> tuple[str, dict | None]:
     undecided = rows[rows["verdict"] == "inconclusive"]
     if len(undecided):
         return "inconclusive", undecided.iloc[0].to_dict()
-    return "good", rows.iloc[0].to_dict()
+    row = rows.iloc[0].to_dict()
+    if row["verdict"] in ("unchanged", "improvement"):  # the commit does not carry the regression
+        return str(row["verdict"]), row
+    return "inconclusive", row  # skipped, not comparable (a failed point): never a guess
 
 
 def bisect(suite, repo, good: str, bad: str, *, points: list[str] | None = None, cfg: AbConfig | None = None,
@@ -197,7 +200,7 @@ def bisect(suite, repo, good: str, bad: str, *, points: list[str] | None = None,
 
         verdict, row = test(b, points, [])
         if verdict != "regression":
-            return done(None, "not_reproduced" if verdict == "good" else "inconclusive", g)
+            return done(None, "inconclusive" if verdict == "inconclusive" else "not_reproduced", g)
         # later steps ask "does this commit carry that regression?": a change under half the confirmed one (its CI's
         # low end) is not it, so the threshold grows to that and an unchanged commit is decided in a short budget
         lo_ratio = _f(row, "ratio_ci_low") or _f(row, "ratio") or 1.0
@@ -210,10 +213,10 @@ def bisect(suite, repo, good: str, bad: str, *, points: list[str] | None = None,
             verdict, _ = test(commits[mid], focus, sets)
             if verdict == "regression":
                 hi = mid
-            elif verdict == "good":
-                lo = mid
-            else:
+            elif verdict == "inconclusive":
                 return done(None, "inconclusive", commits[lo] if lo >= 0 else g)
+            else:
+                lo = mid
         return done(commits[hi], "found", commits[lo] if lo >= 0 else g)
 
 
