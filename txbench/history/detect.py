@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats as sstats
 
 from txbench.gate.noise import run_noise
+from txbench.history.db import HistoryError
 
 __all__ = ["METRICS", "DetectConfig", "segments", "detect", "has_new_regression"]
 
@@ -69,7 +70,11 @@ def segments(hist: pd.DataFrame) -> pd.DataFrame:
 
 
 def _otava_points(x: np.ndarray, cfg: DetectConfig) -> list[int]:
-    from otava.analysis import compute_change_points
+    try:
+        from otava.analysis import compute_change_points
+    except ImportError:
+        raise HistoryError("change point detection needs apache-otava: pip install --no-deps apache-otava==0.8.0 "
+                           "(scripts/setup.sh does)") from None
 
     cps, _ = compute_change_points(list(map(float, x)), window_len=cfg.window, max_pvalue=cfg.max_p)
     return sorted(int(c.index) for c in cps)
