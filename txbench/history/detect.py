@@ -14,7 +14,8 @@ Size and significance of each change come from the runs on either side (up to
 the neighbouring change points): the ratio of geometric means with a Welch
 t-interval, and Welch's p. It is ``credible`` when it exceeds what the
 between-run noise measured by ``txbench calibrate`` on that machine makes of the
-difference of two means of that many runs (3 sd).
+difference of two means of that many runs (3 sd); peak memory, which that noise does not
+touch, is credible when its own CI excludes 1.
 """
 
 from __future__ import annotations
@@ -151,7 +152,9 @@ def _series_changes(s: pd.DataFrame, metric: str, cfg: DetectConfig, noise_sd: f
             continue
         nl, nr = j - a, b - k
         credible = None
-        if noise_sd is not None and nl > 0 and nr > 0:
+        if metric == "peak_mem_bytes":  # no run-to-run timing noise in memory: its own spread decides
+            credible = bool(lo is not None and (lo > 1 or hi < 1))
+        elif noise_sd is not None and nl > 0 and nr > 0:
             credible = bool(abs(math.log(ratio)) > 3 * noise_sd * math.sqrt(1 / nl + 1 / nr))
         rows = s.iloc
         inside = s["commit"].iloc[j:k + 1].tolist()
