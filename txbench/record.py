@@ -111,6 +111,22 @@ class Record:
     grad_bytes: int | None = None
     optimizer_state_bytes: int | None = None
     activation_mem_bytes: int | None = None  # peak minus params, grads and optimizer state
+    # where the peak goes (one profiled step, torch's memory profiler): each category's bytes at the peak
+    peak_parameters_bytes: int | None = None
+    peak_gradients_bytes: int | None = None
+    peak_optimizer_state_bytes: int | None = None
+    peak_activations_bytes: int | None = None  # saved for backward
+    peak_temporaries_bytes: int | None = None  # op workspaces and backward's gradients of activations
+    peak_inputs_bytes: int | None = None  # the batch
+    peak_other_bytes: int | None = None  # tensors the profiler gave no category
+    peak_phase: str | None = None  # forward | backward | optimizer: the phase the peak falls in
+    peak_op: str | None = None  # the aten op running at the peak
+    peak_breakdown_error: float | None = None  # |sum of the categories - peak_mem_bytes| / peak_mem_bytes
+    memory_timeline: str | None = None  # JSON: t_ms, phases, peak_ms and bytes per category over the profiled step
+    activation_holders: str | None = None  # JSON object: module -> bytes it saved for backward (eager forward)
+    mem_fragmentation_bytes: int | None = None  # CUDA: peak reserved minus peak allocated
+    alloc_retries: int | None = None  # CUDA: allocations that had to free cached blocks and retry
+    predicted_peak_bytes: int | None = None  # pre-flight estimate (txbench estimate, run --estimate)
     params: int | None = None
     optimizer_impl_used: str | None = None  # "fused" | "foreach" | "forloop": what ran (requested: optimizer_impl)
     # torch.compile (the compile field; null when not compiled)

@@ -27,8 +27,7 @@ import tempfile
 from decimal import Decimal
 
 __all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "fresh_compile_cache",
-           "auto_model_class",
-           "flop_counter_mode"]
+           "auto_model_class", "flop_counter_mode", "memory_timeline", "MEMORY_CATEGORIES", "fake_memory_tracker"]
 
 # What txbench.profile reads from each kineto event; a torch that drops one of these has changed the API.
 _KINETO_METHODS = ("name", "device_type", "start_ns", "end_ns", "start_thread_id", "end_thread_id",
@@ -233,6 +232,74 @@ def allocation_events(prof) -> list[tuple[int, int]]:
                              "the CPU memory measurement",
                              "the allocation events of experimental_event_tree() failed ({private}) and so did the "
                              "[memory] events of prof.export_chrome_trace() ({public})")
+
+
+#: The memory profiler's categories, as txbench names them (torch.profiler._memory_profiler.Category; None: "other").
+MEMORY_CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "temporaries", "inputs",
+                     "autograd_detail", "other")
+_CATEGORY_NAMES = {"PARAMETER": "parameters", "GRADIENT": "gradients", "OPTIMIZER_STATE": "optimizer_state",
+                   "ACTIVATION": "activations", "TEMPORARY": "temporaries", "INPUT": "inputs",
+                   "AUTOGRAD_DETAIL": "autograd_detail"}
+
+
+def _category(categories, key, version, tensor_key) -> str:
+    cat = categories.get(key, version) if isinstance(key, tensor_key) else None
+    return _CATEGORY_NAMES.get(cat.name, "other") if cat is not None else "other"
+
+
+def memory_timeline(prof, device: str) -> tuple[list[int], dict[str, list[int]]]:
+    """Live bytes by category over a profiled run on ``device``: ``(times_ns, {category: bytes at each time})``.
+
+    ``prof`` is a finished ``torch.profiler.profile`` run with ``profile_memory``, ``record_shapes`` and
+    ``with_stack``. Private path only (``torch.profiler._memory_profiler``: its ``MemoryProfile`` assigns
+    every tensor version a category from the autograd graph and the optimizer's state; torch has no public
+    API for this). Tensors alive before the run count from its start. Categories are
+    :data:`MEMORY_CATEGORIES`; times share the clock of :func:`kineto_events`. Raises
+    :class:`TorchUnsupported` when this torch has no such profiler.
+    """
+    try:
+        import torch
+        from torch.profiler._memory_profiler import Action, TensorKey
+
+        mem = prof._memory_profile()
+        categories = mem._categories
+        dev = torch.device(device)
+        times: list[int] = []
+        rows: list[dict[str, int]] = []
+        t_min = None
+        for t, action, (key, version), nbytes in mem.timeline:
+            if key.device != dev:
+                continue
+            if t != -1 and (t_min is None or t < t_min):
+                t_min = t
+            if not times or t != times[-1]:
+                times.append(t)
+                rows.append(dict(rows[-1]) if rows else dict.fromkeys(MEMORY_CATEGORIES, 0))
+
+            row = rows[-1]
+            if action in (Action.PREEXISTING, Action.CREATE):
+                row[_category(categories, key, version, TensorKey)] += int(nbytes)
+            elif action == Action.INCREMENT_VERSION:
+                row[_category(categories, key, version, TensorKey)] -= int(nbytes)
+                row[_category(categories, key, version + 1, TensorKey)] += int(nbytes)
+            elif action == Action.DESTROY:
+                row[_category(categories, key, version, TensorKey)] -= int(nbytes)
+    except Exception as exc:  # a private API that moved: the breakdown is lost, never the point
+        raise TorchUnsupported(f"no memory breakdown by category: torch.profiler._memory_profiler failed in "
+                               f"torch {_torch_version()} ({_why(exc)})") from exc
+    times = [t_min if t == -1 and t_min is not None else t for t in times]
+    return times, {c: [r[c] for r in rows] for c in MEMORY_CATEGORIES}
+
+
+def fake_memory_tracker():
+    """``torch.distributed._tools.mem_tracker.MemTracker`` (live bytes by category and module under a fake or
+    real tensor mode), or :class:`TorchUnsupported` when this torch lacks it (private module)."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except Exception as exc:
+        raise TorchUnsupported(f"no memory estimate: torch {_torch_version()} has no "
+                               f"torch.distributed._tools.mem_tracker ({_why(exc)})") from exc
+    return MemTracker()
 
 
 def dynamo_counts() -> dict | None:

@@ -12,15 +12,33 @@ bytes live when the step starts (parameters, optimizer state, the batch) are
 counted from the tensors themselves and added. This is the peak of live torch
 tensors, not the process RSS (which also holds the allocator's free pages,
 the Python heap and torch's own code).
+
+The same profiled step (:func:`profiled_memory_step`; on CUDA one extra step
+after the timed ones) gives where the peak goes: the bytes of each category of
+PyTorch's memory profiler (parameters, gradients, optimizer state, activations
+saved for backward, temporaries, inputs) at the moment of the peak, the phase
+and the op it falls in, the timeline of the step by category, and, through
+saved-tensor hooks, which module saved the activations.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+from dataclasses import dataclass, field
+
 import torch
 
-from txbench.torch_compat import allocation_events
+from txbench.torch_compat import MEMORY_CATEGORIES, TorchUnsupported, allocation_events, kineto_events, memory_timeline
 
-__all__ = ["cpu_step_peak_bytes", "tensor_bytes"]
+__all__ = ["cpu_step_peak_bytes", "tensor_bytes", "StepMemory", "profiled_memory_step", "SavedByModule",
+           "TIMELINE_SAMPLES", "OUTSIDE_MODULES"]
+
+#: The most samples of a point's stored memory timeline (the peak is always one of them).
+TIMELINE_SAMPLES = 240
+#: The holder of activations saved outside any submodule (the model's own forward: the loss, residual adds).
+OUTSIDE_MODULES = "(model forward: loss and glue)"
+_PHASES = ("forward", "backward", "optimizer")
 
 
 def tensor_bytes(tensors) -> int:
@@ -50,6 +68,15 @@ def _live_at_start(step) -> int:
     return tensor_bytes(ts)
 
 
+def _peak_of(sizes: list[tuple[int, int]]) -> int:
+    sizes.sort()
+    running = peak = 0
+    for _, size in sizes:
+        running += size
+        peak = max(peak, running)
+    return peak
+
+
 def cpu_step_peak_bytes(step) -> int:
     """Peak bytes of live torch tensors during one training step on CPU (measured).
 
@@ -61,10 +88,165 @@ def cpu_step_peak_bytes(step) -> int:
     start = _live_at_start(step)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step.step()
-    sizes = allocation_events(prof)
-    sizes.sort()
-    running = peak = 0
-    for _, size in sizes:
-        running += size
-        peak = max(peak, running)
-    return start + peak
+    return start + _peak_of(allocation_events(prof))
+
+
+class SavedByModule:
+    """Bytes each module saves for backward during the forwards run inside it (saved-tensor hooks).
+
+    A saved tensor counts once (by storage), for the innermost module running when autograd saved it;
+    parameters and buffers are not activations and do not count. ``held`` maps module names
+    (:data:`OUTSIDE_MODULES` for the model's own forward) to bytes.
+    """
+
+    def __init__(self, model):
+        import torch
+
+        self._torch = torch
+        self.model = model
+        self.held: dict[str, int] = {}
+        self._stack: list[str] = []
+        self._seen: set[int] = set()
+        self._static = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        self._handles: list = []
+        self._exit = contextlib.ExitStack()
+
+    def _pack(self, t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in self._static and ptr not in self._seen and t.device.type != "meta":
+            self._seen.add(ptr)
+            name = self._stack[-1] if self._stack else OUTSIDE_MODULES
+            self.held[name] = self.held.get(name, 0) + t.untyped_storage().nbytes()
+        return t
+
+    def _enter_module(self, name: str):
+        def hook(module, args):
+            self._stack.append(name)
+        return hook
+
+    def _leave_module(self, module, args, output):
+        if self._stack:
+            self._stack.pop()
+
+    def __enter__(self):
+        for name, mod in self.model.named_modules():
+            if not name:
+                continue
+            self._handles.append(mod.register_forward_pre_hook(self._enter_module(name)))
+            self._handles.append(mod.register_forward_hook(self._leave_module))
+        self._exit.enter_context(self._torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t))
+        return self
+
+    def __exit__(self, *exc):
+        self._exit.close()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return False
+
+
+@dataclass
+class StepMemory:
+    """Where one profiled step's memory goes (:func:`profiled_memory_step`)."""
+
+    peak_bytes: int | None = None  # CPU: live tensors at the start + the peak of the step's allocations
+    at_peak: dict = field(default_factory=dict)  # category -> bytes at the timeline's peak
+    peak_phase: str | None = None
+    peak_op: str | None = None
+    timeline: dict | None = None  # {"t_ms", "phases": {phase: [start_ms, end_ms]}, category: [bytes]}
+    holders: dict | None = None  # module -> bytes saved for backward
+    notes: list = field(default_factory=list)
+
+    @property
+    def timeline_peak(self) -> int | None:
+        return sum(self.at_peak.values()) if self.at_peak else None
+
+
+def _downsample(times: list[int], series: dict[str, list[int]], peak: int, n: int) -> list[int]:
+    """Indices of at most ``n`` samples, evenly spread, the first, the last and ``peak`` among them."""
+    if len(times) <= n:
+        return list(range(len(times)))
+    stride = (len(times) - 1) / (n - 2)
+    keep = {round(i * stride) for i in range(n - 1)} | {len(times) - 1, peak}
+    return sorted(keep)
+
+
+def _windows(events) -> dict[str, tuple[int, int]]:
+    out = {}
+    for ev in events:
+        name = ev.name()
+        if name.startswith(_PHASE_RANGE) and name[len(_PHASE_RANGE):] in _PHASES:
+            out[name[len(_PHASE_RANGE):]] = (ev.start_ns(), ev.end_ns())
+    return out
+
+
+def _op_at(events, t_ns: int) -> str | None:
+    """The innermost aten op running at ``t_ns``."""
+    best = None
+    for ev in events:
+        name = ev.name()
+        if name.startswith("aten::") and ev.start_ns() <= t_ns <= ev.end_ns():
+            if best is None or ev.end_ns() - ev.start_ns() < best[1] - best[0]:
+                best = (ev.start_ns(), ev.end_ns(), name)
+    return best[2] if best else None
+
+
+_PHASE_RANGE = "txbench::phase::"
+
+
+def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
+    """One training step under ``torch.profiler`` with memory profiling: where its memory goes.
+
+    ``holders``: also attribute the activations saved for backward to modules (an eager forward only:
+    a compiled one saves inside its graph). What this torch cannot give is a note, never an error.
+    """
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    out = StepMemory()
+    cuda = step.device.type == "cuda"
+    start = None if cuda else _live_at_start(step)
+    saver = SavedByModule(step.model) if holders else contextlib.nullcontext()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with record_function(_PHASE_RANGE + "forward"):
+            with saver:
+                loss = step.fwd()
+        with record_function(_PHASE_RANGE + "backward"):
+            step.bwd(loss)
+        with record_function(_PHASE_RANGE + "optimizer"):
+            step.opt()
+        del loss
+        if cuda:
+            torch.cuda.synchronize(step.device)
+    if not cuda:
+        out.peak_bytes = start + _peak_of(allocation_events(prof))
+    if holders:
+        out.holders = dict(sorted(saver.held.items(), key=lambda kv: -kv[1]))
+    try:
+        times, series = memory_timeline(prof, str(step.device))
+        events = kineto_events(prof)
+    except TorchUnsupported as exc:
+        out.notes.append(str(exc))
+        return out
+    if not times:
+        out.notes.append("no memory breakdown by category: the memory profiler saw no tensor on this device")
+        return out
+    totals = [sum(series[c][i] for c in MEMORY_CATEGORIES) for i in range(len(times))]
+    i_peak = max(range(len(totals)), key=totals.__getitem__)
+    t_peak = times[i_peak]
+    out.at_peak = {c: series[c][i_peak] for c in MEMORY_CATEGORIES}
+    windows = _windows(events)
+    out.peak_phase = next((p for p, (a, b) in windows.items() if a <= t_peak <= b), "between phases")
+    out.peak_op = _op_at(events, t_peak)
+    t0 = min(times)
+    keep = _downsample(times, series, i_peak, TIMELINE_SAMPLES)
+    ms = lambda t: round((t - t0) / 1e6, 4)  # noqa: E731
+    out.timeline = {"t_ms": [ms(times[i]) for i in keep], "peak_ms": ms(t_peak),
+                    "phases": {p: [ms(a), ms(b)] for p, (a, b) in windows.items()},
+                    **{c: [series[c][i] for i in keep] for c in MEMORY_CATEGORIES if any(series[c])}}
+    return out
+
+
+def timeline_json(timeline: dict | None) -> str | None:
+    return json.dumps(timeline, separators=(",", ":")) if timeline else None

@@ -29,7 +29,6 @@ from txbench.host import cpu_cores
 from txbench.measure.cpu_peak import mfu_or_note, peak_tflops, step_gemm_shapes
 from txbench.measure.flops import recompute_flops, step_flops
 from txbench.measure.interference import MIN_BLOCK_S, BlockMonitor, NvmlSampler
-from txbench.measure.memory import cpu_step_peak_bytes
 from txbench.measure.stats import ci_rel_halfwidth, is_noisy, summarize
 from txbench.measure.timing import make_timer
 from txbench.step import TrainStep, autocast_dtype
@@ -382,9 +381,18 @@ def throughput(point: Point, timing: Timing) -> Throughput:
 
 
 # ------------------------------------------------------------------ memory
+#: How far the categories' sum may be from the measured peak before the point says so: the same profiled
+#: step on CPU (the categories' timeline merges events within a microsecond), another step on CUDA.
+BREAKDOWN_TOLERANCE = {"cpu": 0.02, "cuda": 0.05}
+_CATEGORY_COLUMNS = {"parameters": "peak_parameters_bytes", "gradients": "peak_gradients_bytes",
+                     "optimizer_state": "peak_optimizer_state_bytes", "activations": "peak_activations_bytes",
+                     "temporaries": "peak_temporaries_bytes", "autograd_detail": "peak_temporaries_bytes",
+                     "inputs": "peak_inputs_bytes", "other": "peak_other_bytes"}
+
+
 @dataclass
 class Memory(Part):
-    """Static bytes (parameters, gradients, optimizer state) and the measured peak."""
+    """Static bytes (parameters, gradients, optimizer state), the measured peak, and where the peak goes."""
 
     param_bytes: int
     grad_bytes: int
@@ -392,30 +400,72 @@ class Memory(Part):
     peak_mem_bytes: int | None = None
     peak_mem_reserved_bytes: int | None = None
     mem_method: str | None = None
+    breakdown: dict = field(default_factory=dict)  # the peak_* category columns, peak_phase, peak_op, ...
     notes: list = field(default_factory=list)
 
     def columns(self) -> dict:
-        out = super().columns()
+        out = {k: v for k, v in super().columns().items() if k != "breakdown"}
+        out.update(self.breakdown)
         if self.peak_mem_bytes is not None:
             static = self.param_bytes + self.grad_bytes + self.optimizer_state_bytes
             out["activation_mem_bytes"] = max(self.peak_mem_bytes - static, 0)
         return out
 
 
+def _breakdown(step: TrainStep, mem: Memory, profiled) -> None:
+    """The category columns of ``profiled`` (a StepMemory), checked against the measured peak."""
+    from txbench.measure.memory import timeline_json
+
+    mem.notes.extend(profiled.notes)
+    b = mem.breakdown
+    if profiled.holders is not None:
+        b["activation_holders"] = json.dumps(profiled.holders, separators=(",", ":"))
+    if not profiled.at_peak:
+        return
+    for cat, value in profiled.at_peak.items():
+        col = _CATEGORY_COLUMNS[cat]
+        b[col] = b.get(col, 0) + value
+    b.update(peak_phase=profiled.peak_phase, peak_op=profiled.peak_op,
+             memory_timeline=timeline_json(profiled.timeline))
+    if mem.peak_mem_bytes:
+        err = abs(profiled.timeline_peak - mem.peak_mem_bytes) / mem.peak_mem_bytes
+        b["peak_breakdown_error"] = err
+        tol = BREAKDOWN_TOLERANCE.get(step.device.type, 0.05)
+        if err > tol:
+            mem.notes.append(
+                f"the memory categories add up to {profiled.timeline_peak} bytes, {err:.1%} off the peak of "
+                f"{mem.peak_mem_bytes} (tolerance {tol:.0%}): "
+                + ("the profiled step is not one of the timed steps" if step.device.type == "cuda" else
+                   "allocations and frees within one microsecond merge in the profiler's timeline"))
+
+
 def memory(step: TrainStep, cfg: MeasureConfig) -> Memory:
-    """CUDA: the allocator's peak over the timed steps. CPU: one profiled step (unless ``memory`` is off)."""
+    """CUDA: the allocator's peak over the timed steps, then one profiled step for where it goes. CPU: one
+    profiled step gives both (unless ``memory`` is off)."""
+    from txbench.measure.memory import profiled_memory_step
+
     mem = Memory(**step.static_bytes())
     dev = step.device
+    if dev.type != "cuda" and not cfg.memory:
+        return mem
     if dev.type == "cuda":
         mem.peak_mem_bytes = int(torch.cuda.max_memory_allocated(dev))
         mem.peak_mem_reserved_bytes = int(torch.cuda.max_memory_reserved(dev))
         mem.mem_method = "torch.cuda.max_memory_allocated over the measured steps"
-    elif cfg.memory:
-        try:
-            mem.peak_mem_bytes = int(cpu_step_peak_bytes(step))
-            mem.mem_method = "live tensors at step start + peak net allocations of one profiled step"
-        except TorchUnsupported as exc:  # a torch without allocation events costs the figure, not the point
-            mem.notes.append(str(exc))
+        mem.breakdown["mem_fragmentation_bytes"] = mem.peak_mem_reserved_bytes - mem.peak_mem_bytes
+        mem.breakdown["alloc_retries"] = int(torch.cuda.memory_stats(dev).get("num_alloc_retries", 0))
+        if not cfg.memory:
+            return mem
+    # saved-tensor hooks see an eager forward of whole parameters only (a compiled one saves inside its graph)
+    try:
+        profiled = profiled_memory_step(step, holders=not step.is_compiled and step.point.parallel == "none")
+    except TorchUnsupported as exc:  # a torch without allocation events costs the figure, not the point
+        mem.notes.append(str(exc))
+        return mem
+    if dev.type != "cuda":
+        mem.peak_mem_bytes = profiled.peak_bytes
+        mem.mem_method = "live tensors at step start + peak net allocations of one profiled step"
+    _breakdown(step, mem, profiled)
     return mem
 
 
