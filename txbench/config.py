@@ -94,6 +94,12 @@ class MeasureConfig:
     compile_cache: str = "warm"
     # steps from the seeded weights whose loss and gradient norm are recorded (loss parity); 0 turns it off
     parity_steps: int = 5
+    # the pre-flight memory estimate (txbench.measure.estimate) of each point, stored as predicted_peak_bytes;
+    # with skip_predicted_oom a point predicted above device_memory (bytes; None: the device's) by more than the
+    # estimate's tolerance is stored as predicted_oom and not run
+    estimate: bool = False
+    skip_predicted_oom: bool = False
+    device_memory: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ a missing value.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 
 from txbench.fields import BY_NAME, CONFIG_COLUMNS, DICT_FIELDS, FIELDS, from_json, varying_columns
 
 __all__ = [
+    "parse_memory",
     "DEFAULT_AXES",
     "FULL_LABEL_FIELDS",
     "part",
@@ -202,3 +204,23 @@ def fmt_x(ratio) -> str:
         return "-"
     ratio = float(ratio)
     return f"{ratio:.0f}x" if ratio >= 9.95 else f"{ratio:.1f}x"
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(text) -> int:
+    """Bytes from ``80GiB``, ``80 GB``, ``512MiB``, ``1.5e9`` (binary units with ``i``, decimal without)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"memory must be positive, got {text!r}")
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise ValueError(f"not a memory size: {text!r} (examples: 80GiB, 24GB, 512MiB)")
+    value = float(m.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise ValueError(f"memory must be positive, got {text!r}")
+    return int(value)

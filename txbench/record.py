@@ -19,7 +19,7 @@ __all__ = ["STATUSES", "INTERFERENCE", "Record", "column_types", "is_contended",
 #: ok: measured. oom: out of memory. unsupported: decided before running (reason in ``error``).
 #: error: an exception or a crashed worker. timeout: the worker exceeded its time limit.
 #: Every one is final: ``--resume`` retries only points without a record with one of these statuses.
-STATUSES = ("ok", "oom", "unsupported", "error", "timeout")
+STATUSES = ("ok", "oom", "unsupported", "error", "timeout", "predicted_oom")
 #: Values of the ``interference`` column. none: no block of steps was taken under interference.
 #: dropped_blocks: some were, and their steps left the samples (the rest are clean). contended: the point
 #: stayed contended after re-measuring, so its figures are what it reached and are not trustworthy.
@@ -127,6 +127,7 @@ class Record:
     mem_fragmentation_bytes: int | None = None  # CUDA: peak reserved minus peak allocated
     alloc_retries: int | None = None  # CUDA: allocations that had to free cached blocks and retry
     predicted_peak_bytes: int | None = None  # pre-flight estimate (txbench estimate, run --estimate)
+    estimate_note: str | None = None  # what the estimate leaves out, or why there is none
     params: int | None = None
     optimizer_impl_used: str | None = None  # "fused" | "foreach" | "forloop": what ran (requested: optimizer_impl)
     # torch.compile (the compile field; null when not compiled)

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from txbench.config import MeasureConfig, Point, validate_point
 from txbench.errors import PointError, SuiteError
 from txbench.fields import BY_NAME, DICT_FIELDS, PointField, section_fields, split_axis, to_json
+from txbench.labels import parse_memory
 
 __all__ = ["Suite", "load_suite", "parse_suite", "apply_overrides", "AXES", "slug"]
 
@@ -70,6 +71,14 @@ class MeasureSection(_Strict):
     retries: int = Field(MeasureConfig.retries, ge=0, le=10)
     compile_cache: Literal["warm", "cold"] = MeasureConfig.compile_cache
     parity_steps: int = Field(MeasureConfig.parity_steps, ge=0, le=1000)
+    estimate: bool = MeasureConfig.estimate
+    skip_predicted_oom: bool = MeasureConfig.skip_predicted_oom
+    device_memory: int | None = MeasureConfig.device_memory
+
+    @field_validator("device_memory", mode="before")
+    @classmethod
+    def _size(cls, v):
+        return None if v is None else parse_memory(v)  # a ValueError names the field in the suite's message
 
 
 class Suite(_Strict):

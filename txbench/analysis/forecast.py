@@ -29,12 +29,12 @@ forecast for the device's own memory (the run's ``env``) is checked against them
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pandas as pd
 
 from txbench.fields import varying_columns
+from txbench.labels import parse_memory
 
 __all__ = ["QUADRATIC", "LINEAR_MISS", "parse_memory", "fit_memory", "memory_forecast", "device_memory"]
 
@@ -43,24 +43,6 @@ __all__ = ["QUADRATIC", "LINEAR_MISS", "parse_memory", "fit_memory", "memory_for
 QUADRATIC = ("naive", "sdpa_math", "mha")
 #: A linear fit that misses a point by more than this fraction gets a T² term when the data can fit one.
 LINEAR_MISS = 0.10
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_memory(text) -> int:
-    """Bytes from ``80GiB``, ``80 GB``, ``512MiB``, ``1.5e9`` (binary units with ``i``, decimal without)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        if text <= 0:
-            raise ValueError(f"memory must be positive, got {text!r}")
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise ValueError(f"not a memory size: {text!r} (examples: 80GiB, 24GB, 512MiB)")
-    value = float(m.group(1)) * _UNITS[unit]
-    if value <= 0:
-        raise ValueError(f"memory must be positive, got {text!r}")
-    return int(value)
 
 
 def device_memory(points: pd.DataFrame) -> int | None:

@@ -7,7 +7,7 @@ from txbench.cli.app import app
 # each import registers its command on the app, in the order `txbench --help` lists them
 # isort: off
 from txbench.cli import run, validate, list_, env, show, analyze, report, compare, ab, merge, calibrate, export, doctor  # noqa: F401
-from txbench.cli import history, bisect  # noqa: F401
+from txbench.cli import history, bisect, estimate  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -149,6 +149,15 @@ def run(
                                     "not a git checkout.")
     ] = None,
     branch: Annotated[Optional[str], typer.Option("--branch", help="With --history: the branch.")] = None,
+    estimate: Annotated[
+        bool, typer.Option("--estimate", help="Store each point's pre-flight memory estimate (predicted_peak_bytes) "
+                           "beside its measured peak ([cyan]txbench estimate[/]).")
+    ] = False,
+    skip_predicted_oom: Annotated[
+        bool, typer.Option("--skip-predicted-oom", help="Do not run points predicted above the device's memory "
+                           "(or measure.device_memory) by more than the estimate's 10% tolerance: they are stored "
+                           "as predicted_oom.")
+    ] = False,
 ):
     """Run a suite: every point in its worker, timed, profiled, stored in Parquet.
 
@@ -171,6 +180,8 @@ def run(
             device_list = parse_devices(devices)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--devices") from None
+    set_ = list(set_ or []) + (["measure.estimate=true"] if estimate else []) + (
+        ["measure.skip_predicted_oom=true"] if skip_predicted_oom else [])
     s, resolved = load_suite(suite, set_)
     if tensorboard is not None:
         from txbench.export.tensorboard import _writer_class

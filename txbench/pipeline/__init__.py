@@ -98,6 +98,10 @@ def _run_point(point: Point, cfg: MeasureConfig, hooks: Hooks | None, profile_st
     reason = unsupported_reason(point)
     if reason:
         return PointRun(Record.for_point(point, "unsupported", reason, **base))
+    if cfg.estimate or cfg.skip_predicted_oom:
+        skipped = _estimate(point, cfg, base)
+        if skipped:
+            return PointRun(Record.for_point(point, "predicted_oom", skipped, **base))
     built = None
     try:
         built = stages.build(point, hooks)
@@ -134,6 +138,23 @@ def _run_point(point: Point, cfg: MeasureConfig, hooks: Hooks | None, profile_st
         extra = {"peak_mem_bytes": peak} if status == "oom" else {}
         return PointRun(Record.for_point(point, status, message, wall_s=time.perf_counter() - t_start,
                                          **extra, **base))
+
+
+def _estimate(point: Point, cfg: MeasureConfig, base: dict) -> str | None:
+    """Put the pre-flight estimate in ``base``; why the point is not run (predicted_oom), or None."""
+    from txbench.labels import fmt_bytes
+    from txbench.measure.estimate import ESTIMATE_TOLERANCE, estimate_peak, memory_of
+
+    predicted, note = estimate_peak(point)
+    base.update(predicted_peak_bytes=predicted, estimate_note=note)
+    if not cfg.skip_predicted_oom or predicted is None:
+        return None
+    limit = cfg.device_memory or memory_of(point.device)
+    if predicted <= limit * (1 + ESTIMATE_TOLERANCE):
+        return None
+    return (f"predicted peak {fmt_bytes(predicted)} is above the {fmt_bytes(limit)} of "
+            f"{'measure.device_memory' if cfg.device_memory else 'the device'} by more than the estimate's "
+            f"{ESTIMATE_TOLERANCE:.0%} tolerance: not run (measure.skip_predicted_oom)")
 
 
 def _failure(point: Point, exc: BaseException) -> tuple[str | None, str | None]:
