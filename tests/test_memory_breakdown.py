@@ -57,3 +57,110 @@ def test_compiled_point_keeps_its_breakdown_without_holders(quick_measure):
     total = sum(getattr(rec, c) for c in CATEGORIES)
     assert total == pytest.approx(rec.peak_mem_bytes, rel=0.02)
     assert rec.peak_parameters_bytes >= 4 * rec.params
+
+
+# ---------------------------------------------------------------- the pre-flight estimate
+FACTORY = '''
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(64, 32)
+        self.blocks = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(32, 128), torch.nn.GELU(),
+                                                              torch.nn.Linear(128, 32)) for _ in range(2))
+        self.head = torch.nn.Linear(32, 64)
+
+    def forward(self, input_ids, labels):
+        h = self.emb(input_ids)
+        for block in self.blocks:
+            h = h + block(h)
+        return torch.nn.functional.cross_entropy(self.head(h).flatten(0, 1), labels.flatten())
+
+
+def build(point):
+    return Net()
+'''
+HF = {"arch": "hf", "vocab_size": 128, "hf": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+                                              "num_hidden_layers": 1, "num_attention_heads": 2,
+                                              "num_key_value_heads": 1}}
+
+
+def _estimate_json(suite) -> dict:
+    from typer.testing import CliRunner
+
+    from txbench.cli import app
+
+    res = CliRunner().invoke(app, ["estimate", str(suite), "--format", "json", "--memory", "1GiB"])
+    assert res.exit_code == 0, res.output
+    return {p["point_id"]: p for p in json.loads(res.stdout)["points"]}
+
+
+@pytest.mark.parametrize("model", ["reference", pytest.param("hf", marks=pytest.mark.xfail(
+    strict=True, reason="known miss (docs/memory.md): on a one-layer Llama the fake step holds ~0.55 MB more "
+    "activations than the real one, 22% over at T=256")), "factory"])
+def test_estimate_within_ten_percent_of_the_measured_peak(model, write_suite, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from txbench.cli import app
+    from txbench.store import load_points
+
+    over = {"sweep": {"seq_len": [64, 256], "batch_size": [2], "attention": ["naive" if model == "reference" else
+                                                                            "sdpa"]}}
+    if model == "hf":
+        over["model"] = HF
+    if model == "factory":
+        (tmp_path / "est_factory.py").write_text(FACTORY)
+        monkeypatch.chdir(tmp_path)  # the workers import the factory from their working directory
+        monkeypatch.syspath_prepend(str(tmp_path))
+        over["model"] = {"arch": "factory", "factory": "est_factory:build", "vocab_size": 64}
+    suite = write_suite(f"est_{model}", **over)
+    predicted = _estimate_json(suite)
+    assert all(p["headroom_bytes"] == 2**30 - p["predicted_peak_bytes"] for p in predicted.values())
+    res = CliRunner().invoke(app, ["run", str(suite), "--results-dir", str(tmp_path / "r"), "--estimate", "-q",
+                                   "--no-report", "--no-profile"])
+    assert res.exit_code == 0, res.output
+    points = load_points(next((tmp_path / "r").glob("*/*")))
+    assert (points["status"] == "ok").all(), points["error"].tolist()
+    for _, row in points.iterrows():
+        assert row["predicted_peak_bytes"] == predicted[row["point_id"]]["predicted_peak_bytes"]
+        assert abs(row["predicted_peak_bytes"] / row["peak_mem_bytes"] - 1) <= 0.10, row["point_id"]
+
+
+def test_points_predicted_above_the_memory_are_stored_not_run(write_suite, tmp_path):
+    from typer.testing import CliRunner
+
+    from txbench.cli import app
+    from txbench.store import load_points
+
+    suite = write_suite("est_oom", sweep={"seq_len": [32, 512], "batch_size": [2], "attention": ["naive"]},
+                        measure={"device_memory": "1MiB"})
+    res = CliRunner().invoke(app, ["run", str(suite), "--results-dir", str(tmp_path / "r"), "--skip-predicted-oom",
+                                   "-q", "--no-report", "--no-profile"])
+    assert res.exit_code == 0, res.output
+    points = load_points(next((tmp_path / "r").glob("*/*"))).set_index("seq_len")
+    predicted = _estimate_json(suite)
+    big = points.loc[512]
+    assert big["status"] == "predicted_oom" and "measure.device_memory" in big["error"]
+    assert pd_isna(big["step_ms_median"]) and big["predicted_peak_bytes"] > 2**20 * 1.1
+    small_id = points.loc[32, "point_id"]
+    if predicted[small_id]["predicted_peak_bytes"] <= 2**20 * 1.1:
+        assert points.loc[32, "status"] == "ok"
+
+
+def pd_isna(v) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(v))
+
+
+def test_bad_memory_size_is_exit_2_naming_the_option(write_suite):
+    from typer.testing import CliRunner
+
+    from txbench.cli import app
+
+    res = CliRunner().invoke(app, ["estimate", str(write_suite("bad")), "--memory", "lots"])
+    assert res.exit_code == 2 and "--memory" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["validate", str(write_suite("bad2", measure={"device_memory": "lots"}))])
+    assert res.exit_code == 2 and "device_memory" in res.output

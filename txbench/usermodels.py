@@ -263,7 +263,10 @@ def _build_factory(point: Point, device: torch.device, generator: torch.Generato
     if not isinstance(built, torch.nn.Module):
         raise TypeError(f"factory {point.model.factory!r} returned {type(built).__name__}; it must return a "
                         "torch.nn.Module or (module, make_batch)")
-    module = built.to(device)
+    # already on the device (built under ``with device``): no move, which also keeps fake tensors (the memory
+    # estimate) where they are
+    on = all(t.device == device for t in [*built.parameters(), *built.buffers()])
+    module = built if on else built.to(device)
     if make_batch is not None:
         batch = make_batch(point.batch_size, point.seq_len, device, generator)
         if not isinstance(batch, dict):

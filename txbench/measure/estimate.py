@@ -34,6 +34,39 @@ def memory_of(device: str) -> int:
     return int(cpu_memory_bytes())
 
 
+def _tiny(t, keep_last: bool):
+    """A real one-element-per-dimension stand-in of fake ``t`` (its last dimension kept when ``keep_last``)."""
+    if not isinstance(t, torch.Tensor) or not t.dim():
+        return t
+    shape = [1] * (t.dim() - 1) + [t.shape[-1] if keep_last else 1]
+    return torch.zeros(shape, dtype=t.dtype, device=t.device)
+
+
+def _real_sdpa_choice():
+    """A dispatch mode under which SDPA picks its backend as on real tensors.
+
+    Fake tensors make ``aten._fused_sdp_choice`` answer "math" on CPU, which materialises the T x T scores
+    that the flash kernel really chosen never holds; the choice depends on dtypes, the head size, the mask's
+    presence and the flags, so it is asked of real one-element stand-ins.
+    """
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    choice = torch.ops.aten._fused_sdp_choice.default
+
+    class RealSdpaChoice(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is not choice:
+                return func(*args, **kwargs)
+            with unset_fake_temporarily():
+                a = [_tiny(x, True) for x in args[:3]] + [_tiny(x, False) for x in args[3:4]] + list(args[4:])
+                kw = {k: _tiny(v, False) if k == "attn_mask" else v for k, v in kwargs.items()}
+                return func(*a, **kw)
+
+    return RealSdpaChoice()
+
+
 def estimate_peak(point: Point) -> tuple[int | None, str | None]:
     """``(predicted peak bytes, note)``: the note says what the estimate leaves out, or why there is none."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -52,7 +85,7 @@ def estimate_peak(point: Point) -> tuple[int | None, str | None]:
         return None, str(exc)
     device = torch.device(point.device)
     try:
-        with FakeTensorMode(allow_non_fake_inputs=False):
+        with FakeTensorMode(allow_non_fake_inputs=False), _real_sdpa_choice():
             step = build_step(point)
             tracker.track_external(step.model, step.optimizer)
             with tracker:
