@@ -72,7 +72,8 @@ def test_report_renders_offline_in_chromium(real_run, tmp_path):
         empty = [c["id"] for c in charts if not (c["drawn"] and c["traces"] > 0 and c["points"] > 0)]
         assert empty == [], f"charts without data: {empty}"
         ids = {c["id"] for c in charts}
-        assert {"chart-scaling-seq_len", "chart-categories", "chart-phases", "chart-memory-seq_len"} <= ids
+        assert {"chart-scaling-seq_len", "chart-categories", "chart-phases", "chart-memory-seq_len",
+                "chart-memory-timeline", "chart-memory-holders"} <= ids
         # the hostile suite name is shown as text, not run
         assert XSS in page.inner_text("h1")
         assert "<img src=x" in page.inner_text("header")

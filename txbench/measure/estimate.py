@@ -71,7 +71,8 @@ def estimate_peak(point: Point) -> tuple[int | None, str | None]:
     """``(predicted peak bytes, note)``: the note says what the estimate leaves out, or why there is none."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from txbench.pipeline.stages import build_step
+    from txbench.config import validate_point
+    from txbench.step import TrainStep
 
     if point.parallel != "none":
         return None, "no estimate for a distributed point (one rank's shard is not modelled)"
@@ -86,7 +87,8 @@ def estimate_peak(point: Point) -> tuple[int | None, str | None]:
     device = torch.device(point.device)
     try:
         with FakeTensorMode(allow_non_fake_inputs=False), _real_sdpa_choice():
-            step = build_step(point)
+            validate_point(point)
+            step = TrainStep(point)
             tracker.track_external(step.model, step.optimizer)
             with tracker:
                 step.step()

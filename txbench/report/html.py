@@ -225,6 +225,22 @@ def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> 
     axes = numeric_axes(points)
     if len(axes) >= 2 and _has(points, "tokens_per_s"):
         parts.append(figs.add("chart-heatmap", heatmap_figure(points, axes[0], axes[1]), "heatmap"))
+    parts.append(_memory_parts(points, figs))
+    return "".join(parts)
+
+
+def _memory_parts(points: pd.DataFrame, figs: _Figures) -> str:
+    """The largest point's memory over its step and the modules holding its activations (when measured)."""
+    from txbench.report.figures_memory import holders_figure, memory_point, timeline_figure
+
+    row = memory_point(points)
+    if row is None:
+        return ""
+    parts = ['<p class="note">Memory of the largest point over one profiled step, by category (torch\'s memory '
+             "profiler): the dotted line is the peak; shaded bands are the forward, backward and optimizer.</p>",
+             figs.add("chart-memory-timeline", timeline_figure(row), "memory:timeline")]
+    if isinstance(row.get("activation_holders"), str):
+        parts.append(figs.add("chart-memory-holders", holders_figure(row), "memory:holders", "activation_holders"))
     return "".join(parts)
 
 

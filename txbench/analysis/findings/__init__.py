@@ -11,6 +11,7 @@ sentence each in docs/findings.md. Pure pandas, no torch. The rules live by topi
 - :mod:`.efficiency`: phases (with the causes of :mod:`.causes`), GPU idle time, MFU, the memory forecast;
 - :mod:`.ops`: rules over the profiler's op table, and the frame helpers every rule shares;
 - :mod:`.parallel`: scaling efficiency over ranks and DDP against FSDP memory;
+- :mod:`.memory`: which modules hold the activations at the peak, and the lever that frees them.
 - :mod:`.numerics`: levers that change the loss (loss parity with the eager twin), compile time against depth.
 """
 
@@ -20,6 +21,7 @@ import pandas as pd
 
 from txbench.analysis.findings.efficiency import forecast, gpu_idle, mfu, phases
 from txbench.analysis.findings.fastest import winners
+from txbench.analysis.findings.memory import activation_holders
 from txbench.analysis.findings.numerics import compile_depth, numerics
 from txbench.analysis.findings.ops import category_trends, hotspots, shared_frames, top_categories
 from txbench.analysis.findings.parallel import parallel_memory, scaling_efficiency
@@ -39,7 +41,7 @@ __all__ = [
     "FINDING_RULES", "find", "load_run", "unverified_kernels", "failures", "gpu_idle", "category_trends", "hotspots",
     "phases", "noisy_points", "winners", "scaling_efficiency", "parallel_memory", "scaling", "saturation",
     "feasibility_frontier", "forecast", "top_categories", "mfu", "interference", "RANKING_RULES", "numerics",
-    "compile_depth",
+    "compile_depth", "activation_holders",
 ]
 
 
@@ -47,7 +49,7 @@ __all__ = [
 FINDING_RULES = (unverified_kernels, failures, numerics, interference, gpu_idle, category_trends, hotspots, phases,
                  noisy_points,
          winners, scaling_efficiency, parallel_memory, scaling, saturation, feasibility_frontier, forecast,
-         top_categories, mfu, compile_depth)
+         activation_holders, top_categories, mfu, compile_depth)
 
 
 #: The rules that rank points or fit their timings: :func:`find` gives them the points less the contended ones.
