@@ -40,7 +40,7 @@ from txbench.opclass import GENERIC, classify, is_communication, verify_attentio
 from txbench.torch_compat import TorchUnsupported, kineto_events
 
 __all__ = ["profile_point", "record_events", "op_rows", "RawEvent", "OPS_COLUMNS", "OVERHEAD_NAME",
-           "PHASE_RANGE", "STEP_RANGE", "REGIONS"]
+           "PHASE_RANGE", "STEP_RANGE", "REGIONS", "phased_step"]
 
 #: Columns of one op row (``ops.parquet``), in order.
 OPS_COLUMNS = ("point_id", "name", "phase", "category", "region", "device", "self_ms", "total_ms", "calls",
@@ -336,6 +336,19 @@ def _raw_events(kineto_events, mem_cuda: bool) -> list[RawEvent]:
     return out
 
 
+def phased_step(step, forward_context=None) -> None:
+    """One training step of ``step``, each phase in its ``txbench::phase::<phase>`` range (``forward_context``
+    around the forward: the memory stage's saved-tensor hooks)."""
+    from torch.profiler import record_function
+
+    with record_function(PHASE_RANGE + "forward"), (forward_context or contextlib.nullcontext()):
+        loss = step.fwd()
+    with record_function(PHASE_RANGE + "backward"):
+        step.bwd(loss)
+    with record_function(PHASE_RANGE + "optimizer"):
+        step.opt()
+
+
 def record_events(step, *, steps: int, trace_path: str | None = None) -> list[RawEvent]:
     """Run one warmup and ``steps`` profiled training steps of ``step``; return their raw events.
 
@@ -362,13 +375,7 @@ def record_events(step, *, steps: int, trace_path: str | None = None) -> list[Ra
                                             record_shapes=True) as prof:
         for _ in range(1 + steps):
             with record_function(STEP_RANGE):
-                with record_function(PHASE_RANGE + "forward"):
-                    loss = step.fwd()
-                with record_function(PHASE_RANGE + "backward"):
-                    step.bwd(loss)
-                with record_function(PHASE_RANGE + "optimizer"):
-                    step.opt()
-                del loss
+                phased_step(step)
                 if cuda:
                     torch.cuda.synchronize(step.device)  # the step's kernels end inside its window
             prof.step()

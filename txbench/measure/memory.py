@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from txbench.profile import PHASE_RANGE, phased_step
 from txbench.torch_compat import MEMORY_CATEGORIES, TorchUnsupported, allocation_events, kineto_events, memory_timeline
 
 __all__ = ["cpu_step_peak_bytes", "tensor_bytes", "StepMemory", "profiled_memory_step", "SavedByModule",
@@ -175,8 +176,8 @@ def _windows(events) -> dict[str, tuple[int, int]]:
     out = {}
     for ev in events:
         name = ev.name()
-        if name.startswith(_PHASE_RANGE) and name[len(_PHASE_RANGE):] in _PHASES:
-            out[name[len(_PHASE_RANGE):]] = (ev.start_ns(), ev.end_ns())
+        if name.startswith(PHASE_RANGE) and name[len(PHASE_RANGE):] in _PHASES:
+            out[name[len(PHASE_RANGE):]] = (ev.start_ns(), ev.end_ns())
     return out
 
 
@@ -191,7 +192,6 @@ def _op_at(events, t_ns: int) -> str | None:
     return best[2] if best else None
 
 
-_PHASE_RANGE = "txbench::phase::"
 
 
 def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
@@ -201,7 +201,8 @@ def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
     a compiled one saves inside its graph). What this torch cannot give is a note, never an error.
     """
     import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.profiler import ProfilerActivity, profile
+
 
     out = StepMemory()
     cuda = step.device.type == "cuda"
@@ -209,14 +210,7 @@ def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
     saver = SavedByModule(step.model) if holders else contextlib.nullcontext()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        with record_function(_PHASE_RANGE + "forward"):
-            with saver:
-                loss = step.fwd()
-        with record_function(_PHASE_RANGE + "backward"):
-            step.bwd(loss)
-        with record_function(_PHASE_RANGE + "optimizer"):
-            step.opt()
-        del loss
+        phased_step(step, saver)
         if cuda:
             torch.cuda.synchronize(step.device)
     if not cuda:
