@@ -505,8 +505,8 @@ def test_real_run_compared_with_itself(write_suite, tmp_path):
     assert set(df.loc[df["metric"] == "peak_mem_bytes", "verdict"]) == {"unchanged"}
     res = cli(run_dir, run_dir, "--format", "json")
     assert res.exit_code == 0
-    assert json.loads(res.output)["counts"] == {"regression": 0, "improvement": 0, "unchanged": 4, "inconclusive": 4,
-                                                "skipped": 0, "not_comparable": 0}
+    assert json.loads(res.output)["counts"] == {"regression": 0, "numerics_changed": 0, "improvement": 0,
+                                                "unchanged": 4, "inconclusive": 4, "skipped": 0, "not_comparable": 0}
 
 
 # --- points measured under interference ---------------------------------------------------------
