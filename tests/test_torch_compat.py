@@ -119,7 +119,9 @@ def test_memory_fallback_gives_the_same_allocation_events_and_peak(monkeypatch):
     assert cpu_step_peak_bytes(step) == private_peak  # this step allocates the same every time
 
     rec = measure_point(_point(), MeasureConfig(**QUICK, profile_steps=0))
-    assert rec.status == "ok" and rec.measure_notes is None
+    # the peak comes from the public fallback; the breakdown by category has no public API: only it is lost
+    assert rec.status == "ok" and rec.measure_notes.startswith("this torch version")
+    assert "memory breakdown by category" in rec.measure_notes and rec.peak_activations_bytes is None
     assert rec.peak_mem_bytes > rec.param_bytes + rec.grad_bytes + rec.optimizer_state_bytes
 
 

@@ -285,8 +285,8 @@ def memory_timeline(prof, device: str) -> tuple[list[int], dict[str, list[int]]]
             elif action == Action.DESTROY:
                 row[_category(categories, key, version, TensorKey)] -= int(nbytes)
     except Exception as exc:  # a private API that moved: the breakdown is lost, never the point
-        raise TorchUnsupported(f"no memory breakdown by category: torch.profiler._memory_profiler failed in "
-                               f"torch {_torch_version()} ({_why(exc)})") from exc
+        raise TorchUnsupported("the memory breakdown by category",
+                               f"torch.profiler._memory_profiler failed ({_why(exc)})") from exc
     times = [t_min if t == -1 and t_min is not None else t for t in times]
     return times, {c: [r[c] for r in rows] for c in MEMORY_CATEGORIES}
 
@@ -297,8 +297,7 @@ def fake_memory_tracker():
     try:
         from torch.distributed._tools.mem_tracker import MemTracker
     except Exception as exc:
-        raise TorchUnsupported(f"no memory estimate: torch {_torch_version()} has no "
-                               f"torch.distributed._tools.mem_tracker ({_why(exc)})") from exc
+        raise TorchUnsupported("the memory estimate", f"torch.distributed._tools.mem_tracker ({_why(exc)})") from exc
     return MemTracker()
 
 
