@@ -14,12 +14,15 @@ with the reason, never the point). See docs/methodology.md#memory-estimate.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import torch
 
 from txbench.config import Point
 from txbench.torch_compat import TorchUnsupported, fake_memory_tracker
 
-__all__ = ["estimate_peak", "memory_of", "ESTIMATE_TOLERANCE"]
+__all__ = ["estimate_peak", "memory_of", "largest_fitting", "Largest", "ESTIMATE_TOLERANCE", "MAX_BATCH"]
 
 #: The estimate's accuracy goal against the measured peak (MemTracker's own tests hold it to 10%).
 ESTIMATE_TOLERANCE = 0.10
@@ -67,6 +70,29 @@ def _real_sdpa_choice():
     return RealSdpaChoice()
 
 
+@contextlib.contextmanager
+def _unpacked_hf_batches():
+    """Answer Hugging Face's packed-sequence check as it is answered on txbench's real batches: not packed.
+
+    Without an attention mask, transformers looks at the position ids for several sequences packed in one row, a
+    check that reads their values; on fake tensors it cannot, assumes packing, and builds a B x 1 x T x T mask that
+    also turns off SDPA's grouped-query path (K and V are repeated per head) and its flash kernel. txbench's batches
+    hold one sequence per row, so the real step never builds that mask; the estimate must not either.
+    """
+    import sys
+
+    masking = sys.modules.get("transformers.masking_utils")
+    original = getattr(masking, "find_packed_sequence_indices", None)
+    if original is None:
+        yield
+        return
+    masking.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking.find_packed_sequence_indices = original
+
+
 def estimate_peak(point: Point) -> tuple[int | None, str | None]:
     """``(predicted peak bytes, note)``: the note says what the estimate leaves out, or why there is none."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -90,7 +116,7 @@ def estimate_peak(point: Point) -> tuple[int | None, str | None]:
             validate_point(point)
             step = TrainStep(point)
             tracker.track_external(step.model, step.optimizer)
-            with tracker:
+            with tracker, _unpacked_hf_batches():  # after the build: transformers is imported if used
                 step.step()
                 tracker.reset_mod_stats()  # per-module stats hold one iteration; the global peak stays
                 step.step()
@@ -101,3 +127,98 @@ def estimate_peak(point: Point) -> tuple[int | None, str | None]:
     if not dev_peak:
         return None, "no estimate: the fake step allocated nothing on the point's device"
     return int(dev_peak["Total"]), "; ".join(notes) or None
+
+
+#: How far ``largest_fitting`` searches: a batch of 2**16 sequences, or the model's longest sequence.
+MAX_BATCH = 2**16
+
+
+@dataclasses.dataclass
+class Largest:
+    """The largest value of ``field`` whose estimated peak fits ``memory`` (0 when not even 1 fits)."""
+
+    field: str
+    value: int
+    predicted_peak_bytes: int | None
+    memory: int
+    estimates: int  # fake steps it took
+    note: str | None = None
+    point: Point | None = None  # the point at ``value``, for a confirming run
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.predicted_peak_bytes is None else self.memory - self.predicted_peak_bytes
+
+
+def largest_fitting(point: Point, field: str, memory: int) -> Largest:
+    """Bisect ``field`` (``batch_size`` or ``seq_len``) of ``point`` on the estimate for the largest value whose
+    predicted peak fits ``memory``, all other fields as in ``point``.
+
+    The peak grows with B and T, so the search doubles (or halves) from the point's own value until it brackets
+    the limit, then bisects to one: about 2·log2(value) fake steps. A value the model cannot take (a sequence
+    longer than its position table) bounds the search, and the note says so.
+    """
+    from txbench.config import validate_point
+
+    if field not in ("batch_size", "seq_len"):
+        raise ValueError(f"field must be batch_size or seq_len, got {field!r}")
+    cache: dict[int, tuple[int | None, str | None]] = {}
+    cap, cap_note = MAX_BATCH if field == "batch_size" else None, None
+
+    def at(v: int) -> Point:
+        return Point.from_dict({**point.to_dict(), field: v})
+
+    def fits(v: int) -> bool | None:
+        """True/False, or None when the model cannot take ``v`` (the search's upper bound)."""
+        if v not in cache:
+            try:
+                validate_point(at(v))
+            except Exception as exc:
+                cache[v] = (None, f"{field}={v} is not a valid point: {exc}")
+            else:
+                cache[v] = estimate_peak(at(v))
+        peak, note = cache[v]
+        if peak is None:
+            return None
+        return peak <= memory
+
+    def result(v: int, note: str | None = None) -> Largest:
+        peak, est_note = cache.get(v, (None, None))
+        notes = "; ".join(n for n in (note, est_note) if n) or None
+        return Largest(field, v, peak if v else None, memory, len(cache), notes, at(v) if v else None)
+
+    start = max(1, int(getattr(point, field)))
+    ok = fits(start)
+    if ok is None:
+        return result(0, cache[start][1])
+    lo, hi = (start, None) if ok else (0, start)
+    while hi is None:  # grow until a value does not fit, or the model or the cap stops the search
+        nxt = lo * 2 if cap is None else min(lo * 2, cap)
+        if nxt == lo:
+            return result(lo, f"{field} searched up to {cap}")
+        ok = fits(nxt)
+        if ok is None:
+            cap, cap_note = nxt, cache[nxt][1]
+            hi = nxt
+        elif ok:
+            lo = nxt
+        else:
+            hi = nxt
+    while lo == 0 and hi > 1:  # shrink until a value fits
+        nxt = hi // 2
+        if fits(nxt):
+            lo = nxt
+        else:
+            hi = nxt
+    if lo == 0:
+        return result(0, f"not even {field}=1 fits")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        ok = fits(mid)
+        if ok:
+            lo = mid
+        else:
+            hi = mid
+            if ok is None:
+                cap_note = cache[mid][1]
+    return result(lo, cap_note if cap_note and hi == cap else None)

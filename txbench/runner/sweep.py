@@ -216,6 +216,7 @@ def run_suite(
     launcher: Launcher | None = None,
     shard: tuple[int, int] | None = None,
     devices: list[int] | str | None = None,
+    points: list[Point] | None = None,
 ) -> SweepResult:
     """Run every point of ``suite`` not already in the run; store after each point.
 
@@ -224,7 +225,8 @@ def run_suite(
     (:func:`txbench.suite.in_shard`); a resumed run keeps the shard it was started with.
     ``devices``: CUDA device indices (or ``"all"``) to run points on at once, one
     worker per device; a distributed point takes ``world_size`` of them (see
-    :func:`parse_devices`). Raises :class:`SweepInterrupted` on Ctrl-C after
+    :func:`parse_devices`). ``points``: run these points of the suite's model instead of its sweep (e.g. the
+    largest batch that fits, confirmed by ``txbench estimate --confirm``). Raises :class:`SweepInterrupted` on Ctrl-C after
     storing what finished.
     """
     cb = callbacks or SweepCallbacks()
@@ -255,16 +257,23 @@ def run_suite(
     # points with parallel set run as ranks under torchrun, one process tree per point
     ranks = TorchrunLauncher(log_path=run_dir / "worker.log")
     result = SweepResult(run_dir=run_dir)
+    chosen = points
+
+    def points_on(device: str) -> list[Point]:
+        if chosen is None:
+            return suite.points(device)
+        return [Point.from_dict({**p.to_dict(), "device": device}) for p in chosen]
+
     try:
         # 1. environment, device and availability, decided before any point runs
         env_out = launcher.run(
-            {"kind": "env", "device": suite.device, "points": [p.to_dict() for p in suite.points("cpu")]},
+            {"kind": "env", "device": suite.device, "points": [p.to_dict() for p in points_on("cpu")]},
             timeout_s=600,
         )
         if env_out.answer is None:
             raise StoreError(f"could not start a worker: {env_out.message}")
         device = env_out.answer["device"]
-        points = [p for p in suite.points(device) if in_shard(p.point_id, shard)]
+        points = [p for p in points_on(device) if in_shard(p.point_id, shard)]
         env, unsupported = env_out.answer["env"], env_out.answer["unsupported"]
         if devices is not None:
             try:
