@@ -226,8 +226,8 @@ def run_suite(
     ``devices``: CUDA device indices (or ``"all"``) to run points on at once, one
     worker per device; a distributed point takes ``world_size`` of them (see
     :func:`parse_devices`). ``points``: run these points of the suite's model instead of its sweep (e.g. the
-    largest batch that fits, confirmed by ``txbench estimate --confirm``). Raises :class:`SweepInterrupted` on Ctrl-C after
-    storing what finished.
+    largest batch that fits, confirmed by ``txbench estimate --confirm``). Raises :class:`SweepInterrupted` on
+    Ctrl-C after storing what finished.
     """
     cb = callbacks or SweepCallbacks()
     t0 = time.monotonic()
