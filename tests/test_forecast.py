@@ -120,6 +120,30 @@ def test_analyze_memory_option(tmp_path):
     assert r.exit_code == 2 and "not a memory size" in r.output
 
 
+def test_estimates_stand_in_for_points_never_measured():
+    per = 100_000 * L  # bytes per token, as mem_point's peak
+    def est(b, t):
+        return STATIC + per * b * t
+
+    # one configuration measured at two token counts (fitted on them); its OOM point only estimated
+    measured = [mem_point("sdpa", b, 128, predicted_peak_bytes=est(b, 128)) for b in (1, 2)]
+    measured.append(mem_point("sdpa", 64, 128, status="oom", predicted_peak_bytes=est(64, 128)))
+    # another that never ran (predicted_oom): its forecast rests on the estimates alone
+    never = [mem_point("naive", b, 1024, status="predicted_oom", predicted_peak_bytes=est(b, 1024) * 2)
+             for b in (4, 8)]
+    table = memory_forecast(frame(measured + never), memory=1 * GiB).set_index("attention")
+    sdpa, naive = table.loc["sdpa"], table.loc["naive"]
+    assert sdpa["source"] == "measured" and sdpa["n_points"] == 2
+    (u,) = sdpa["unmeasured"]
+    assert (u["batch_size"], u["status"], u["predicted_peak_bytes"]) == (64, "oom", est(64, 128))
+    assert u["fit_peak_bytes"] == pytest.approx(est(64, 128), rel=1e-6) and not u["fits"]
+    assert naive["source"] == "estimate" and naive["n_points"] == 2
+    assert predict_peak(naive, 6, 1024) == pytest.approx(est(6, 1024) * 2, rel=1e-6)
+    assert max_batch(naive, 1024, 1 * GiB) == int((GiB - 2 * STATIC) // (2 * per * 1024))
+    texts = {f.scope.get("attention"): f.text for f in F.forecast(frame(measured + never), memory=1 * GiB)}
+    assert "pre-flight estimates" in texts["naive"] and "B=64 T=128 (oom)" in texts["sdpa"]
+
+
 @pytest.mark.slow
 def test_forecast_of_a_real_tiny_sweep_predicts_a_larger_point():
     from txbench import MeasureConfig, ModelConfig, Point, measure_point

@@ -146,6 +146,11 @@ def test_points_predicted_above_the_memory_are_stored_not_run(write_suite, tmp_p
     small_id = points.loc[32, "point_id"]
     if predicted[small_id]["predicted_peak_bytes"] <= 2**20 * 1.1:
         assert points.loc[32, "status"] == "ok"
+    # analyze's forecast rests on the estimates where too few points ran, and names the point never measured
+    res = CliRunner().invoke(app, ["analyze", str(next((tmp_path / "r").glob("*/*"))), "--json", "--memory", "1MiB"])
+    assert res.exit_code == 0, res.output
+    (fc,) = [f for f in json.loads(res.stdout) if f["rule"] == "forecast"]
+    assert "pre-flight estimates" in fc["text"] and "T=512 (predicted_oom)" in fc["text"]
 
 
 @pytest.mark.parametrize("field", ["batch_size", "seq_len"])

@@ -61,8 +61,11 @@ def _num(df: pd.DataFrame, col: str) -> np.ndarray:
     return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64")
 
 
-def fit_memory(group: pd.DataFrame, attention: str | None = None) -> dict | None:
+def fit_memory(group: pd.DataFrame, attention: str | None = None, peak_col: str = "peak_mem_bytes") -> dict | None:
     """The memory model of one configuration's ``ok`` points (see the module docstring), or None.
+
+    ``peak_col``: the peaks to fit; ``predicted_peak_bytes`` fits the pre-flight estimates instead (points never
+    measured have no static bytes: ``e`` then holds the static state).
 
     Needs 2+ distinct token counts (3+ points for a T² term). Keys: ``static0``,
     ``static1`` (static = static0 + static1·T), ``a`` (bytes per token), ``c``
@@ -71,8 +74,10 @@ def fit_memory(group: pd.DataFrame, attention: str | None = None) -> dict | None
     """
     from scipy.optimize import nnls
 
-    b, t, peak = _num(group, "batch_size"), _num(group, "seq_len"), _num(group, "peak_mem_bytes")
+    b, t, peak = _num(group, "batch_size"), _num(group, "seq_len"), _num(group, peak_col)
     static = _num(group, "param_bytes") + _num(group, "grad_bytes") + _num(group, "optimizer_state_bytes")
+    if peak_col != "peak_mem_bytes":
+        static = np.zeros(len(group))
     keep = np.isfinite(b) & np.isfinite(t) & np.isfinite(peak) & np.isfinite(static) & (peak > 0)
     b, t, peak, static = b[keep], t[keep], peak[keep], static[keep]
     ids = [str(p) for p in group["point_id"].to_numpy()[keep]] if "point_id" in group.columns else []
@@ -105,6 +110,8 @@ def fit_memory(group: pd.DataFrame, attention: str | None = None) -> dict | None
         err2 = float(np.max(np.abs(pred2 - peak) / peak))
         if attention in QUADRATIC or err2 < err / 2:
             a, c, e, pred, err, quadratic = a2, c2, e2, pred2, err2, c2 > 0
+    if peak_col != "peak_mem_bytes":  # no static bytes were given: the constant is the static state
+        s0, e = s0 + e, 0.0
     ss_tot = float(((peak - peak.mean()) ** 2).sum())
     r2 = 1.0 if ss_tot == 0 else 1.0 - float(((peak - pred) ** 2).sum()) / ss_tot
     return {"static0": float(s0), "static1": float(s1), "a": float(a), "c": float(c), "e": float(e),
@@ -148,7 +155,10 @@ def memory_forecast(points: pd.DataFrame, memory: float | None = None) -> pd.Dat
     (at the largest measured T), ``at_batch`` / ``max_seq_len`` (at the largest
     measured B), ``oom_checks`` (per OOM point of the configuration: its B and T,
     the device memory, the forecast's largest T at that B for it, and whether the
-    forecast agrees that it did not fit).
+    forecast agrees that it did not fit), ``source`` (``measured``: the fit rests on measured
+    peaks; ``estimate``: too few points ran, so it rests on the pre-flight estimates of ``run
+    --estimate``), ``unmeasured`` (per point that did not run ok but has an estimate: its B, T,
+    status, the estimated peak, the fit's peak there and whether the estimate fits ``memory``).
     """
     dev_mem = device_memory(points)
     memory = float(memory) if memory else dev_mem
@@ -160,8 +170,12 @@ def memory_forecast(points: pd.DataFrame, memory: float | None = None) -> pd.Dat
     for key, g in groups:
         key = key if isinstance(key, tuple) else (key,)
         ok = g[g["status"] == "ok"]
-        att = ok["attention"].iloc[0] if "attention" in ok.columns and len(ok) else None
-        fit = fit_memory(ok, att)
+        att = g["attention"].iloc[0] if "attention" in g.columns and len(g) else None
+        fit, source = fit_memory(ok, att), "measured"
+        predicted = _num(g, "predicted_peak_bytes")
+        if fit is None and np.isfinite(predicted).sum() >= 2:
+            fit, source = fit_memory(g, att, "predicted_peak_bytes"), "estimate"
+            ok = g[np.isfinite(predicted)]
         if fit is None:
             continue
         t_top, b_top = float(_num(ok, "seq_len").max()), float(_num(ok, "batch_size").max())
@@ -174,8 +188,13 @@ def memory_forecast(points: pd.DataFrame, memory: float | None = None) -> pd.Dat
             checks.append({"point_id": str(r["point_id"]), "batch_size": int(r["batch_size"]),
                            "seq_len": int(r["seq_len"]), "device_memory": dev_mem, "predicted_max_seq_len": limit,
                            "agrees": bool(limit < r["seq_len"])})
+        unmeasured = [{"point_id": str(r["point_id"]), "batch_size": int(r["batch_size"]),
+                       "seq_len": int(r["seq_len"]), "status": str(r["status"]), "predicted_peak_bytes": int(p),
+                       "fit_peak_bytes": int(predict_peak(fit, r["batch_size"], r["seq_len"])),
+                       "fits": bool(p <= memory)}
+                      for (_, r), p in zip(g.iterrows(), predicted) if r["status"] != "ok" and np.isfinite(p)]
         rows.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in zip(keys, key)},
-                     **fit, "memory": memory, "attention_impl": att,
+                     **fit, "memory": memory, "attention_impl": att, "source": source, "unmeasured": unmeasured,
                      "act_per_token_layer": fit["a"] / layers if layers and np.isfinite(layers) else fit["a"],
                      "at_seq_len": int(t_top), "max_batch": max_batch(fit, t_top, memory),
                      "at_batch": int(b_top), "max_seq_len": max_seq_len(fit, b_top, memory), "oom_checks": checks})

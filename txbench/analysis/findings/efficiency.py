@@ -172,7 +172,9 @@ def forecast(points, ops=None, memory=None) -> list[Finding]:
         key = {k: plain_value(r[k]) for k in keys}
         per = fmt_bytes(r["act_per_token_layer"]) + " per token per layer"
         quad = f" + {fmt_bytes(r['c'])} per B·T² (the T x T scores)" if r["quadratic"] else ""
-        fit_q = (f"the fit is within {fmt_pct(r['max_rel_error'])} of the {r['n_points']} measured points"
+        what = ("measured points" if r["source"] == "measured" else
+                "points' pre-flight estimates (too few ran to fit their measured peaks)")
+        fit_q = (f"the fit is within {fmt_pct(r['max_rel_error'])} of the {r['n_points']} {what}"
                  + (" (a loose fit: treat the forecast as rough)" if r["max_rel_error"] > 0.15 else ""))
         text = (f"Memory forecast for {fmt_bytes(r['memory'])} ({src}){context(key)}: "
                 f"static {fmt_bytes(r['static0'])} + "
@@ -186,11 +188,17 @@ def forecast(points, ops=None, memory=None) -> list[Finding]:
             verdict = "as forecast" if c["agrees"] else "although the forecast says it fits: the model misses there"
             text += (f" At B={c['batch_size']} the forecast for {fmt_bytes(c['device_memory'])} stops fitting at "
                      f"T≈{_approx(c['predicted_max_seq_len'])}; the run hit OOM at T={c['seq_len']}, {verdict}.")
+        if r["unmeasured"]:
+            text += " Not measured, estimated: " + "; ".join(
+                f"B={u['batch_size']} T={u['seq_len']} ({u['status']}) {fmt_bytes(u['predicted_peak_bytes'])}, "
+                + ("fits" if u["fits"] else "does not fit")
+                + (f" (the fit says {fmt_bytes(u['fit_peak_bytes'])})" if r["source"] == "measured" else "")
+                for u in r["unmeasured"][:3]) + "."
         sev = "warning" if any(not c["agrees"] for c in r["oom_checks"]) else "info"
-        ev = json_records(pd.DataFrame([r.drop(labels=["point_ids", "oom_checks"])]))
+        ev = json_records(pd.DataFrame([r.drop(labels=["point_ids", "oom_checks", "unmeasured"])]))
         chart = "memory:seq_len" if "seq_len" in _varying(points) else "memory:batch_size"
         out.append(Finding("forecast", sev, text, key, list(r["point_ids"]), chart,
-                           ev + [{"oom_checks": r["oom_checks"]}]))
+                           ev + [{"oom_checks": r["oom_checks"], "unmeasured": r["unmeasured"]}]))
     return out[:MAX_PER_RULE]
 
 

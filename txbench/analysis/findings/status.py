@@ -31,6 +31,8 @@ def unverified_kernels(points, ops=None) -> list[Finding]:
     if "attention_verified" not in df.columns:
         return []
     bad = df[df["attention_verified"].map(lambda v: is_flag(v, False))]
+    if bad.empty:  # (also a run where no point ran ok)
+        return []
     axes = [c for c in _varying(points) if c != "attention"]
     out = []
     bad = bad.assign(_ran=bad["attention_kernel"].fillna("unknown") if "attention_kernel" in bad.columns else "unknown")
