@@ -203,3 +203,51 @@ def test_bad_memory_size_is_exit_2_naming_the_option(write_suite):
     assert res.exit_code == 2 and "--memory" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["validate", str(write_suite("bad2", measure={"device_memory": "lots"}))])
     assert res.exit_code == 2 and "device_memory" in res.output
+
+
+def test_an_oom_keeps_the_snapshot_of_its_rerun_linked_from_the_report(tmp_path, monkeypatch):
+    """The snapshot path of a CUDA OOM, exercised on CPU: the allocator's history API is stood in for (this
+    machine has no CUDA allocator); the rerun, the cap, the record and the report link are txbench's own."""
+    from txbench import torch_compat
+    from txbench._faults import Fault
+    from txbench.config import MeasureConfig
+    from txbench.measure import memory
+    from txbench.pipeline import run_point
+    from txbench.report.html import render_report
+    from txbench.store import POINTS_FILE, write_points
+
+    reruns = []
+
+    def snapshot(rerun, path, max_entries=100_000):
+        try:
+            rerun()
+        except RuntimeError as exc:
+            reruns.append(str(exc))
+            with open(path, "wb") as f:
+                f.write(b"x" * 4096)
+            return True
+        return False
+
+    monkeypatch.setattr(torch_compat, "cuda_memory_snapshot", snapshot)
+    monkeypatch.setattr(memory, "SNAPSHOT_DEVICES", ("cuda", "cpu"))
+    point = Point(model=TINY, seq_len=32, batch_size=2)
+    run = tmp_path / "run"
+    rec = run_point(point, MeasureConfig(), hooks=Fault("oom"),
+                    snapshot_path=str(run / "snapshots" / f"{point.point_id}.pickle")).record
+    assert rec.status == "oom" and len(reruns) == 1 and "can't allocate memory" in reruns[0]
+    assert rec.memory_snapshot == f"snapshots/{point.point_id}.pickle"
+    assert (run / rec.memory_snapshot).stat().st_size == 4096
+    write_points(run / POINTS_FILE, [rec.to_dict()], {"suite": "oom", "run_id": "r1", "env": {}})
+    html = render_report([run])
+    assert f'href="snapshots/{point.point_id}.pickle"' in html
+    # over the cap: deleted, and the row says why
+    monkeypatch.setattr(memory, "SNAPSHOT_CAP_BYTES", 1024)
+    rec = run_point(point, MeasureConfig(), hooks=Fault("oom"),
+                    snapshot_path=str(run / "snapshots" / "big.pickle")).record
+    assert rec.status == "oom" and rec.memory_snapshot is None and "over the 1 KiB cap" in rec.error
+    assert not (run / "snapshots" / "big.pickle").exists()
+    # no device history (a CPU OOM as it really runs): no snapshot, no note
+    monkeypatch.setattr(memory, "SNAPSHOT_DEVICES", ("cuda",))
+    rec = run_point(point, MeasureConfig(), hooks=Fault("oom"),
+                    snapshot_path=str(run / "snapshots" / "c.pickle")).record
+    assert rec.status == "oom" and rec.memory_snapshot is None and "snapshot" not in rec.error

@@ -126,6 +126,7 @@ class Record:
     activation_holders: str | None = None  # JSON object: module -> bytes it saved for backward (eager forward)
     mem_fragmentation_bytes: int | None = None  # CUDA: peak reserved minus peak allocated
     alloc_retries: int | None = None  # CUDA: allocations that had to free cached blocks and retry
+    memory_snapshot: str | None = None  # CUDA oom: the allocator's snapshot of the failing step, relative to the run
     predicted_peak_bytes: int | None = None  # pre-flight estimate (txbench estimate, run --estimate)
     estimate_note: str | None = None  # what the estimate leaves out, or why there is none
     params: int | None = None

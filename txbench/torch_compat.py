@@ -27,7 +27,8 @@ import tempfile
 from decimal import Decimal
 
 __all__ = ["TorchUnsupported", "kineto_events", "allocation_events", "dynamo_counts", "fresh_compile_cache",
-           "auto_model_class", "flop_counter_mode", "memory_timeline", "MEMORY_CATEGORIES", "fake_memory_tracker"]
+           "auto_model_class", "flop_counter_mode", "memory_timeline", "MEMORY_CATEGORIES", "fake_memory_tracker",
+           "cuda_memory_snapshot"]
 
 # What txbench.profile reads from each kineto event; a torch that drops one of these has changed the API.
 _KINETO_METHODS = ("name", "device_type", "start_ns", "end_ns", "start_thread_id", "end_thread_id",
@@ -289,6 +290,32 @@ def memory_timeline(prof, device: str) -> tuple[list[int], dict[str, list[int]]]
                                f"torch.profiler._memory_profiler failed ({_why(exc)})") from exc
     times = [t_min if t == -1 and t_min is not None else t for t in times]
     return times, {c: [r[c] for r in rows] for c in MEMORY_CATEGORIES}
+
+
+def cuda_memory_snapshot(rerun, path: str, max_entries: int = 100_000) -> bool:
+    """Run ``rerun`` (expected to run out of CUDA memory again) with the caching allocator's history on, and
+    write its snapshot (``torch.cuda.memory._dump_snapshot``: every segment and block, and the last
+    ``max_entries`` allocation events with their stacks; open it at https://pytorch.org/memory_viz) to ``path``.
+    True when ``rerun`` ran out of memory and the snapshot was written; :class:`TorchUnsupported` when this torch
+    lacks the (private) API."""
+    import torch
+
+    mem = getattr(torch.cuda, "memory", None)
+    record, dump = getattr(mem, "_record_memory_history", None), getattr(mem, "_dump_snapshot", None)
+    if record is None or dump is None:
+        raise TorchUnsupported("the memory snapshot on OOM", "torch.cuda.memory._record_memory_history")
+    record(max_entries=max_entries)
+    try:
+        try:
+            rerun()
+        except Exception as exc:
+            if "out of memory" not in str(exc).lower():
+                raise
+            dump(path)
+            return True
+        return False
+    finally:
+        record(enabled=None)
 
 
 def fake_memory_tracker():

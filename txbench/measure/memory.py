@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -244,3 +245,36 @@ def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
 
 def timeline_json(timeline: dict | None) -> str | None:
     return json.dumps(timeline, separators=(",", ":")) if timeline else None
+
+
+#: The largest memory snapshot kept next to a run (a snapshot holds every block and up to 100k stacked events:
+#: tens of MB on a big model); a larger one is deleted and the point says so.
+SNAPSHOT_CAP_BYTES = 64 * 2**20
+#: Devices whose allocator keeps a history to snapshot (txbench's own tests widen it to exercise the path).
+SNAPSHOT_DEVICES = ("cuda",)
+
+
+def oom_snapshot(rerun, path: str | None, device: torch.device) -> tuple[str | None, str | None]:
+    """After an out-of-memory: run ``rerun`` (the point's build and one step, which should run out again) with
+    the allocator's history on and keep its snapshot at ``path``. ``(path relative to the run directory, note)``:
+    the note says why there is no snapshot (another device, an old torch, no second OOM, over the size cap)."""
+    if not path or device.type not in SNAPSHOT_DEVICES:
+        return None, None
+    from txbench import torch_compat
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        wrote = torch_compat.cuda_memory_snapshot(rerun, path)
+    except TorchUnsupported as exc:
+        return None, str(exc)
+    except Exception as exc:  # the rerun failed some other way: the OOM row stands without a snapshot
+        return None, f"no memory snapshot: the rerun failed ({type(exc).__name__}: {str(exc)[:200]})"
+    if not wrote:
+        return None, "no memory snapshot: the rerun of the build and one step did not run out of memory"
+    size = os.path.getsize(path)
+    if size > SNAPSHOT_CAP_BYTES:
+        os.remove(path)
+        from txbench.labels import fmt_bytes
+
+        return None, f"memory snapshot not kept: {fmt_bytes(size)} is over the {fmt_bytes(SNAPSHOT_CAP_BYTES)} cap"
+    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}", None

@@ -69,8 +69,12 @@ def _free(device: torch.device) -> None:
 
 
 def run_point(point: Point, measure: MeasureConfig | None = None, *, hooks: Hooks | None = None,
-              profile_steps: int = 0, trace_path: str | None = None, keep: bool = False) -> PointRun:
+              profile_steps: int = 0, trace_path: str | None = None, keep: bool = False,
+              snapshot_path: str | None = None) -> PointRun:
     """Measure ``point`` through every stage; profile it when ``profile_steps`` > 0.
+
+    ``snapshot_path``: where a CUDA out-of-memory leaves the allocator's snapshot of a rerun of the failing build
+    and step (:func:`txbench.measure.memory.oom_snapshot`; the record's ``memory_snapshot``).
 
     ``hooks`` run inside the measurement (txbench's own fault injection). With
     ``keep`` the built step comes back (an ``ok`` point only) for more steps in
@@ -81,12 +85,12 @@ def run_point(point: Point, measure: MeasureConfig | None = None, *, hooks: Hook
         from txbench.torch_compat import fresh_compile_cache
 
         with fresh_compile_cache():  # an empty inductor cache: this point's compile_s is a cold compile
-            return _run_point(point, cfg, hooks, profile_steps, trace_path, keep)
-    return _run_point(point, cfg, hooks, profile_steps, trace_path, keep)
+            return _run_point(point, cfg, hooks, profile_steps, trace_path, keep, snapshot_path)
+    return _run_point(point, cfg, hooks, profile_steps, trace_path, keep, snapshot_path)
 
 
 def _run_point(point: Point, cfg: MeasureConfig, hooks: Hooks | None, profile_steps: int, trace_path: str | None,
-               keep: bool) -> PointRun:
+               keep: bool, snapshot_path: str | None = None) -> PointRun:
     hooks = hooks or NO_HOOKS
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t_start = time.perf_counter()
@@ -136,6 +140,13 @@ def _run_point(point: Point, cfg: MeasureConfig, hooks: Hooks | None, profile_st
         peak = int(torch.cuda.max_memory_allocated(dev)) if status == "oom" and dev.type == "cuda" else None
         _free(dev)
         extra = {"peak_mem_bytes": peak} if status == "oom" else {}
+        if status == "oom" and point.parallel == "none":  # a rank cannot rerun alone: no snapshot of a distributed
+            from txbench.measure.memory import oom_snapshot
+
+            extra["memory_snapshot"], note = oom_snapshot(lambda: stages.build(point, hooks).step.step(),
+                                                          snapshot_path, dev)
+            _free(dev)
+            message = f"{message} ({note})" if note else message
         return PointRun(Record.for_point(point, status, message, wall_s=time.perf_counter() - t_start,
                                          **extra, **base))
 

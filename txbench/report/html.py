@@ -345,7 +345,11 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
     body.append(f'<section id="scaling"><h2>Scaling</h2>{sweep}</section>')
     body.append(f'<section id="time"><h2>Where the time goes</h2>{time_}</section>')
     body.append(f'<section id="ops"><h2>Top ops per point</h2>{top_ops_section(runs)}</section>')
-    body.append(f'<section id="failures"><h2>Failures and warnings</h2>{failures_html(points, labels)}</section>')
+    snapshots = {uid: href for run in runs if "memory_snapshot" in run.points.columns
+                 for uid, sp in zip(run.points["uid"].tolist(), run.points["memory_snapshot"].tolist())
+                 if (href := trace_href(run.run_dir, sp, out_dir))}
+    body.append(f'<section id="failures"><h2>Failures and warnings</h2>{failures_html(points, labels, snapshots)}'
+                "</section>")
     body.append(f'<section id="points"><h2>All points</h2>{points_html(len(points))}</section>')
     body.append(f'<footer><p class="note">Written by txbench {e(runs[0].env.get("txbench_version", ""))} '
                 f"from the stored results; re-render with <code>txbench report</code>.</p></footer>")

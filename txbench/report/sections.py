@@ -155,16 +155,24 @@ def _label(labels: pd.Series, uid) -> str:
     return str(labels.get(uid, uid))
 
 
-def failures_html(points: pd.DataFrame, labels: pd.Series) -> str:
-    """Failed points with their messages, noisy points, points measured under interference (contended, or with
-    blocks of steps dropped), and attention kernels that were not the requested ones."""
+def failures_html(points: pd.DataFrame, labels: pd.Series, snapshots: dict | None = None) -> str:
+    """Failed points with their messages (and a link to the memory snapshot of a CUDA OOM: ``snapshots`` maps a
+    point's uid to its href), noisy points, points measured under interference (contended, or with blocks of
+    steps dropped), and attention kernels that were not the requested ones."""
     parts = []
     bad = points[points["status"].isin(_BAD)]
+    snapshots = snapshots or {}
     if len(bad):
         rows = [[_label(labels, r["uid"]), r["status"], r["point_id"], "" if missing(r.get("error")) else r["error"]]
                 for _, r in bad.iterrows()]
+        headers = ["point", "status", "point_id", "message"]
+        if any(uid in snapshots for uid in bad["uid"]):
+            headers.append("memory snapshot")
+            for row, uid in zip(rows, bad["uid"]):
+                href = snapshots.get(uid)
+                row.append(f'<a href="{e(href)}" title="open at pytorch.org/memory_viz">snapshot</a>' if href else "")
         parts.append(f"<h3>Failed points ({len(bad)})</h3>"
-                     + table(["point", "status", "point_id", "message"], rows, msg={3}))
+                     + table(headers, rows, msg={3}, raw={4}))
     else:
         parts.append('<p class="note">No failed points.</p>')
     noisy = points[points["noisy"].fillna(False).astype(bool)] if "noisy" in points.columns else points.iloc[0:0]

@@ -317,6 +317,7 @@ def run_suite(
                 "measure": {**mcfg, "profile_steps": profile_steps},
                 "profile_steps": profile_steps,
                 "trace_path": str(trace_dir / f"{point.point_id}.json.gz") if trace else None,
+                "snapshot_path": str(run_dir / "snapshots" / f"{point.point_id}.pickle"),
             }
 
         def store(i: int, point: Point, rec: dict, new_ops: list) -> None:

@@ -7,7 +7,8 @@ stderr (the launcher's log file), so the protocol stream carries only answers.
 Jobs:
 - ``{"kind": "env", "device": "auto"|"cpu"|"cuda", "points": [...]}`` -> ``{"env": {...},
   "device": resolved, "unsupported": {point_id: reason}}`` (point ids on the resolved device)
-- ``{"kind": "point", "point": {...}, "measure": {...}, "profile_steps": N, "trace_path": str|None}``
+- ``{"kind": "point", "point": {...}, "measure": {...}, "profile_steps": N, "trace_path": str|None,
+  "snapshot_path": str|None}``
   -> ``{"record": {...}, "ops": [...]}``. A Python exception in the point is
   answered as a record with ``status="error"``; the traceback goes to stderr.
 
@@ -76,7 +77,7 @@ def run_point_job(job: dict) -> dict:
     ops: list[dict] = []
     try:
         run = run_point(point, cfg, hooks=fault_for(point), profile_steps=job.get("profile_steps", 0),
-                        trace_path=job.get("trace_path"))
+                        trace_path=job.get("trace_path"), snapshot_path=job.get("snapshot_path"))
         record, ops = run.record, run.ops
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
