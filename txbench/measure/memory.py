@@ -164,12 +164,12 @@ class StepMemory:
         return sum(self.at_peak.values()) if self.at_peak else None
 
 
-def _downsample(times: list[int], series: dict[str, list[int]], peak: int, n: int) -> list[int]:
-    """Indices of at most ``n`` samples, evenly spread, the first, the last and ``peak`` among them."""
-    if len(times) <= n:
-        return list(range(len(times)))
-    stride = (len(times) - 1) / (n - 2)
-    keep = {round(i * stride) for i in range(n - 1)} | {len(times) - 1, peak}
+def _downsample(count: int, peak: int, n: int) -> list[int]:
+    """Indices of at most ``n`` of ``count`` samples, evenly spread, the first, the last and ``peak`` among them."""
+    if count <= n:
+        return list(range(count))
+    stride = (count - 1) / (n - 2)
+    keep = {round(i * stride) for i in range(n - 1)} | {count - 1, peak}
     return sorted(keep)
 
 
@@ -235,7 +235,7 @@ def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
     out.peak_phase = next((p for p, (a, b) in windows.items() if a <= t_peak <= b), "between phases")
     out.peak_op = _op_at(events, t_peak)
     t0 = min(times)
-    keep = _downsample(times, series, i_peak, TIMELINE_SAMPLES)
+    keep = _downsample(len(times), i_peak, TIMELINE_SAMPLES)
     ms = lambda t: round((t - t0) / 1e6, 4)  # noqa: E731
     out.timeline = {"t_ms": [ms(times[i]) for i in keep], "peak_ms": ms(t_peak),
                     "phases": {p: [ms(a), ms(b)] for p, (a, b) in windows.items()},
