@@ -39,6 +39,28 @@ def test_categories_add_up_to_the_peak_and_match_closed_forms(quick_measure):
     assert sum(timeline[c][peak_at] for c in timeline if c not in ("t_ms", "phases", "peak_ms")) == total
 
 
+def _optimizer_temporaries(rec) -> int:
+    timeline = json.loads(rec.memory_timeline)
+    a, b = timeline["phases"]["optimizer"]
+    return max(v for t, v in zip(timeline["t_ms"], timeline["temporaries"]) if a <= t <= b)
+
+
+def test_the_optimizers_intermediates_are_named_temporaries(quick_measure):
+    from txbench.config import TrainConfig
+
+    foreach = _measure(quick_measure, seq_len=16, train=TrainConfig(optimizer_impl="foreach"))
+    forloop = _measure(quick_measure, seq_len=16, train=TrainConfig(optimizer_impl="forloop"))
+    assert (foreach.optimizer_impl_used, forloop.optimizer_impl_used) == ("foreach", "forloop")
+    n = foreach.params
+    largest = 4 * TINY.d_model * max(TINY.vocab_size, TINY.max_seq_len, 4 * TINY.d_model)  # bytes of one tensor
+    # foreach AdamW takes the square root of every exp_avg_sq at once: 4N bytes of intermediates
+    assert _optimizer_temporaries(foreach) >= 4 * n
+    # the for-loop holds one parameter's intermediates at a time (measured: about twice the largest tensor)
+    assert 0 < _optimizer_temporaries(forloop) <= 3 * largest
+    for rec in (foreach, forloop):
+        assert sum(getattr(rec, c) for c in CATEGORIES) == pytest.approx(rec.peak_mem_bytes, rel=0.02)
+
+
 def test_naive_attention_holds_its_probabilities_and_sdpa_does_not(quick_measure):
     B, T, H, C = 2, 128, TINY.n_heads, TINY.d_model
     scores = B * H * T * T * 4  # the softmax's output, saved for backward (and for probs @ V)

@@ -193,6 +193,26 @@ def _op_at(events, t_ns: int) -> str | None:
     return best[2] if best else None
 
 
+def _name_optimizer_temporaries(times: list[int], series: dict[str, list[int]], window) -> None:
+    """Count as temporaries the uncategorised bytes the optimizer step allocates (in place).
+
+    The memory profiler categorises parameters, gradients and optimizer state, but the intermediates of a
+    foreach or fused optimizer (``torch._foreach_sqrt`` of every ``exp_avg_sq`` at once: 4 bytes per parameter
+    for AdamW; one tensor at a time for the for-loop) get no category. Within the optimizer phase, uncategorised
+    bytes above their level as the phase starts are those intermediates.
+    """
+    if window is None or "other" not in series:
+        return
+    a, b = window
+    inside = [i for i, t in enumerate(times) if a <= t <= b]
+    if not inside:
+        return
+    other, temp = series["other"], series["temporaries"]
+    base = other[inside[0] - 1] if inside[0] > 0 else other[inside[0]]
+    for i in inside:
+        extra = max(other[i] - base, 0)
+        other[i] -= extra
+        temp[i] += extra
 
 
 def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
@@ -203,7 +223,6 @@ def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
     """
     import torch
     from torch.profiler import ProfilerActivity, profile
-
 
     out = StepMemory()
     cuda = step.device.type == "cuda"
@@ -227,11 +246,12 @@ def profiled_memory_step(step, *, holders: bool = True) -> StepMemory:
     if not times:
         out.notes.append("no memory breakdown by category: the memory profiler saw no tensor on this device")
         return out
+    windows = _windows(events)
+    _name_optimizer_temporaries(times, series, windows.get("optimizer"))
     totals = [sum(series[c][i] for c in MEMORY_CATEGORIES) for i in range(len(times))]
     i_peak = max(range(len(totals)), key=totals.__getitem__)
     t_peak = times[i_peak]
     out.at_peak = {c: series[c][i_peak] for c in MEMORY_CATEGORIES}
-    windows = _windows(events)
     out.peak_phase = next((p for p, (a, b) in windows.items() if a <= t_peak <= b), "between phases")
     out.peak_op = _op_at(events, t_peak)
     t0 = min(times)
