@@ -120,7 +120,7 @@ def _estimate_json(suite, *args, memory="1GiB", full=False) -> dict:
     return out if full else {p["point_id"]: p for p in out["points"]}
 
 
-@pytest.mark.parametrize("model", ["reference", "hf", "factory"])
+@pytest.mark.parametrize("model", ["reference", "hf", "factory", "moe"])
 def test_estimate_within_ten_percent_of_the_measured_peak(model, write_suite, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -131,6 +131,10 @@ def test_estimate_within_ten_percent_of_the_measured_peak(model, write_suite, tm
                                                                             "sdpa"]}}
     if model == "hf":
         over["model"] = HF
+    if model == "moe":  # a mixture of experts: grouped matmuls whose fake kernel takes only bf16
+        over["model"] = {"arch": "hf", "vocab_size": 128, "d_model": 32, "n_heads": 2, "n_layers": 1,
+                         "hf": {"model_type": "mixtral", "intermediate_size": 64, "num_local_experts": 4,
+                                "num_experts_per_tok": 2}}
     if model == "factory":
         (tmp_path / "est_factory.py").write_text(FACTORY)
         monkeypatch.chdir(tmp_path)  # the workers import the factory from their working directory

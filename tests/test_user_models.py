@@ -88,6 +88,23 @@ def test_hf_fields_are_sweep_axes_with_labels():
     assert build_step(points[0]).model.config.num_key_value_heads == 1
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "gemma", "phi3", "falcon"])
+def test_family_defaults_that_do_not_fit_the_sizes_are_refitted(model_type):
+    """Mistral's 8 key/value heads, Gemma's head_dim 256, Phi-3's token ids past the vocabulary: each family
+    trains at txbench's sizes (4 heads of 16, 256 tokens)."""
+    rec = measure_point(hf_point(model_type), QUICK)
+    assert rec.status == "ok", rec.error
+    config = build_step(hf_point(model_type)).model.config
+    assert getattr(config, "num_key_value_heads", 4) == 4 and getattr(config, "head_dim", 16) == 16
+    assert all(not isinstance(getattr(config, t, None), int) or getattr(config, t) < 256
+               for t in ("pad_token_id", "bos_token_id", "eos_token_id"))
+
+
+def test_an_attention_the_family_lacks_is_unsupported_not_an_error():
+    rec = measure_point(hf_point("gemma2", attention="sdpa"), QUICK)
+    assert rec.status == "unsupported" and "does not support" in rec.error
+
+
 @pytest.mark.parametrize("model,words", [
     ({"arch": "hf", "hf": {"model_type": "lama"}}, ["model.hf.model_type", "did you mean 'llama'"]),
     ({"arch": "hf", "hf": {"model_type": "llama", "num_kv_heads": 2}},

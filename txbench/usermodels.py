@@ -116,11 +116,33 @@ def hf_config(point: Point):
                       pad_token_id=0, eos_token_id=1)
     # txbench's dropout (default 0: deterministic steps, fused kernels allowed) onto every dropout of the family
     default = AutoConfig.for_model(model_type)
+    kwargs.update(_fit_family_defaults(default, m.vocab_size, d, h))
     for name, value in vars(default).items():
         if isinstance(value, float) and (name.endswith(("dropout", "_pdrop", "dropout_prob", "dropout_rate"))):
             kwargs[name] = float(m.dropout)
     kwargs.update(extra)
     return AutoConfig.for_model(model_type, **kwargs)
+
+
+def _fit_family_defaults(default, vocab_size: int, d: int, h: int) -> dict:
+    """Family defaults that do not fit txbench's sizes, refitted: key/value heads (Mistral's 8, Qwen2's 32) beyond
+    ``n_heads`` become ``n_heads`` (plain multi-head attention; set ``hf.num_key_value_heads`` for grouped
+    queries), a fixed ``head_dim`` (Gemma's 256) becomes ``d_model / n_heads``, and special token ids beyond the
+    vocabulary (Phi-3's 32000) move inside it."""
+    out: dict[str, Any] = {}
+    kv = getattr(default, "num_key_value_heads", None)
+    if isinstance(kv, int) and (kv > h or h % kv):
+        out["num_key_value_heads"] = h
+    if isinstance(getattr(default, "head_dim", None), int) and not isinstance(
+            getattr(type(default), "head_dim", None), property):  # Falcon derives it
+        out["head_dim"] = d // h
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+        v = getattr(default, name, None)
+        if isinstance(v, int) and v >= vocab_size:
+            out[name] = vocab_size - 1
+        elif isinstance(v, list) and any(isinstance(i, int) and i >= vocab_size for i in v):
+            out[name] = [min(i, vocab_size - 1) for i in v]
+    return out
 
 
 def hf_problems(point: Point) -> list[tuple[str, str]]:
@@ -180,7 +202,14 @@ def _build_hf(point: Point, device: torch.device, generator: torch.Generator) ->
            "causal_lm": transformers.AutoModelForCausalLM}[task]
     torch.manual_seed(point.train.seed)  # from_config draws the initial weights from torch's global generator
     with device:
-        module = cls.from_config(config, attn_implementation=HF_ATTENTION[point.attention], dtype=torch.float32)
+        try:
+            module = cls.from_config(config, attn_implementation=HF_ATTENTION[point.attention], dtype=torch.float32)
+        except ValueError as exc:  # "Gemma2ForCausalLM does not support an attention implementation through ..."
+            if "does not support" not in str(exc):
+                raise
+            from txbench.step import LeverUnsupported
+
+            raise LeverUnsupported(f"attention: {point.attention}: {str(exc).split('. ')[0]}") from None
     batch = _default_batch(point.batch_size, point.seq_len, point.model.vocab_size, device, generator)
     return UserModel(module, batch, _hf_loss, task, TASK_CAUSAL[task])
 

@@ -56,10 +56,14 @@ def _real_sdpa_choice():
     from torch.utils._python_dispatch import TorchDispatchMode
 
     choice = torch.ops.aten._fused_sdp_choice.default
+    grouped = getattr(torch.ops.aten, "_grouped_mm", None)
+    grouped = getattr(grouped, "default", None)
 
     class RealSdpaChoice(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            if func is grouped and args and args[0].dtype != torch.bfloat16:
+                return _grouped_mm_as_bf16(func, args, kwargs)
             if func is not choice:
                 return func(*args, **kwargs)
             with unset_fake_temporarily():
@@ -68,6 +72,20 @@ def _real_sdpa_choice():
                 return func(*a, **kw)
 
     return RealSdpaChoice()
+
+
+def _grouped_mm_as_bf16(func, args, kwargs):
+    """``aten._grouped_mm`` (the experts of a mixture-of-experts layer) on fake fp32 tensors: its fake kernel
+    accepts only bf16 although the CPU kernel runs fp32, so the shapes are asked in bf16 and the output comes back
+    in the input's dtype. The casts run beneath the memory tracker: it sees the output alone, as on real tensors."""
+    try:
+        return func(*args, **kwargs)
+    except RuntimeError as exc:
+        if "BF16" not in str(exc):
+            raise
+    dtype = args[0].dtype
+    cast = [a.to(torch.bfloat16) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    return func(*cast, **kwargs).to(dtype)
 
 
 @contextlib.contextmanager
