@@ -325,6 +325,18 @@ def test_report_of_a_real_run(write_suite, tmp_path):
     )
     pts = json_block(page, "txb-points")["rows"]
     assert len(pts) == 4 and {r[2] for r in pts} == {"ok"}
+    # the memory timeline is the largest point's unless --memory-point names another
+    from txbench.store import load_points
+
+    points = load_points(run_dir)
+    smallest = points.sort_values(["seq_len", "batch_size"]).iloc[0]["point_id"]
+    assert "Memory of the largest point" in page
+    assert runner.invoke(app, ["report", str(run_dir), "-o", str(out), "--memory-point", smallest[:8]]).exit_code == 0
+    page = out.read_text()
+    assert f"Memory of point {smallest}" in page and "chart-memory-timeline" in page
+    bad = runner.invoke(app, ["report", str(run_dir), "-o", str(out), "--memory-point", "zzz"])
+    assert bad.exit_code == 2 and "--memory-point" in bad.output and smallest in bad.output
+    assert "Traceback" not in bad.output
 
 
 @pytest.mark.slow

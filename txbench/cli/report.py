@@ -28,6 +28,12 @@ def report(
         typer.Option("--cdn", help="Load plotly.js from its CDN: a ~5 MB smaller file that needs a network to draw "
                      "charts."),
     ] = False,
+    memory_point: Annotated[
+        Optional[str],
+        typer.Option("--memory-point", metavar="POINT_ID",
+                     help="Draw this point's memory timeline (a point id or a unique prefix; default: the largest "
+                          "point)."),
+    ] = None,
 ):
     """Render the HTML report of stored runs: findings, scaling charts, where the time goes, top ops, failures.
 
@@ -43,6 +49,11 @@ def report(
         if len(run_dirs) > 1:
             raise StoreError("several runs need an output file: add -o FILE.html")
         out = Path(run_dirs[0]) / "report.html"
-    path = write_report(list(run_dirs), out, cdn=cdn)
+    from txbench.report.figures_memory import UnknownPoint
+
+    try:
+        path = write_report(list(run_dirs), out, cdn=cdn, memory_point=memory_point)
+    except UnknownPoint as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory-point") from None
     size_mb = path.stat().st_size / 1e6
     console.print(f"[bold]report[/] {path}  ({size_mb:.1f} MB{', plotly.js from CDN' if cdn else ', self-contained'})")

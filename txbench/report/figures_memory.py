@@ -10,7 +10,7 @@ from txbench.analysis.memory import holder_kind, largest_with
 from txbench.labels import fmt_bytes, full_label
 from txbench.report.figures import esc, layout, to_figure
 
-__all__ = ["memory_point", "timeline_figure", "holders_figure", "TOP_HOLDERS"]
+__all__ = ["memory_point", "UnknownPoint", "timeline_figure", "holders_figure", "TOP_HOLDERS"]
 
 #: Modules shown in the holders' bar (the rest are summed into one bar).
 TOP_HOLDERS = 15
@@ -21,9 +21,24 @@ _PHASE_COLORS = {"forward": "rgba(76,120,168,0.07)", "backward": "rgba(245,133,2
                  "optimizer": "rgba(84,162,75,0.07)"}
 
 
-def memory_point(points: pd.DataFrame) -> pd.Series | None:
-    """The point whose memory the report shows: the largest ok point that has a timeline."""
-    return largest_with(points, "memory_timeline")
+class UnknownPoint(ValueError):
+    """A point id that names no point with a memory timeline."""
+
+
+def memory_point(points: pd.DataFrame, point_id: str | None = None) -> pd.Series | None:
+    """The point whose memory the report shows: ``point_id`` (or a unique prefix of it), else the largest ok point
+    that has a timeline. Raises :class:`UnknownPoint`, naming the ids there are, when ``point_id`` matches none
+    (or several) of them."""
+    if point_id is None:
+        return largest_with(points, "memory_timeline")
+    has = points[points["memory_timeline"].map(lambda v: isinstance(v, str))] if "memory_timeline" in points else (
+        points.iloc[0:0])
+    match = has[has["point_id"].astype(str).str.startswith(str(point_id))]
+    if len(match) != 1:
+        ids = ", ".join(sorted(has["point_id"].astype(str)))[:600] or "none"
+        why = "matches several points" if len(match) > 1 else "is not a point with a memory timeline"
+        raise UnknownPoint(f"{point_id!r} {why} (points with one: {ids})")
+    return match.iloc[0]
 
 
 def timeline_figure(row: pd.Series):

@@ -200,7 +200,7 @@ def _sweep_section(points: pd.DataFrame, figs: _Figures) -> str:
     return "".join(parts)
 
 
-def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> str:
+def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures, memory_point: str | None = None) -> str:
     shares, splits = [], []
     for run in runs:
         if run.ops is not None and not run.ops.empty:
@@ -225,18 +225,20 @@ def _time_section(runs: list[RunData], points: pd.DataFrame, figs: _Figures) -> 
     axes = numeric_axes(points)
     if len(axes) >= 2 and _has(points, "tokens_per_s"):
         parts.append(figs.add("chart-heatmap", heatmap_figure(points, axes[0], axes[1]), "heatmap"))
-    parts.append(_memory_parts(points, figs))
+    parts.append(_memory_parts(points, figs, memory_point))
     return "".join(parts)
 
 
-def _memory_parts(points: pd.DataFrame, figs: _Figures) -> str:
-    """The largest point's memory over its step and the modules holding its activations (when measured)."""
+def _memory_parts(points: pd.DataFrame, figs: _Figures, point_id: str | None = None) -> str:
+    """A point's memory over its step and the modules holding its activations (when measured): ``point_id``'s, or
+    the largest point's."""
     from txbench.report.figures_memory import holders_figure, memory_point, timeline_figure
 
-    row = memory_point(points)
+    row = memory_point(points, point_id)
     if row is None:
         return ""
-    parts = ['<p class="note">Memory of the largest point over one profiled step, by category (torch\'s memory '
+    which = "the largest point" if point_id is None else f"point {e(str(row['point_id']))}"
+    parts = [f'<p class="note">Memory of {which} over one profiled step, by category (torch\'s memory '
              "profiler): the dotted line is the peak; shaded bands are the forward, backward and optimizer.</p>",
              figs.add("chart-memory-timeline", timeline_figure(row), "memory:timeline")]
     if isinstance(row.get("activation_holders"), str):
@@ -304,14 +306,16 @@ def _compare_section(runs: list[RunData], figs: _Figures) -> str:
     return "".join(_pair_section(runs[0], cand, figs) for cand in runs[1:])
 
 
-def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
+def render_report(run_dirs, *, cdn: bool = False, out_dir=None, memory_point: str | None = None) -> str:
     """The report of ``run_dirs`` (one run, or several side by side with the first as baseline) as HTML text.
 
     ``out_dir`` is where the file will live (trace links are made relative to
     it; default: the first run's directory). ``cdn=True`` loads plotly.js from
     the plotly CDN instead of embedding it (a much smaller file that needs a
-    network connection to draw its charts). Raises :class:`StoreError` for a
-    path that is not a run.
+    network connection to draw its charts). ``memory_point``: the point id (or a
+    unique prefix) whose memory timeline to draw (default: the largest point).
+    Raises :class:`StoreError` for a path that is not a run, ValueError for a
+    ``memory_point`` that names no point with a timeline.
     """
     runs = load_report_runs([Path(d) for d in run_dirs])
     out_dir = Path(out_dir) if out_dir is not None else runs[0].run_dir
@@ -327,7 +331,7 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None) -> str:
     body.append('<nav class="toc">' + "".join(f'<a href="#{k}">{e(t)}</a>' for k, t in toc) + "</nav>")
     # sections that own charts are built first so that findings can link to them
     sweep = _sweep_section(points, figs)
-    time_ = _time_section(runs, points, figs)
+    time_ = _time_section(runs, points, figs, memory_point)
     compare = _compare_section(runs, figs) if len(runs) > 1 else ""
     figs.anchors.setdefault("failures", "failures")
     findings, levers = [], []
@@ -389,10 +393,10 @@ def _dumps(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
 
-def write_report(run_dirs: list[Path], out: Path, *, cdn: bool = False) -> Path:
+def write_report(run_dirs: list[Path], out: Path, *, cdn: bool = False, memory_point: str | None = None) -> Path:
     """Render the report of ``run_dirs`` into ``out`` (written atomically) and return its path."""
     out = Path(out)
     if out.exists() and out.is_dir():
         raise StoreError(f"{out}: is a directory; give a file name such as {out / 'report.html'}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return write_text(out, render_report(run_dirs, cdn=cdn, out_dir=out.parent))
+    return write_text(out, render_report(run_dirs, cdn=cdn, out_dir=out.parent, memory_point=memory_point))
