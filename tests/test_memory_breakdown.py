@@ -205,6 +205,15 @@ def test_largest_that_fits_is_bisected_on_the_estimate_and_confirmed(field, writ
     assert stored["point_id"].tolist() == [found["point_id"]] and stored[field].tolist() == [v]
 
 
+def test_largest_sequence_is_bounded_by_the_models_position_table():
+    from txbench.measure.estimate import largest_fitting
+
+    short = ModelConfig(d_model=32, n_layers=1, n_heads=2, vocab_size=128, max_seq_len=96)
+    found = largest_fitting(Point(model=short, seq_len=32, batch_size=2), "seq_len", 2**40)
+    assert found.value == 96 and "bounded by the model" in found.note and "max_seq_len" in found.note
+    assert found.headroom_bytes == 2**40 - found.predicted_peak_bytes
+
+
 def test_confirm_without_largest_is_exit_2(write_suite):
     from typer.testing import CliRunner
 

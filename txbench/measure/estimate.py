@@ -181,7 +181,7 @@ def largest_fitting(point: Point, field: str, memory: int) -> Largest:
     if field not in ("batch_size", "seq_len"):
         raise ValueError(f"field must be batch_size or seq_len, got {field!r}")
     cache: dict[int, tuple[int | None, str | None]] = {}
-    cap, cap_note = MAX_BATCH if field == "batch_size" else None, None
+    cap = MAX_BATCH if field == "batch_size" else None
 
     def at(v: int) -> Point:
         return Point.from_dict({**point.to_dict(), field: v})
@@ -216,8 +216,7 @@ def largest_fitting(point: Point, field: str, memory: int) -> Largest:
             return result(lo, f"{field} searched up to {cap}")
         ok = fits(nxt)
         if ok is None:
-            cap, cap_note = nxt, cache[nxt][1]
-            hi = nxt
+            cap = hi = nxt
         elif ok:
             lo = nxt
         else:
@@ -232,11 +231,9 @@ def largest_fitting(point: Point, field: str, memory: int) -> Largest:
         return result(0, f"not even {field}=1 fits")
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        ok = fits(mid)
-        if ok:
+        if fits(mid):
             lo = mid
         else:
             hi = mid
-            if ok is None:
-                cap_note = cache[mid][1]
-    return result(lo, cap_note if cap_note and hi == cap else None)
+    bound = cache.get(hi, (0, None))
+    return result(lo, f"bounded by the model: {bound[1]}" if bound[0] is None and bound[1] else None)
