@@ -16,7 +16,8 @@ reported with its first error line and the check goes on):
   4 timing      txbench's CUDA-event median vs torch.utils.benchmark and triton's do_bench (goal 2%)
   5a mfu        MFU of a ~350M-parameter GPT at T=2048, bf16, sdpa_flash (goal >= 45%)
   5b flash      SDPA flash forward+backward TFLOP/s at T=4096 vs FlashAttention-2's published ~335
-  6 oom         a point too big for the GPU is recorded oom with its peak; the next point is ok
+  6 oom         a point too big for the GPU is recorded oom with its peak and its allocator snapshot
+                (memory_snapshot); the next point is ok
   6b ddp       DDP and FSDP2 points through torchrun on NCCL (one rank per GPU, all GPUs with
                 ``--devices all``): ok, backend nccl, the same first-step loss as one process, the
                 communication category and its exposed share (suite benchmarks/gpu_check/ddp.yaml)
@@ -674,6 +675,13 @@ def step_oom(ctx: Ctx) -> dict:
         problems.append("no peak memory recorded with the oom")
     if small["status"] != "ok":
         problems.append(f"the next point is {small['status']}, not ok")
+    if not ctx.dry and big["status"] == "oom":  # the allocator snapshot of the failing step (docs/memory.md)
+        snap = big.get("memory_snapshot")
+        path = Path(res["run_dir"]) / snap if snap and res["run_dir"] else None
+        if path is not None and path.exists():
+            lines.append(f"memory snapshot: {snap}, {path.stat().st_size / 2**20:.1f} MiB")
+        else:
+            problems.append("no memory snapshot kept with the oom")
     return _result("fail" if problems else "ok", lines, "; ".join(problems), points=pts)
 
 
