@@ -859,11 +859,13 @@ def _child(key: str, out: Path, dry: bool, timeout: float) -> int:
 
 
 def _archive(out: Path) -> list[str]:
-    """Tar everything under work/ into one file of at most 16 MiB (dropping traces, then logs, if needed)."""
+    """Tar everything under work/ into one file of at most 16 MiB (dropping memory snapshots, then traces, then
+    logs, if needed)."""
     notes = []
     work = out / "work"
     files = sorted(p for p in work.rglob("*") if p.is_file())
-    drop_order = [lambda p: p.suffix == ".gz" and "traces" in p.parts, lambda p: p.suffix == ".log",
+    drop_order = [lambda p: p.suffix == ".pickle" and "snapshots" in p.parts,
+                  lambda p: p.suffix == ".gz" and "traces" in p.parts, lambda p: p.suffix == ".log",
                   lambda p: p.name == "ops.parquet"]
     for rule in [None] + drop_order:
         if rule is not None:
