@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TxbenchError", "PointError", "SuiteError", "StoreError", "CompareError"]
+__all__ = ["TxbenchError", "PointError", "SuiteError", "StoreError", "CompareError", "LeverUnsupported"]
 
 
 class TxbenchError(Exception):
@@ -39,3 +39,8 @@ class StoreError(TxbenchError):
 
 class CompareError(TxbenchError):
     """Two runs cannot be compared (different device or schema) or the rules are invalid."""
+
+
+class LeverUnsupported(Exception):
+    """A lever (or attention implementation) this model cannot take, found while building it (recorded as
+    ``unsupported``)."""

@@ -48,6 +48,7 @@ import torch
 from txbench import numerics as _numerics
 from txbench.attention import sdpa_context
 from txbench.config import Point
+from txbench.errors import LeverUnsupported
 from txbench.model import Transformer, make_batch
 from txbench.torch_compat import dynamo_counts
 
@@ -87,10 +88,6 @@ def is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
-
-
-class LeverUnsupported(Exception):
-    """A lever this model cannot pull, found while building it (recorded as ``unsupported``)."""
 
 
 class CompileFailed(RuntimeError):

@@ -207,7 +207,7 @@ def _build_hf(point: Point, device: torch.device, generator: torch.Generator) ->
         except ValueError as exc:  # "Gemma2ForCausalLM does not support an attention implementation through ..."
             if "does not support" not in str(exc):
                 raise
-            from txbench.step import LeverUnsupported
+            from txbench.errors import LeverUnsupported
 
             raise LeverUnsupported(f"attention: {point.attention}: {str(exc).split('. ')[0]}") from None
     batch = _default_batch(point.batch_size, point.seq_len, point.model.vocab_size, device, generator)
