@@ -203,7 +203,7 @@ def largest_fitting(point: Point, field: str, memory: int) -> Largest:
     def result(v: int, note: str | None = None) -> Largest:
         peak, est_note = cache.get(v, (None, None))
         notes = "; ".join(n for n in (note, est_note) if n) or None
-        return Largest(field, v, peak if v else None, memory, len(cache), notes, at(v) if v else None)
+        return Largest(field, v, peak, memory, len(cache), notes, at(v) if v else None)
 
     start = max(1, int(getattr(point, field)))
     ok = fits(start)

@@ -314,8 +314,9 @@ def render_report(run_dirs, *, cdn: bool = False, out_dir=None, memory_point: st
     the plotly CDN instead of embedding it (a much smaller file that needs a
     network connection to draw its charts). ``memory_point``: the point id (or a
     unique prefix) whose memory timeline to draw (default: the largest point).
-    Raises :class:`StoreError` for a path that is not a run, ValueError for a
-    ``memory_point`` that names no point with a timeline.
+    Raises :class:`StoreError` for a path that is not a run,
+    :class:`~txbench.report.figures_memory.UnknownPoint` for a ``memory_point``
+    that names no point with a timeline.
     """
     runs = load_report_runs([Path(d) for d in run_dirs])
     out_dir = Path(out_dir) if out_dir is not None else runs[0].run_dir
